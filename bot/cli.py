@@ -1,0 +1,176 @@
+"""Command line: ``bot record | demo | sfu | publish | recover | inspect``.
+
+Each command parses its flags here and hands a typed call to the module that owns the
+work, so this file is the map from a command to the code behind it. Errors a user can fix
+end as one line on stderr and a documented exit code (see ``bot.exitcodes``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bot import __version__
+from bot.config import ConfigError, Participant, Settings, load_settings
+from bot.exitcodes import ExitCode
+from bot.logs import configure_logging
+
+
+def _settings(args: argparse.Namespace, recording: dict[str, Any] | None = None) -> Settings:
+    overrides: dict[str, Any] = {}
+    if recording:
+        overrides["recording"] = recording
+    return load_settings(args.config, overrides=overrides)
+
+
+def _record_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    recording: dict[str, Any] = {}
+    if args.consultation_id:
+        recording["consultation_id"] = args.consultation_id
+    if args.participant:
+        recording["participants"] = [Participant.parse(p).model_dump() for p in args.participant]
+    if args.max_duration is not None:
+        recording["max_duration"] = args.max_duration
+    if args.output_dir is not None:
+        recording["output_dir"] = str(args.output_dir)
+    return recording
+
+
+def _cmd_record(args: argparse.Namespace) -> int:
+    from bot.recorder import record
+
+    try:
+        settings = _settings(args, _record_overrides(args))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    configure_logging(settings.logging.level, settings.logging.format)
+    result = asyncio.run(record(settings))
+    print(result.summary())
+    return int(result.exit_code)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from bot.testbed.demo import run_demo
+
+    configure_logging("warning" if not args.verbose else "info")
+    return asyncio.run(run_demo(duration=args.duration, output_dir=args.output_dir))
+
+
+def _cmd_sfu(args: argparse.Namespace) -> int:
+    from bot.testbed.sfu import serve_forever
+
+    configure_logging("info")
+    asyncio.run(
+        serve_forever(
+            host=args.host,
+            port=args.port,
+            app_id=args.app_id,
+            app_secret=args.app_secret,
+            sender_reports=not args.no_sender_reports,
+            ssrc_in_sdp=not args.no_ssrc_lines,
+        )
+    )
+    return 0
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from bot.testbed.participant import publish_until_stopped
+
+    configure_logging("info")
+    return asyncio.run(
+        publish_until_stopped(
+            base_url=args.base_url,
+            app_id=args.app_id,
+            app_secret=args.app_secret,
+            role=args.role,
+            number=args.number,
+            duration=args.duration,
+        )
+    )
+
+
+def _cmd_recover(args: argparse.Namespace) -> int:
+    from bot.storage.recover import recover_all
+
+    settings = _settings(args)
+    configure_logging(settings.logging.level, settings.logging.format)
+    return asyncio.run(recover_all(settings))
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from bot.media.inspect import inspect_file
+
+    print(inspect_file(args.file))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bot", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"bot {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    record = sub.add_parser("record", help="record one consultation")
+    record.add_argument("--config", type=Path, help="config.toml (default: built-in defaults)")
+    record.add_argument("--consultation-id", help="opaque consultation id (no patient data)")
+    record.add_argument(
+        "--participant",
+        action="append",
+        metavar="ID:ROLE=SESSION/TRACK[,SESSION/TRACK]",
+        help="a participant and the tracks to pull; repeat for each participant",
+    )
+    record.add_argument("--max-duration", type=float, help="stop after this many seconds")
+    record.add_argument("--output-dir", type=Path, help="where the MP4 is written")
+    record.set_defaults(run=_cmd_record)
+
+    demo = sub.add_parser("demo", help="local SFU + two synthetic participants + recorder")
+    demo.add_argument("--duration", type=float, default=10.0)
+    demo.add_argument("--output-dir", type=Path, default=Path("recordings"))
+    demo.add_argument("--verbose", action="store_true")
+    demo.set_defaults(run=_cmd_demo)
+
+    sfu = sub.add_parser("sfu", help="run the local Cloudflare-compatible SFU")
+    sfu.add_argument("--host", default="127.0.0.1")
+    sfu.add_argument("--port", type=int, default=8787)
+    sfu.add_argument("--app-id", required=True)
+    sfu.add_argument("--app-secret", required=True)
+    sfu.add_argument("--no-sender-reports", action="store_true", help="withhold RTCP SRs")
+    sfu.add_argument("--no-ssrc-lines", action="store_true", help="omit a=ssrc from offers")
+    sfu.set_defaults(run=_cmd_sfu)
+
+    publish = sub.add_parser("publish", help="publish a synthetic participant")
+    publish.add_argument("--base-url", required=True, help="e.g. http://127.0.0.1:8787/v1")
+    publish.add_argument("--app-id", required=True)
+    publish.add_argument("--app-secret", required=True)
+    publish.add_argument("--role", default="clinician")
+    publish.add_argument("--number", type=int, default=1, help="participant number in the signal")
+    publish.add_argument("--duration", type=float, default=None, help="seconds (default: forever)")
+    publish.set_defaults(run=_cmd_publish)
+
+    recover = sub.add_parser("recover", help="finish uploads left by a crash")
+    recover.add_argument("--config", type=Path)
+    recover.set_defaults(run=_cmd_recover)
+
+    inspect = sub.add_parser("inspect", help="report on a recording")
+    inspect.add_argument("file", type=Path)
+    inspect.set_defaults(run=_cmd_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except ConfigError as exc:
+        print(f"bot: config error: {exc}", file=sys.stderr)
+        return int(ExitCode.CONFIG)
+    except KeyboardInterrupt:
+        return int(ExitCode.INTERRUPTED)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

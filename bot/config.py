@@ -1,0 +1,209 @@
+"""Settings: ``config.toml``, then ``BOT_<SECTION>_<KEY>`` environment variables, then flags.
+
+Every setting has a safe default so the file may be empty. Unknown keys are errors, not
+warnings: a misspelt ``max_duraton`` silently ignored would record a consultation with
+the wrong limit.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+
+ENV_PREFIX = "BOT_"
+
+_TRACK_REF = re.compile(r"^(?P<session>[A-Za-z0-9_-]{1,128})/(?P<track>[A-Za-z0-9_.:-]{1,128})$")
+_OPAQUE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong; the message says which one and how to fix it."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrackRef(_Section):
+    """A published track as the app's room state names it: ``SESSION_ID/TRACK_NAME``."""
+
+    session_id: str
+    track_name: str
+
+    @classmethod
+    def parse(cls, text: str) -> TrackRef:
+        match = _TRACK_REF.match(text.strip())
+        if match is None:
+            raise ValueError(
+                f"track reference {text!r} is not SESSION_ID/TRACK_NAME "
+                "(letters, digits, '-', '_'; e.g. 3f2a.../cam)"
+            )
+        return cls(session_id=match["session"], track_name=match["track"])
+
+    def __str__(self) -> str:
+        return f"{self.session_id}/{self.track_name}"
+
+
+Role = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
+
+
+class Participant(_Section):
+    """Who a group of tracks belongs to. ``id`` is opaque: never a patient's name."""
+
+    id: str
+    role: Role
+    tracks: tuple[TrackRef, ...]
+
+    @field_validator("id")
+    @classmethod
+    def _opaque(cls, value: str) -> str:
+        if not _OPAQUE_ID.match(value):
+            raise ValueError("participant id must be an opaque id: 1-64 of [A-Za-z0-9_-]")
+        return value
+
+    @field_validator("tracks", mode="before")
+    @classmethod
+    def _parse_refs(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return tuple(TrackRef.parse(v) if isinstance(v, str) else v for v in value)
+        return value
+
+    @classmethod
+    def parse(cls, text: str) -> Participant:
+        """Parse the ``--participant ID:ROLE=SESSION/TRACK[,SESSION/TRACK...]`` flag."""
+        head, sep, refs = text.partition("=")
+        pid, colon, role = head.partition(":")
+        if not sep or not colon or not refs:
+            raise ValueError(
+                f"participant {text!r} is not ID:ROLE=SESSION_ID/TRACK[,SESSION_ID/TRACK] "
+                "(e.g. p1:clinician=3f2a.../mic,3f2a.../cam)"
+            )
+        return cls(id=pid, role=role, tracks=tuple(TrackRef.parse(r) for r in refs.split(",")))
+
+
+class RealtimeSettings(_Section):
+    base_url: str = "https://rtc.live.cloudflare.com/v1"
+    app_id: str = ""
+    app_secret: SecretStr = SecretStr("")
+    request_timeout: float = Field(10.0, gt=0)
+    max_retries: int = Field(4, ge=0, le=10)
+    ice_servers: tuple[str, ...] = ("stun:stun.cloudflare.com:3478",)
+
+
+class RecordingSettings(_Section):
+    consultation_id: str = "demo"
+    output_dir: Path = Path("recordings")
+    width: int = Field(1280, ge=160, le=3840, multiple_of=2)
+    height: int = Field(720, ge=120, le=2160, multiple_of=2)
+    fps: int = Field(30, ge=5, le=60)
+    video_bitrate: int = Field(1_500_000, ge=100_000)
+    audio_codec: Literal["aac", "opus"] = "aac"
+    audio_bitrate: int = Field(96_000, ge=16_000)
+    keyframe_seconds: float = Field(1.0, ge=0.5, le=2.0)
+    latency: float = Field(0.5, ge=0.1, le=5.0)
+    max_duration: float = Field(4 * 3600, gt=0)
+    silence_timeout: float = Field(60.0, gt=0)
+    connect_timeout: float = Field(20.0, gt=0)
+    participants: tuple[Participant, ...] = ()
+
+    @field_validator("consultation_id")
+    @classmethod
+    def _opaque(cls, value: str) -> str:
+        if not _OPAQUE_ID.match(value):
+            raise ValueError("consultation id must be an opaque id: 1-64 of [A-Za-z0-9_-]")
+        return value
+
+
+class StorageSettings(_Section):
+    """Where a finished recording goes. Owned by ``bot.storage``."""
+
+    backend: Literal["local", "s3"] = "local"
+    spool_dir: Path = Path("spool")
+
+
+class LoggingSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Settings(_Section):
+    realtime: RealtimeSettings = RealtimeSettings()
+    recording: RecordingSettings = RecordingSettings()
+    storage: StorageSettings = StorageSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """Map ``BOT_REALTIME_APP_SECRET`` to ``{"realtime": {"app_secret": ...}}``.
+
+    Only known section names are accepted so that the first underscore after the section
+    separates it from the key, whatever underscores the key itself holds.
+    """
+    overrides: dict[str, dict[str, str]] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        for section in Settings.model_fields:
+            if rest.startswith(section + "_"):
+                overrides.setdefault(section, {})[rest[len(section) + 1 :]] = value
+                break
+    return overrides
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"])
+        env = ENV_PREFIX + "_".join(str(p) for p in item["loc"][:2]).upper()
+        hint = f" (or set {env})" if len(item["loc"]) == 2 else ""
+        lines.append(f"{source}: [{where}] {item['msg']}{hint}")
+    return "; ".join(lines)
+
+
+def load_settings(
+    path: Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the settings from the file, the environment and flag overrides, in that order."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file; pass --config PATH") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    data = _merge(data, _env_overrides(os.environ if env is None else env))
+    data = _merge(data, overrides or {})
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
