@@ -1,0 +1,120 @@
+"""The manifest: what a stored recording is, written as JSON next to the object.
+
+It is the record an auditor reads without opening the MP4: who took part (opaque ids and
+roles, never names), when, which codecs, where the timeline has gaps, and how the object
+was verified in storage. The media side fills the recording fields; ``bot.storage`` adds
+the ``storage`` block once the object is verified, so a manifest with a ``storage`` block
+always describes a verified object.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+from bot import __version__
+
+SCHEMA_VERSION = 1
+_OPAQUE = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ParticipantEntry(_Model):
+    id: str = Field(pattern=_OPAQUE)
+    role: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+class TrackEntry(_Model):
+    participant_id: str = Field(pattern=_OPAQUE)
+    kind: Literal["audio", "video"]
+    track_name: str
+
+
+class VideoInfo(_Model):
+    codec: str
+    width: int
+    height: int
+    fps: float
+
+
+class AudioInfo(_Model):
+    codec: str
+    sample_rate: int
+    channels: int
+
+
+class Gap(_Model):
+    """A stretch of the timeline filled with silence or black, in seconds from the start."""
+
+    participant_id: str | None = None
+    kind: Literal["audio", "video", "both"] = "both"
+    start: float = Field(ge=0)
+    end: float = Field(ge=0)
+    reason: str = "no media"
+
+
+class PartEntry(_Model):
+    number: int = Field(ge=1)
+    size: int = Field(ge=0)
+    etag: str
+
+
+class Verification(_Model):
+    """How the stored object was checked against the spool before the spool was deleted."""
+
+    size_ok: bool
+    etag: Literal["match", "not comparable"]
+    sha256_method: Literal["full-read", "part-md5-chain"]
+    decode_start_ok: bool
+    decode_end_ok: bool
+    verified_at: AwareDatetime
+    seconds: float
+
+
+class StorageRecord(_Model):
+    backend: Literal["s3", "local"]
+    bucket: str | None = None
+    object_key: str
+    size: int
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    etag: str | None = None
+    part_size: int
+    parts: tuple[PartEntry, ...]
+    encryption: Literal["sse-c", "none"]
+    verification: Verification
+
+
+class Manifest(_Model):
+    schema_version: int = SCHEMA_VERSION
+    consultation_id: str = Field(pattern=_OPAQUE)
+    recording_id: str = Field(pattern=_OPAQUE)
+    recorder_version: str = __version__
+    participants: tuple[ParticipantEntry, ...] = ()
+    tracks: tuple[TrackEntry, ...] = ()
+    started_at: AwareDatetime
+    ended_at: AwareDatetime | None = None
+    duration_seconds: float | None = Field(None, ge=0)
+    video: VideoInfo | None = None
+    audio: AudioInfo | None = None
+    gaps: tuple[Gap, ...] = ()
+    sync: dict[str, Any] = Field(default_factory=dict)
+    recovered: bool = False
+    """True when ``bot recover`` finished the recording after the recorder died."""
+    storage: StorageRecord | None = None
+
+    @field_validator("started_at", "ended_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else value.astimezone(UTC)
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(indent=2).encode("utf-8") + b"\n"
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Manifest:
+        return cls.model_validate_json(data)

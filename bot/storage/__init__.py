@@ -1,0 +1,44 @@
+"""Spool, streaming upload, verification and recovery of recordings.
+
+The recorder creates a ``Spool``, writes its fragmented MP4 to ``spool.media_path``,
+starts the ``Uploader`` from ``open_uploader`` and pokes it after each fragment; at the
+end it calls ``finish`` (blocking, from a thread). ``bot recover`` finishes what a crash
+left behind (``bot.storage.recover``).
+"""
+
+from __future__ import annotations
+
+from bot.config import StorageSettings
+from bot.storage.errors import StorageError
+from bot.storage.keys import manifest_key, object_key_for
+from bot.storage.spool import Spool
+from bot.storage.stores import S3Store, open_store
+from bot.storage.uploader import Uploader, UploadResult, UploadStatus
+
+__all__ = [
+    "S3Store",
+    "Spool",
+    "StorageError",
+    "UploadResult",
+    "UploadStatus",
+    "Uploader",
+    "manifest_key",
+    "object_key_for",
+    "open_uploader",
+    "presigned_url",
+]
+
+
+def open_uploader(settings: StorageSettings, spool: Spool) -> Uploader:
+    """An uploader for ``settings.backend`` ("s3" or "local"); nothing runs until ``start``."""
+    return Uploader(settings, spool, open_store(settings))
+
+
+def presigned_url(settings: StorageSettings, object_key: str) -> str | None:
+    """A GET URL valid for ``presign_seconds`` (None for the local backend).
+
+    With SSE-C the URL alone is not enough: the reader must send the key headers too.
+    """
+    if settings.backend != "s3":
+        return None
+    return S3Store(settings).presign_get(object_key, settings.presign_seconds)

@@ -1,0 +1,427 @@
+"""The two places a recording can go, behind one multipart interface.
+
+``S3Store`` speaks to R2 (or SeaweedFS) with the client settings R2 needs; ``LocalStore``
+imitates the same multipart calls on a folder. The uploader, the journal and the
+verification therefore run one code path whatever the backend.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from ipaddress import ip_address
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
+
+from bot import __version__
+from bot.config import ConfigError, StorageSettings
+from bot.storage.errors import StorageError
+from bot.storage.journal import write_atomic
+
+CONTENT_TYPE = "video/mp4"
+_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    number: int
+    size: int
+    etag: str
+    """Without quotes; the hex MD5 of the part on S3 without SSE-C, and on the local store."""
+
+
+@dataclass(frozen=True)
+class PendingUpload:
+    key: str
+    upload_id: str
+    initiated: datetime
+
+
+class ObjectStore(Protocol):
+    backend: str
+    encrypted: bool
+    loopback: bool
+
+    def describe(self, key: str) -> str: ...
+    def preflight(self) -> None: ...
+    def create_upload(self, key: str, recording_id: str) -> str: ...
+    def upload_part(
+        self, key: str, upload_id: str, number: int, data: bytes, md5: bytes
+    ) -> str: ...
+    def list_parts(self, key: str, upload_id: str) -> list[PartInfo]: ...
+    def complete(self, key: str, upload_id: str, parts: list[PartInfo]) -> None: ...
+    def head(self, key: str) -> tuple[int, str | None] | None: ...
+    def read_range(self, key: str, start: int, end: int) -> bytes: ...
+    def iter_object(self, key: str) -> Iterator[bytes]: ...
+    def put_small(self, key: str, data: bytes, content_type: str) -> None: ...
+    def list_uploads(self, prefix: str) -> list[PendingUpload]: ...
+    def abort(self, key: str, upload_id: str) -> None: ...
+
+
+def _strip(etag: str) -> str:
+    return etag.strip('"')
+
+
+class S3Store:
+    """R2 through boto3: SigV4, checksums only "when_required", Content-MD5 on every part."""
+
+    backend = "s3"
+
+    def __init__(self, settings: StorageSettings) -> None:
+        if not settings.endpoint_url or not settings.bucket:
+            raise ConfigError(
+                "storage.backend is 's3' but storage.endpoint_url or storage.bucket is empty "
+                "(set them, or BOT_STORAGE_ENDPOINT_URL / BOT_STORAGE_BUCKET)"
+            )
+        self._settings = settings
+        self.bucket = settings.bucket
+        self.endpoint = settings.endpoint_url
+        host = urlsplit(settings.endpoint_url).hostname or ""
+        try:
+            self.loopback = host == "localhost" or ip_address(host).is_loopback
+        except ValueError:
+            self.loopback = False
+        key = settings.sse_c_key.get_secret_value()
+        self.encrypted = bool(key)
+        # botocore base64-encodes the raw key and adds its MD5 header itself.
+        self._sse: dict[str, Any] = (
+            {"SSECustomerAlgorithm": "AES256", "SSECustomerKey": base64.b64decode(key)}
+            if key
+            else {}
+        )
+        self.client: Any = boto3.client(
+            "s3",
+            endpoint_url=settings.endpoint_url,
+            aws_access_key_id=settings.access_key_id or None,
+            aws_secret_access_key=settings.secret_access_key.get_secret_value() or None,
+            region_name=settings.region,
+            config=Config(
+                signature_version="s3v4",
+                s3={"addressing_style": "path"},
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+                retries={"mode": "standard", "max_attempts": settings.max_attempts},
+                connect_timeout=settings.connect_timeout,
+                read_timeout=settings.read_timeout,
+                user_agent_extra=f"consultation-recorder/{__version__}",
+            ),
+        )
+
+    def describe(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key} at {self.endpoint}"
+
+    def _error(self, exc: Exception, action: str) -> StorageError:
+        """Turn a botocore failure into one line: what, where, what to do."""
+        where = f"{self.endpoint} (bucket {self.bucket!r})"
+        if isinstance(exc, EndpointConnectionError | ConnectionError | ReadTimeoutError):
+            return StorageError(
+                f"cannot reach the object store at {self.endpoint} while trying to {action}: "
+                f"{type(exc).__name__}; check storage.endpoint_url and the network",
+                kind="unreachable",
+                permanent=False,
+            )
+        if isinstance(exc, ClientError):
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if code in {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"} or (
+                status in (401, 403) and not code.startswith("NoSuch")
+            ):
+                return StorageError(
+                    f"{where} rejected the credentials ({code or status}) while trying to "
+                    f"{action}; check storage.access_key_id and BOT_STORAGE_SECRET_ACCESS_KEY",
+                    kind="credentials",
+                    permanent=True,
+                )
+            if code == "NoSuchBucket" or (action == "check the bucket" and status == 404):
+                return StorageError(
+                    f"bucket {self.bucket!r} does not exist at {self.endpoint}; create it or "
+                    "fix storage.bucket",
+                    kind="bucket",
+                    permanent=True,
+                )
+            if code == "NoSuchUpload":
+                return StorageError(
+                    f"multipart upload gone at {where}", kind="no_upload", permanent=True
+                )
+            transient = status >= 500 or status in (408, 429)
+            return StorageError(
+                f"{where} refused to {action}: {code or status}",
+                kind="store",
+                permanent=not transient,
+            )
+        return StorageError(
+            f"object store at {self.endpoint} failed to {action}: {type(exc).__name__}",
+            kind="unreachable",
+            permanent=False,
+        )
+
+    def _call(self, action: str, method: str, **kwargs: Any) -> Any:
+        try:
+            return getattr(self.client, method)(**kwargs)
+        except (BotoCoreError, ClientError) as exc:
+            raise self._error(exc, action) from None
+
+    def preflight(self) -> None:
+        self._call("check the bucket", "head_bucket", Bucket=self.bucket)
+
+    def create_upload(self, key: str, recording_id: str) -> str:
+        response = self._call(
+            "start the upload",
+            "create_multipart_upload",
+            Bucket=self.bucket,
+            Key=key,
+            ContentType=CONTENT_TYPE,
+            Metadata={"recorder-version": __version__, "recording-id": recording_id},
+            **self._sse,
+        )
+        return str(response["UploadId"])
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes, md5: bytes) -> str:
+        response = self._call(
+            f"upload part {number}",
+            "upload_part",
+            Bucket=self.bucket,
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=data,
+            ContentMD5=base64.b64encode(md5).decode("ascii"),
+            ContentLength=len(data),
+            **self._sse,
+        )
+        return _strip(response["ETag"])
+
+    def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
+        parts: list[PartInfo] = []
+        marker = 0
+        while True:
+            response = self._call(
+                "list the uploaded parts",
+                "list_parts",
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumberMarker=marker,
+                **self._sse,
+            )
+            for item in response.get("Parts", []):
+                parts.append(PartInfo(item["PartNumber"], item["Size"], _strip(item["ETag"])))
+            if not response.get("IsTruncated"):
+                return sorted(parts, key=lambda p: p.number)
+            marker = int(response["NextPartNumberMarker"])
+
+    def complete(self, key: str, upload_id: str, parts: list[PartInfo]) -> None:
+        self._call(
+            "complete the upload",
+            "complete_multipart_upload",
+            Bucket=self.bucket,
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={
+                "Parts": [{"PartNumber": p.number, "ETag": f'"{p.etag}"'} for p in parts]
+            },
+            **self._sse,
+        )
+
+    def head(self, key: str) -> tuple[int, str | None] | None:
+        try:
+            response = self.client.head_object(Bucket=self.bucket, Key=key, **self._sse)
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return None
+            raise self._error(exc, "read the object's size") from None
+        except BotoCoreError as exc:
+            raise self._error(exc, "read the object's size") from None
+        return int(response["ContentLength"]), _strip(response.get("ETag", "")) or None
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        response = self._call(
+            "read the object back",
+            "get_object",
+            Bucket=self.bucket,
+            Key=key,
+            Range=f"bytes={start}-{end - 1}",
+            **self._sse,
+        )
+        try:
+            return bytes(response["Body"].read())
+        except BotoCoreError as exc:
+            raise self._error(exc, "read the object back") from None
+
+    def iter_object(self, key: str) -> Iterator[bytes]:
+        response = self._call(
+            "read the object back", "get_object", Bucket=self.bucket, Key=key, **self._sse
+        )
+        try:
+            yield from response["Body"].iter_chunks(_CHUNK)
+        except BotoCoreError as exc:
+            raise self._error(exc, "read the object back") from None
+
+    def put_small(self, key: str, data: bytes, content_type: str) -> None:
+        self._call(
+            "write the manifest",
+            "put_object",
+            Bucket=self.bucket,
+            Key=key,
+            Body=data,
+            ContentType=content_type,
+            ContentMD5=base64.b64encode(hashlib.md5(data).digest()).decode("ascii"),
+            **self._sse,
+        )
+
+    def list_uploads(self, prefix: str) -> list[PendingUpload]:
+        found: list[PendingUpload] = []
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        while True:
+            response = self._call("list pending uploads", "list_multipart_uploads", **kwargs)
+            for item in response.get("Uploads", []):
+                found.append(PendingUpload(item["Key"], item["UploadId"], item["Initiated"]))
+            if not response.get("IsTruncated"):
+                return found
+            kwargs["KeyMarker"] = response["NextKeyMarker"]
+            kwargs["UploadIdMarker"] = response["NextUploadIdMarker"]
+
+    def abort(self, key: str, upload_id: str) -> None:
+        self._call(
+            "abort a stale upload",
+            "abort_multipart_upload",
+            Bucket=self.bucket,
+            Key=key,
+            UploadId=upload_id,
+        )
+
+    def presign_get(self, key: str, expires_in: int) -> str:
+        """A time-limited GET URL. With SSE-C the caller must still send the key headers."""
+        return str(
+            self.client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_in
+            )
+        )
+
+
+class LocalStore:
+    """Multipart semantics on a folder: parts under ``.uploads/<id>/``, joined on complete."""
+
+    backend = "local"
+    encrypted = False
+    loopback = True
+
+    def __init__(self, settings: StorageSettings) -> None:
+        self.root = settings.local_dir
+
+    def describe(self, key: str) -> str:
+        return str(self.root / key)
+
+    def _upload_dir(self, upload_id: str) -> Path:
+        return self.root / ".uploads" / upload_id
+
+    def _missing(self, upload_id: str) -> StorageError:
+        return StorageError(
+            f"multipart upload {upload_id} gone from {self.root}", kind="no_upload", permanent=True
+        )
+
+    def preflight(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot create storage.local_dir {self.root}: {exc.strerror}",
+                kind="bucket",
+                permanent=True,
+            ) from None
+
+    def create_upload(self, key: str, recording_id: str) -> str:
+        upload_id = uuid.uuid4().hex
+        directory = self._upload_dir(upload_id)
+        directory.mkdir(parents=True)
+        write_atomic(directory / "key", key.encode("utf-8"))
+        return upload_id
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes, md5: bytes) -> str:
+        directory = self._upload_dir(upload_id)
+        if not directory.is_dir():
+            raise self._missing(upload_id)
+        if hashlib.md5(data).digest() != md5:
+            raise StorageError("part corrupted in memory", kind="integrity", permanent=False)
+        write_atomic(directory / f"{number:05d}", data)
+        return md5.hex()
+
+    def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
+        directory = self._upload_dir(upload_id)
+        if not directory.is_dir():
+            raise self._missing(upload_id)
+        parts = []
+        for path in sorted(directory.glob("[0-9]" * 5)):
+            data = path.read_bytes()
+            parts.append(PartInfo(int(path.name), len(data), hashlib.md5(data).hexdigest()))
+        return parts
+
+    def complete(self, key: str, upload_id: str, parts: list[PartInfo]) -> None:
+        directory = self._upload_dir(upload_id)
+        if not directory.is_dir():
+            raise self._missing(upload_id)
+        target = self.root / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".tmp")
+        with tmp.open("wb") as out:
+            for part in parts:
+                with (directory / f"{part.number:05d}").open("rb") as src:
+                    shutil.copyfileobj(src, out, _CHUNK)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+        shutil.rmtree(directory)
+
+    def head(self, key: str) -> tuple[int, str | None] | None:
+        try:
+            return (self.root / key).stat().st_size, None
+        except FileNotFoundError:
+            return None
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        with (self.root / key).open("rb") as src:
+            src.seek(start)
+            return src.read(end - start)
+
+    def iter_object(self, key: str) -> Iterator[bytes]:
+        with (self.root / key).open("rb") as src:
+            while chunk := src.read(_CHUNK):
+                yield chunk
+
+    def put_small(self, key: str, data: bytes, content_type: str) -> None:
+        target = self.root / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(target, data)
+
+    def list_uploads(self, prefix: str) -> list[PendingUpload]:
+        found = []
+        for directory in (self.root / ".uploads").glob("*"):
+            key = (directory / "key").read_text(encoding="utf-8")
+            if key.startswith(prefix):
+                mtime = datetime.fromtimestamp(directory.stat().st_mtime, UTC)
+                found.append(PendingUpload(key, directory.name, mtime))
+        return found
+
+    def abort(self, key: str, upload_id: str) -> None:
+        shutil.rmtree(self._upload_dir(upload_id), ignore_errors=True)
+
+
+def open_store(settings: StorageSettings) -> S3Store | LocalStore:
+    return S3Store(settings) if settings.backend == "s3" else LocalStore(settings)

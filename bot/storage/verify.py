@@ -1,0 +1,177 @@
+"""Is the stored object the spool, and does it play? Checked before the spool is deleted.
+
+Cost stays flat with the length of the recording: the SHA-256 was computed while the
+parts were uploaded, the decode probe reads only the start (init segment and first
+fragment) and the last complete fragment with ranged GETs, and in "ends" mode the bytes
+in between are proven by the server's per-part MD5s (each checked by the server against
+the Content-MD5 we sent, and chained into the multipart ETag).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import struct
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import av
+
+from bot.manifest import Verification
+from bot.storage.errors import StorageError
+from bot.storage.journal import PartRecord
+from bot.storage.stores import ObjectStore
+
+
+@dataclass(frozen=True)
+class Box:
+    kind: bytes
+    start: int
+    end: int
+
+
+def top_level_boxes(path: Path, size: int) -> list[Box]:
+    """Walk the MP4's top-level boxes by their headers (a seek per box, not a full read).
+
+    A box cut short by a crash is left out: the file's usable part ends before it.
+    """
+    boxes = []
+    with path.open("rb") as src:
+        offset = 0
+        while offset + 8 <= size:
+            src.seek(offset)
+            header = src.read(16)
+            length, kind = struct.unpack(">I4s", header[:8])
+            if length == 1 and len(header) == 16:
+                length = struct.unpack(">Q", header[8:16])[0]
+            elif length == 0:
+                length = size - offset
+            if length < 8 or offset + length > size:
+                break
+            boxes.append(Box(kind, offset, offset + length))
+            offset += length
+    return boxes
+
+
+@dataclass(frozen=True)
+class Layout:
+    init_end: int
+    first_fragment_end: int
+    last_fragment: tuple[int, int]
+    complete_end: int
+
+
+def fragment_layout(path: Path, size: int) -> Layout:
+    boxes = top_level_boxes(path, size)
+    moov = next((b for b in boxes if b.kind == b"moov"), None)
+    if moov is None:
+        raise StorageError(
+            "recording has no init segment (moov); nothing playable was written",
+            kind="integrity",
+            permanent=True,
+        )
+    fragments = [
+        (moof.start, mdat.end)
+        for moof, mdat in itertools.pairwise(boxes)
+        if moof.kind == b"moof" and mdat.kind == b"mdat"
+    ]
+    if not fragments:
+        raise StorageError("recording has no complete fragment", kind="integrity", permanent=True)
+    return Layout(moov.end, fragments[0][1], fragments[-1], boxes[-1].end)
+
+
+@dataclass(frozen=True)
+class Probe:
+    video_frames: int
+    audio_frames: int
+
+
+def decode_probe(data: bytes) -> Probe:
+    """Decode every packet of a (partial) fragmented MP4; fails if any stream yields nothing."""
+    video = audio = 0
+    try:
+        with av.open(io.BytesIO(data), mode="r", format="mp4") as container:
+            streams = [s for s in container.streams if s.type in ("video", "audio")]
+            for packet in container.demux(*streams):
+                for frame in packet.decode():
+                    if isinstance(frame, av.VideoFrame):
+                        video += 1
+                    else:
+                        audio += 1
+            kinds = {s.type for s in streams}
+    except av.FFmpegError as exc:
+        raise StorageError(
+            f"stored recording does not decode: {exc}", kind="integrity", permanent=True
+        ) from None
+    if not kinds or ("video" in kinds and not video) or ("audio" in kinds and not audio):
+        raise StorageError(
+            "stored recording decodes to no frames", kind="integrity", permanent=True
+        )
+    return Probe(video, audio)
+
+
+def multipart_etag(parts: list[PartRecord]) -> str:
+    digest = hashlib.md5(b"".join(bytes.fromhex(p.md5) for p in parts)).hexdigest()
+    return f"{digest}-{len(parts)}"
+
+
+def _integrity(message: str) -> StorageError:
+    return StorageError(message, kind="integrity", permanent=True)
+
+
+def verify_object(
+    store: ObjectStore,
+    key: str,
+    *,
+    media_path: Path,
+    size: int,
+    sha256: str,
+    parts: list[PartRecord],
+    full_read: bool,
+) -> Verification:
+    """Raise ``StorageError`` unless the stored object is exactly the spool and decodes."""
+    began = time.monotonic()
+    head = store.head(key)
+    if head is None:
+        raise _integrity(f"{store.describe(key)} is missing after completion")
+    stored_size, etag = head
+    if stored_size != size:
+        raise _integrity(f"stored size {stored_size} != spool size {size}")
+    etag_result: str = "not comparable"
+    if etag is not None and "-" in etag and not store.encrypted:
+        if etag != multipart_etag(parts):
+            raise _integrity(f"stored ETag {etag} does not match the uploaded parts")
+        etag_result = "match"
+    if full_read:
+        digest = hashlib.sha256()
+        for chunk in store.iter_object(key):
+            digest.update(chunk)
+        if digest.hexdigest() != sha256:
+            raise _integrity("stored object's SHA-256 differs from the spool's")
+    elif etag_result != "match":
+        raise _integrity("cannot prove the bytes without a full read; set verify_read = 'full'")
+
+    layout = fragment_layout(media_path, size)
+    with media_path.open("rb") as src:
+        local_head = src.read(layout.first_fragment_end)
+        last_start, last_end = layout.last_fragment
+        src.seek(last_start)
+        local_tail = src.read(last_end - last_start)
+    remote_head = store.read_range(key, 0, layout.first_fragment_end)
+    remote_tail = store.read_range(key, last_start, last_end)
+    if remote_head != local_head or remote_tail != local_tail:
+        raise _integrity("stored start or end differs from the spool")
+    decode_probe(remote_head)
+    decode_probe(remote_head[: layout.init_end] + remote_tail)
+    return Verification(
+        size_ok=True,
+        etag="match" if etag_result == "match" else "not comparable",
+        sha256_method="full-read" if full_read else "part-md5-chain",
+        decode_start_ok=True,
+        decode_end_ok=True,
+        verified_at=datetime.now(UTC),
+        seconds=round(time.monotonic() - began, 3),
+    )
