@@ -7,6 +7,7 @@ the wrong limit.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import tomllib
@@ -128,10 +129,89 @@ class RecordingSettings(_Section):
 
 
 class StorageSettings(_Section):
-    """Where a finished recording goes. Owned by ``bot.storage``."""
+    """Where a recording goes while it is made and once it is verified. Owned by ``bot.storage``.
+
+    The defaults keep everything on local disk (``backend = "local"``); ``backend = "s3"``
+    streams the recording to any S3 API (Cloudflare R2, or SeaweedFS in the testbed) as it
+    is written. Secrets come best from the environment: ``BOT_STORAGE_SECRET_ACCESS_KEY``,
+    ``BOT_STORAGE_SSE_C_KEY``.
+    """
 
     backend: Literal["local", "s3"] = "local"
+    # One sub-directory per recording (media, journal, spool metadata); kept until verified.
     spool_dir: Path = Path("spool")
+    # Where the "local" backend puts verified recordings: local_dir/<object key>.
+    local_dir: Path = Path("recordings")
+    # R2: https://<account>.r2.cloudflarestorage.com (empty only for backend = "local").
+    endpoint_url: str = ""
+    bucket: str = ""
+    # R2 wants "auto"; SigV4 signs with whatever is set here.
+    region: str = "auto"
+    access_key_id: str = ""
+    secret_access_key: SecretStr = SecretStr("")
+    # Built from opaque ids only, so a key can never carry patient data; placeholders:
+    # {consultation_id}, {recording_id}, {date} (UTC YYYY-MM-DD of the start).
+    key_template: str = "consultations/{date}/{consultation_id}/{recording_id}.mp4"
+    # Every part but the last has exactly this size (R2 rule); >= 5 MiB, <= 5 GiB.
+    part_size: int = Field(8 * 1024 * 1024, ge=5 * 1024 * 1024, le=5 * 1024 * 1024 * 1024)
+    # base64 of a 32-byte AES key: enables SSE-C (the clinic holds the key, R2 never stores it).
+    sse_c_key: SecretStr = SecretStr("")
+    connect_timeout: float = Field(5.0, gt=0)
+    read_timeout: float = Field(30.0, gt=0)
+    # botocore "standard" retries per request; outages are then ridden out by our own backoff.
+    max_attempts: int = Field(3, ge=1, le=10)
+    retry_backoff_max: float = Field(30.0, gt=0)
+    # After the recording ends, how long to keep retrying a store that is down before giving
+    # up (the spool is kept for `bot recover`).
+    finish_timeout: float = Field(120.0, gt=0)
+    # How the SHA-256 of the stored object is checked: "full" streams the object back and
+    # hashes it; "ends" trusts the server's per-part MD5 (sent as Content-MD5, chained into
+    # the multipart ETag) over the bytes we hashed locally and only reads the start and end
+    # for the decode probe; "auto" is "full" on a loopback endpoint, "ends" elsewhere.
+    verify_read: Literal["auto", "full", "ends"] = "auto"
+    # `bot recover` aborts this recorder's multipart uploads older than this (and in no
+    # journal); R2 itself aborts them after 7 days.
+    stale_upload_age: float = Field(24 * 3600.0, gt=0)
+    # Lifetime of presigned GET URLs handed out by the demo.
+    presign_seconds: int = Field(3600, ge=1, le=7 * 24 * 3600)
+
+    @field_validator("key_template")
+    @classmethod
+    def _key_template(cls, value: str) -> str:
+        """Refuse templates that could escape their prefix or carry free text."""
+        fields = re.findall(r"\{([^{}]*)\}", value)
+        unknown = sorted(set(fields) - {"consultation_id", "recording_id", "date"})
+        if unknown:
+            raise ValueError(
+                f"key_template has unknown placeholders {unknown}; "
+                "use only {consultation_id}, {recording_id}, {date}"
+            )
+        if "recording_id" not in fields:
+            raise ValueError("key_template must contain {recording_id} so keys are unique")
+        literal = re.sub(r"\{[^{}]*\}", "x", value)
+        if not re.fullmatch(r"[A-Za-z0-9/_.-]+", literal) or "{" in literal or "}" in literal:
+            raise ValueError("key_template may hold only letters, digits, '/', '_', '.', '-'")
+        segments = literal.split("/")
+        if value.startswith("/") or any(s in ("", ".", "..") for s in segments):
+            raise ValueError(
+                "key_template must be a relative path: no leading '/', no '//', no '.' or '..'"
+            )
+        return value
+
+    @field_validator("sse_c_key")
+    @classmethod
+    def _sse_c_key(cls, value: SecretStr) -> SecretStr:
+        text = value.get_secret_value()
+        if text:
+            try:
+                raw = base64.b64decode(text, validate=True)
+            except ValueError:
+                raise ValueError(
+                    "sse_c_key must be base64 (e.g. `openssl rand -base64 32`)"
+                ) from None
+            if len(raw) != 32:
+                raise ValueError("sse_c_key must be base64 of exactly 32 bytes (AES-256)")
+        return value
 
 
 class LoggingSettings(_Section):
