@@ -49,7 +49,10 @@ def _cmd_record(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc)) from None
     configure_logging(settings.logging.level, settings.logging.format)
     result = asyncio.run(record(settings))
-    print(result.summary())
+    if result.error:
+        print(f"bot: error: {result.error}", file=sys.stderr)
+    if result.path is not None:
+        print(result.summary())
     return int(result.exit_code)
 
 

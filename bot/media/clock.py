@@ -1,0 +1,178 @@
+"""Place every received frame on one wall-clock timeline.
+
+aiortc starts every track's pts at 0 at its own first frame and treats any backwards RTP
+timestamp as a wrap (+13 h), so muxing its pts gives a permanent A/V offset. Here each
+stream extends its 32-bit RTP timestamps properly and maps them to local wall-clock time:
+
+* With RTCP sender reports, an RTP timestamp maps to the sender's NTP clock (capture time).
+  All streams of one publisher share that clock, so lip sync is exact; the publisher's clock
+  is tied to ours by the smallest observed ``arrival - capture`` over all its packets (the
+  least-delayed packet bounds the network delay from below).
+* Without them, each stream is mapped on its own by the smallest ``arrival - rtp/rate``.
+
+Arrival times are taken when a packet reaches the receiver, before aiortc's jitter buffer,
+so the buffer's own delay (four packets for audio) never shifts a stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+
+log = structlog.get_logger("bot.media.clock")
+
+NTP_UNIX_OFFSET = 2_208_988_800
+"""Seconds from the NTP epoch (1900) to the Unix epoch (1970)."""
+
+STEP_THRESHOLD = 1.0
+"""A mapping that moves later by more than this for a whole window is a clock step."""
+
+STEP_WINDOW = 2.0
+
+
+def ntp_to_unix(ntp: int) -> float:
+    """Convert a 64-bit NTP timestamp (32.32 fixed point) to Unix seconds."""
+    return (ntp >> 32) - NTP_UNIX_OFFSET + (ntp & 0xFFFF_FFFF) / 2**32
+
+
+class RtpUnwrapper:
+    """Extend 32-bit RTP timestamps to unbounded integers.
+
+    A step back is a step back (reordering, a publisher's clock correction), and only a
+    step of more than half the range counts as a wrap.
+    """
+
+    def __init__(self) -> None:
+        self._last: int | None = None
+
+    def peek(self, timestamp: int) -> int:
+        if self._last is None:
+            return timestamp
+        delta = ((timestamp - self._last + 2**31) & 0xFFFF_FFFF) - 2**31
+        return self._last + delta
+
+    def extend(self, timestamp: int) -> int:
+        extended = self.peek(timestamp)
+        self._last = extended
+        return extended
+
+
+class MinOffset:
+    """Smallest ``arrival - media time`` seen, re-anchored when the source clock steps.
+
+    The minimum follows any decrease at once; an increase (a publisher restarting with a
+    new RTP base, or its wall clock stepping) is accepted only when every sample for
+    ``STEP_WINDOW`` seconds sits more than ``STEP_THRESHOLD`` above it.
+    """
+
+    def __init__(self) -> None:
+        self.value: float | None = None
+        self._window_start = 0.0
+        self._window_min = float("inf")
+
+    def observe(self, offset: float, arrival: float) -> None:
+        if self.value is None or offset < self.value:
+            self.value = offset
+            self._window_min = float("inf")
+            self._window_start = arrival
+            return
+        if offset - self.value <= STEP_THRESHOLD:
+            self._window_min = float("inf")
+            self._window_start = arrival
+            return
+        self._window_min = min(self._window_min, offset)
+        if arrival - self._window_start >= STEP_WINDOW:
+            log.warning("clock.step", step_s=round(self._window_min - self.value, 3))
+            self.value = self._window_min
+            self._window_min = float("inf")
+            self._window_start = arrival
+
+
+class ClockDomain:
+    """One publisher's sender clock, shared by all the streams of its session."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.offset = MinOffset()
+        """Local wall time minus the sender's NTP time, network delay included."""
+
+
+@dataclass(frozen=True)
+class SenderReport:
+    ntp_seconds: float
+    rtp: int
+    """Extended RTP timestamp."""
+
+
+class StreamClock:
+    """Maps one received stream's RTP timestamps to seconds on the recording timeline.
+
+    ``domain`` may be set after packets start: the receiver is hooked before the SFU sees
+    our answer, but which publisher it carries is known only from the SFU's response.
+    """
+
+    def __init__(self, clock_rate: int, domain: ClockDomain | None, origin_wall: float) -> None:
+        self.clock_rate = clock_rate
+        self.domain = domain
+        self.origin_wall = origin_wall
+        self._packets = RtpUnwrapper()
+        self._frames = RtpUnwrapper()
+        self._fallback = MinOffset()
+        self._report: SenderReport | None = None
+        self.ssrc: int | None = None
+        self.sender_reports = 0
+        self.first_arrival: float | None = None
+
+    @property
+    def synced(self) -> bool:
+        """True once a sender report ties this stream to its publisher's clock."""
+        return self._report is not None
+
+    def on_packet(self, ssrc: int, timestamp: int, arrival: float) -> None:
+        if self.ssrc is not None and ssrc != self.ssrc:
+            log.info("clock.ssrc_changed", kind_rate=self.clock_rate)
+            self._report = None
+        self.ssrc = ssrc
+        if self.first_arrival is None:
+            self.first_arrival = arrival
+        rtp = self._packets.extend(timestamp)
+        self._fallback.observe(arrival - rtp / self.clock_rate, arrival)
+        if self._report is not None and self.domain is not None:
+            self.domain.offset.observe(arrival - self._sender_time(rtp, self._report), arrival)
+
+    def on_sender_report(self, ssrc: int, ntp: int, timestamp: int) -> None:
+        if ntp == 0 or ssrc != self.ssrc:
+            return  # no media yet, or an SR from a sender that never started (ntp 0)
+        report = SenderReport(ntp_to_unix(ntp), self._packets.peek(timestamp))
+        previous = self._report
+        if previous is not None:
+            elapsed = report.ntp_seconds - previous.ntp_seconds
+            advanced = (report.rtp - previous.rtp) / self.clock_rate
+            if elapsed > 0 and abs(advanced - elapsed) > max(0.05, 0.05 * elapsed):
+                # The RTP clock and the NTP clock disagree (a restarted sender, a stepped
+                # clock): re-anchor the whole domain rather than mix two mappings.
+                log.warning("clock.sender_report_outlier", drift_s=round(advanced - elapsed, 3))
+                if self.domain is not None:
+                    self.domain.offset = MinOffset()
+        self._report = report
+        self.sender_reports += 1
+
+    def frame_timestamp(self, timestamp: int) -> int:
+        """Extend the RTP timestamp of a complete frame; used as the decoded frame's pts."""
+        return self._frames.extend(timestamp)
+
+    def timeline_seconds(self, rtp: int) -> float | None:
+        """Where a frame with this extended RTP timestamp belongs; None before any packet."""
+        report = self._report
+        domain = self.domain
+        if report is not None and domain is not None and domain.offset.value is not None:
+            local = self._sender_time(rtp, report) + domain.offset.value
+        elif self._fallback.value is not None:
+            local = rtp / self.clock_rate + self._fallback.value
+        else:
+            return None
+        return local - self.origin_wall
+
+    def _sender_time(self, rtp: int, report: SenderReport) -> float:
+        return report.ntp_seconds + (rtp - report.rtp) / self.clock_rate

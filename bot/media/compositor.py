@@ -1,0 +1,136 @@
+"""Video: each participant's frames scaled into its cell of a fixed-size output grid.
+
+Runs in the media thread. For each output tick it shows, per cell, the input frame whose
+timeline time is nearest the tick, so frames are neither shifted by up to a frame period
+(as "latest before" would) nor collapsed when timestamps collide. Inputs of any size,
+changing mid-stream, are scaled to fit their cell; a cell with no recent frame freezes
+its last picture briefly, then turns black.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+import av
+import numpy as np
+import numpy.typing as npt
+
+from bot.media.gaps import GapTracker
+from bot.media.layout import Rect
+
+BLACK_Y, BLACK_UV = 16, 128
+FREEZE_SECONDS = 1.0
+"""How long a cell keeps its last picture after its frames stop before turning black."""
+GAP_AFTER_SECONDS = 0.5
+"""A cell whose newest frame is older than this is in a gap (1 fps "muted" video is one)."""
+MAX_PENDING = 120
+"""Frames waiting per cell; beyond it the oldest go (a mapping far in the future)."""
+
+
+@dataclass
+class _Cell:
+    rect: Rect
+    gaps: GapTracker
+    pending: list[tuple[float, int, av.VideoFrame]] = field(default_factory=list)
+    shown: tuple[float, int] | None = None
+    scaled: tuple[Rect, list[npt.NDArray[np.uint8]]] | None = None
+    frames_in: int = 0
+    frames_shown: int = 0
+    frames_skipped: int = 0
+    sequence: int = 0
+
+
+class Compositor:
+    """Builds one yuv420p output frame per tick from the cells' pending input frames."""
+
+    def __init__(self, width: int, height: int, fps: int) -> None:
+        self.width = width
+        self.height = height
+        self.fps = fps
+        self._cells: list[_Cell] = []
+        self._canvas = np.empty(width * height * 3 // 2, dtype=np.uint8)
+        luma = width * height
+        self._planes = [
+            self._canvas[:luma].reshape(height, width),
+            self._canvas[luma : luma * 5 // 4].reshape(height // 2, width // 2),
+            self._canvas[luma * 5 // 4 :].reshape(height // 2, width // 2),
+        ]
+
+    def add_cell(self, rect: Rect, gaps: GapTracker) -> int:
+        self._cells.append(_Cell(rect, gaps))
+        return len(self._cells) - 1
+
+    def push(self, cell: int, t: float, frame: av.VideoFrame) -> None:
+        c = self._cells[cell]
+        c.frames_in += 1
+        c.sequence += 1
+        bisect.insort(c.pending, (t, c.sequence, frame), key=lambda item: (item[0], item[1]))
+        if len(c.pending) > MAX_PENDING:
+            del c.pending[0]
+            c.frames_skipped += 1
+
+    def compose(self, tick: float, paused: bool = False) -> av.VideoFrame:
+        self._planes[0].fill(BLACK_Y)
+        self._planes[1].fill(BLACK_UV)
+        self._planes[2].fill(BLACK_UV)
+        half_period = 0.5 / self.fps
+        for cell in self._cells:
+            self._advance(cell, tick, half_period)
+            age = tick - cell.shown[0] if cell.shown is not None else float("inf")
+            cell.gaps.update(tick, age < GAP_AFTER_SECONDS, paused)
+            if age <= FREEZE_SECONDS and not paused and cell.scaled is not None:
+                self._paste(*cell.scaled)
+        return av.VideoFrame.from_ndarray(
+            self._canvas.reshape(self.height * 3 // 2, self.width), format="yuv420p"
+        )
+
+    def stats(self) -> list[dict[str, int]]:
+        return [
+            {
+                "frames_in": c.frames_in,
+                "frames_shown": c.frames_shown,
+                "frames_skipped": c.frames_skipped,
+            }
+            for c in self._cells
+        ]
+
+    def gaps(self, end: float) -> list[GapTracker]:
+        for cell in self._cells:
+            cell.gaps.finish(end)
+        return [c.gaps for c in self._cells]
+
+    def _advance(self, cell: _Cell, tick: float, half_period: float) -> None:
+        """Pick the pending frame nearest ``tick``; frames before it are consumed."""
+        pending = cell.pending
+        limit = bisect.bisect_right(pending, tick + half_period, key=lambda item: item[0])
+        if limit == 0:
+            return
+        best = limit - 1
+        if best > 0 and tick - pending[best - 1][0] < pending[best][0] - tick:
+            best -= 1
+        t, sequence, frame = pending[best]
+        cell.frames_skipped += best
+        del pending[: best + 1]
+        cell.shown = (t, sequence)
+        cell.frames_shown += 1
+        cell.scaled = self._scale(cell.rect, frame)
+
+    @staticmethod
+    def _scale(rect: Rect, frame: av.VideoFrame) -> tuple[Rect, list[npt.NDArray[np.uint8]]]:
+        target = rect.fit(frame.width, frame.height)
+        scaled = frame.reformat(width=target.width, height=target.height, format="yuv420p")
+        planes = []
+        for plane in scaled.planes:
+            data = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(
+                plane.height, plane.line_size
+            )
+            planes.append(data[:, : plane.width].copy())
+        return target, planes
+
+    def _paste(self, rect: Rect, planes: list[npt.NDArray[np.uint8]]) -> None:
+        y, u, v = self._planes
+        y[rect.y : rect.y + rect.height, rect.x : rect.x + rect.width] = planes[0]
+        cx, cy, cw, ch = rect.x // 2, rect.y // 2, rect.width // 2, rect.height // 2
+        u[cy : cy + ch, cx : cx + cw] = planes[1]
+        v[cy : cy + ch, cx : cx + cw] = planes[2]

@@ -1,0 +1,212 @@
+"""The media thread: inputs from the network, one composed and mixed output, in real time.
+
+The event loop only appends decoded frames to bounded queues (``submit``); everything
+costly (scaling, compositing, mixing, encoding, muxing, file writes) happens here, off the
+loop. The thread trails real time by ``latency`` seconds so that frames delayed by the
+network or the jitter buffer still land in their place on the timeline.
+
+Queue policy: video frames are dropped oldest first when the queue is full (the picture
+freezes briefly); audio is never dropped unless its much larger queue overflows, which is
+logged as an alarm.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import av
+import structlog
+
+from bot.media.compositor import Compositor
+from bot.media.gaps import Gap, GapTracker
+from bot.media.layout import grid
+from bot.media.mixer import SAMPLE_RATE, Mixer
+from bot.media.writer import Mp4Writer
+
+log = structlog.get_logger("bot.media")
+
+VIDEO_QUEUE_SECONDS = 2.0
+AUDIO_QUEUE_SECONDS = 20.0
+
+
+@dataclass(frozen=True)
+class SlotInfo:
+    """One participant's place in the output: a grid cell and a speaker track."""
+
+    participant_id: str
+    role: str
+
+
+@dataclass
+class MediaReport:
+    """What the media thread did, for the manifest and the summary line."""
+
+    duration: float = 0.0
+    video_frames: int = 0
+    audio_samples: int = 0
+    video_frames_dropped_in_queue: int = 0
+    audio_frames_dropped_in_queue: int = 0
+    gaps: list[Gap] = field(default_factory=list)
+    slots: list[dict[str, Any]] = field(default_factory=list)
+
+
+class MediaPipeline:
+    """Compositor + mixer + writer driven by a wall-clock thread."""
+
+    def __init__(
+        self,
+        writer: Mp4Writer,
+        slots: list[SlotInfo],
+        *,
+        width: int,
+        height: int,
+        fps: int,
+        origin_wall: float,
+        latency: float,
+    ) -> None:
+        self._writer = writer
+        self._slots = slots
+        self._fps = fps
+        self._origin_wall = origin_wall
+        self._latency = latency
+        self._compositor = Compositor(width, height, fps)
+        self._mixer = Mixer()
+        for slot, rect in zip(slots, grid(len(slots), width, height), strict=True):
+            self._compositor.add_cell(rect, GapTracker(slot.participant_id, "video"))
+            self._mixer.add_voice(GapTracker(slot.participant_id, "audio"))
+        video_cap = max(8, int(VIDEO_QUEUE_SECONDS * 30 * max(1, len(slots))))
+        audio_cap = max(50, int(AUDIO_QUEUE_SECONDS * 50 * max(1, len(slots))))
+        self._video_in: deque[tuple[int, float, av.VideoFrame]] = deque(maxlen=video_cap)
+        self._audio_in: deque[tuple[int, float, av.AudioFrame]] = deque(maxlen=audio_cap)
+        self._wake = threading.Event()
+        self._end: float | None = None
+        self._pauses: list[tuple[float, float | None]] = []
+        self._thread = threading.Thread(target=self._run, name="media", daemon=True)
+        self._error: BaseException | None = None
+        self.report = MediaReport()
+
+    # -- called from the event loop ------------------------------------------------
+
+    def submit(self, slot: int, t: float, frame: av.VideoFrame | av.AudioFrame) -> None:
+        """Queue a decoded frame placed at timeline second ``t``; never blocks."""
+        if isinstance(frame, av.VideoFrame):
+            if len(self._video_in) == self._video_in.maxlen:
+                self.report.video_frames_dropped_in_queue += 1
+            self._video_in.append((slot, t, frame))
+        else:
+            if len(self._audio_in) == self._audio_in.maxlen:
+                self.report.audio_frames_dropped_in_queue += 1
+                log.error("media.audio_queue_overflow", slot=slot)
+            self._audio_in.append((slot, t, frame))
+
+    def now(self) -> float:
+        """Seconds since the recording's origin."""
+        return time.time() - self._origin_wall
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def finish(self, end: float) -> MediaReport:
+        """Write everything up to timeline second ``end``, close the file. Blocking."""
+        self._end = end
+        self._wake.set()
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self.report
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # -- the media thread ------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:
+            self._error = exc
+            log.exception("media.thread_failed")
+            try:
+                self._writer.close()
+            except Exception:
+                log.exception("media.close_failed")
+
+    def _loop(self) -> None:
+        period = 1.0 / self._fps
+        chunk = self._writer.audio_frame_size
+        while True:
+            end = self._end
+            now = self.now()
+            horizon = now - self._latency if end is None else min(end, now - self._latency)
+            final = end is not None and now >= end + self._latency
+            if final and end is not None:
+                horizon = end
+            self._drain()
+            while self._writer.video_frames * period <= horizon and (
+                end is None or self._writer.video_frames * period < end
+            ):
+                tick = self._writer.video_frames * period
+                self._writer.write_video(self._compositor.compose(tick, self._is_paused(tick)))
+            # A chunk is written once it lies wholly before the horizon; at the end, the
+            # last one may run up to one audio frame past it.
+            audio_horizon = horizon * SAMPLE_RATE
+            lead = 0 if final else chunk
+            while self._mixer.cursor + lead <= audio_horizon and (
+                not final or self._mixer.cursor < audio_horizon
+            ):
+                start = self._mixer.cursor / SAMPLE_RATE
+                mix, voices = self._mixer.pull(chunk, self._is_paused(start))
+                self._writer.write_audio(0, mix)
+                for index, samples in enumerate(voices, start=1):
+                    self._writer.write_audio(index, samples)
+            if final:
+                break
+            next_tick = self._writer.video_frames * period + self._latency
+            self._wake.wait(timeout=min(period, max(0.001, next_tick - self.now())))
+            self._wake.clear()
+        assert end is not None
+        self._close(end)
+
+    def pause(self, at: float) -> None:
+        """Black and silence from timeline second ``at`` until ``resume``; marked as gaps."""
+        self._pauses.append((at, None))
+
+    def resume(self, at: float) -> None:
+        if self._pauses and self._pauses[-1][1] is None:
+            self._pauses[-1] = (self._pauses[-1][0], at)
+
+    def _close(self, end: float) -> None:
+        self._writer.close()
+        report = self.report
+        report.duration = end
+        report.video_frames = self._writer.video_frames
+        report.audio_samples = self._mixer.cursor
+        trackers = self._compositor.gaps(end) + self._mixer.gaps(end)
+        report.gaps = sorted((g for t in trackers for g in t.gaps), key=lambda g: g.start)
+        for slot, video, audio in zip(
+            self._slots, self._compositor.stats(), self._mixer.stats(), strict=True
+        ):
+            report.slots.append(
+                {
+                    "participant": slot.participant_id,
+                    "role": slot.role,
+                    "video": video,
+                    "audio": audio,
+                }
+            )
+
+    def _drain(self) -> None:
+        while self._video_in:
+            slot, t, vframe = self._video_in.popleft()
+            self._compositor.push(slot, t, vframe)
+        while self._audio_in:
+            slot, t, aframe = self._audio_in.popleft()
+            self._mixer.push(slot, t, aframe)
+
+    def _is_paused(self, t: float) -> bool:
+        return any(start <= t and (stop is None or t < stop) for start, stop in self._pauses)

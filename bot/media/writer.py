@@ -1,0 +1,120 @@
+"""The fragmented MP4: H.264 video, a mixed audio track, and one audio track per speaker.
+
+Fragmented (``frag_keyframe+empty_moov+default_base_moof``) with a keyframe every
+``keyframe_seconds``: every fragment is playable on its own, so a crash loses at most the
+fragment being written, and the spool can be uploaded while it grows. ``flush_packets``
+pushes each fragment to the file as soon as it is complete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+
+from bot.media.mixer import SAMPLE_RATE, Samples
+
+AUDIO_FRAME_SIZE = {"aac": 1024, "opus": 960}
+_AUDIO_ENCODER = {"aac": "aac", "opus": "libopus"}
+
+
+class Mp4Writer:
+    """Owns the PyAV container; used from the media thread only."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        width: int,
+        height: int,
+        fps: int,
+        video_bitrate: int,
+        keyframe_seconds: float,
+        audio_codec: str,
+        audio_bitrate: int,
+        speaker_titles: Sequence[str],
+        preset: str = "veryfast",
+        on_fragment: Callable[[], None] | None = None,
+    ) -> None:
+        self.path = path
+        self.audio_frame_size = AUDIO_FRAME_SIZE[audio_codec]
+        self._on_fragment = on_fragment
+        self._container = av.open(
+            str(path),
+            mode="w",
+            format="mp4",
+            options={
+                "movflags": "frag_keyframe+empty_moov+default_base_moof",
+                "flush_packets": "1",
+            },
+        )
+        keyint = max(1, round(fps * keyframe_seconds))
+        video = self._container.add_stream("libx264", rate=fps)
+        assert isinstance(video, av.VideoStream)
+        video.width = width
+        video.height = height
+        video.pix_fmt = "yuv420p"
+        video.bit_rate = video_bitrate
+        video.codec_context.time_base = Fraction(1, fps)
+        video.options = {
+            "preset": preset,
+            "tune": "zerolatency",
+            "profile": "high",
+            "g": str(keyint),
+            "keyint_min": str(keyint),
+            "sc_threshold": "0",
+            "bf": "0",
+        }
+        self._video = video
+        self._audio: list[av.AudioStream] = []
+        for index, title in enumerate(["mix", *speaker_titles]):
+            stream = self._container.add_stream(_AUDIO_ENCODER[audio_codec], rate=SAMPLE_RATE)
+            assert isinstance(stream, av.AudioStream)
+            stream.layout = "mono"
+            stream.bit_rate = audio_bitrate
+            stream.metadata["title"] = title
+            stream.metadata["handler_name"] = title
+            if index > 0:
+                stream.disposition = av.stream.Disposition(0)
+            self._audio.append(stream)
+        self._audio_positions = [0] * len(self._audio)
+        self.video_frames = 0
+        self.bytes_written = 0
+
+    def write_video(self, frame: av.VideoFrame) -> None:
+        frame.pts = self.video_frames
+        frame.time_base = Fraction(1, self._video.codec_context.rate or 1)
+        self.video_frames += 1
+        self._mux(self._video.encode(frame), keyframes=True)
+
+    def write_audio(self, track: int, samples: Samples) -> None:
+        """Track 0 is the mix; 1..n the speakers in the order given."""
+        stream = self._audio[track]
+        frame = av.AudioFrame.from_ndarray(
+            samples.reshape(1, -1).astype(np.float32, copy=False), format="fltp", layout="mono"
+        )
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts = self._audio_positions[track]
+        frame.time_base = Fraction(1, SAMPLE_RATE)
+        self._audio_positions[track] += samples.size
+        self._mux(stream.encode(frame), keyframes=False)
+
+    def close(self) -> None:
+        """Flush every encoder and write the last fragment; the file is then complete."""
+        self._mux(self._video.encode(None), keyframes=False)
+        for stream in self._audio:
+            self._mux(stream.encode(None), keyframes=False)
+        self._container.close()
+        if self._on_fragment is not None:
+            self._on_fragment()
+
+    def _mux(self, packets: Sequence[av.Packet[Any]], *, keyframes: bool) -> None:
+        for packet in packets:
+            self._container.mux(packet)
+            if keyframes and packet.is_keyframe and self._on_fragment is not None:
+                # A video keyframe starts a new fragment: the previous one is on disk now.
+                self._on_fragment()

@@ -1,0 +1,217 @@
+"""The recorder's WebRTC side: one Cloudflare session pulling every participant's tracks.
+
+Pulls go through the Cloudflare API (tracks/new remote, the SFU offers, we answer with
+PUT renegotiate). Each received track gets a clock (bot.media.clock) and a reader task
+that hands decoded frames, placed on the timeline, to the media pipeline. Every accepted
+track is drained for as long as it lives: an unread aiortc track queue grows forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import av
+import structlog
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from bot.config import Participant, TrackRef
+from bot.media.clock import ClockDomain, StreamClock
+from bot.realtime import RealtimeClient, SessionDescription, TrackObject, TrackResult
+from bot.receiver_hooks import attach_clock, request_keyframe, route_by_mid
+
+log = structlog.get_logger("bot.subscriber")
+
+FrameSink = Callable[[int, float, av.VideoFrame | av.AudioFrame], None]
+"""``(slot, timeline_seconds, frame)``: where decoded frames go (the media pipeline)."""
+
+KEYFRAME_STALL_SECONDS = 1.0
+"""Packets flowing but no picture decoded for this long: ask for a keyframe again."""
+
+
+@dataclass
+class PulledTrack:
+    """One remote track on our session, from pull to end."""
+
+    ref: TrackRef
+    participant: Participant
+    slot: int
+    mid: str
+    kind: str
+    clock: StreamClock
+    receiver: Any
+    frames: int = 0
+    packets: int = 0
+    last_packet: float = 0.0
+    last_frame: float = 0.0
+    last_keyframe_request: float = 0.0
+    reader: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class TrackFailure(Exception):
+    """A track could not be pulled; the others keep recording."""
+
+
+class Subscriber:
+    """Owns the PeerConnection and the Cloudflare session of one recording."""
+
+    def __init__(
+        self,
+        client: RealtimeClient,
+        sink: FrameSink,
+        *,
+        origin_wall: float,
+        ice_servers: tuple[str, ...] = (),
+    ) -> None:
+        self._client = client
+        self._sink = sink
+        self._origin_wall = origin_wall
+        self._pc = RTCPeerConnection(
+            RTCConfiguration(iceServers=[RTCIceServer(urls=url) for url in ice_servers])
+        )
+        self._domains: dict[str, ClockDomain] = {}
+        self.session_id: str | None = None
+        self.tracks: list[PulledTrack] = []
+        self._tracks_by_receiver: dict[int, PulledTrack] = {}
+        self.connected = asyncio.Event()
+        self.failed = asyncio.Event()
+        self._watchdog: asyncio.Task[None] | None = None
+
+        @self._pc.on("connectionstatechange")
+        def _on_state() -> None:
+            state = self._pc.connectionState
+            log.info("subscriber.connection_state", state=state)
+            if state == "connected":
+                self.connected.set()
+            elif state in ("failed", "closed"):
+                self.failed.set()
+
+    async def open(self) -> str:
+        session = await self._client.new_session()
+        self.session_id = session.sessionId
+        log.info("subscriber.session_created")
+        self._watchdog = asyncio.create_task(self._watch_keyframes())
+        return session.sessionId
+
+    async def pull(self, participant: Participant, slot: int) -> list[TrackResult]:
+        """Pull a participant's tracks; returns the per-track failures (already logged)."""
+        assert self.session_id is not None, "open() first"
+        refs = list(participant.tracks)
+        objects = [
+            TrackObject(location="remote", sessionId=r.session_id, trackName=r.track_name)
+            for r in refs
+        ]
+        hooked: dict[str, tuple[Any, StreamClock, str, str | None]] = {}
+
+        async def answer(offer: SessionDescription) -> SessionDescription:
+            await self._pc.setRemoteDescription(RTCSessionDescription(offer.sdp, offer.type))
+            # Hook the new receivers before the SFU sees our answer: media may follow at once.
+            known = {t.mid for t in self.tracks}
+            for transceiver in self._pc.getTransceivers():
+                mid = transceiver.mid
+                if mid is not None and mid not in known and mid not in hooked:
+                    hooked[mid] = self._hook(transceiver)
+            reply = await self._pc.createAnswer()
+            await self._pc.setLocalDescription(reply)
+            return SessionDescription(type="answer", sdp=self._pc.localDescription.sdp)
+
+        result = await self._client.pull_tracks(self.session_id, objects, answer)
+        failures = []
+        for ref, item in zip(refs, result.tracks, strict=False):
+            mid = item.mid or ""
+            if item.failed or mid not in hooked:
+                failures.append(item)
+                log.error(
+                    "subscriber.track_failed",
+                    participant=participant.id,
+                    track=ref.track_name,
+                    error_code=item.errorCode or "mid_missing_from_offer",
+                    error=item.errorDescription,
+                )
+                continue
+            receiver, clock, kind, codec = hooked[mid]
+            clock.domain = self._domains.setdefault(ref.session_id, ClockDomain(ref.session_id))
+            track = PulledTrack(ref, participant, slot, mid, kind, clock, receiver)
+            self._tracks_by_receiver[id(receiver)] = track
+            self.tracks.append(track)
+            track.reader = asyncio.create_task(self._read(track), name=f"read-{track.mid}")
+            log.info(
+                "subscriber.track_pulled",
+                participant=participant.id,
+                role=participant.role,
+                track=ref.track_name,
+                kind=kind,
+                mid=mid,
+                codec=codec,
+            )
+        return failures
+
+    def _hook(self, transceiver: Any) -> tuple[Any, StreamClock, str, str | None]:
+        receiver = transceiver.receiver
+        kind: str = transceiver.kind
+        codec = next(iter(transceiver._codecs), None)  # negotiated codecs, preferred first
+        rate = codec.clockRate if codec is not None else (48_000 if kind == "audio" else 90_000)
+        clock = StreamClock(rate, None, self._origin_wall)
+
+        def on_packet(ssrc: int) -> None:
+            now = time.time()
+            track = self._tracks_by_receiver.get(id(receiver))
+            if track is None:
+                return
+            if track.packets == 0 and kind == "video":
+                request_keyframe(receiver, ssrc)
+                track.last_keyframe_request = now
+            track.packets += 1
+            track.last_packet = now
+
+        attach_clock(receiver, clock, on_packet)
+        route_by_mid(receiver.transport)
+        return receiver, clock, kind, codec.mimeType if codec is not None else None
+
+    async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        for track in self.tracks:
+            if track.reader is not None:
+                track.reader.cancel()
+        await self._pc.close()
+
+    def last_media(self) -> float:
+        """Wall-clock time of the newest packet on any track (0 if none yet)."""
+        return max((t.last_packet for t in self.tracks), default=0.0)
+
+    async def _read(self, track: PulledTrack) -> None:
+        media = track.receiver.track
+        try:
+            while True:
+                frame = await media.recv()
+                t = track.clock.timeline_seconds(frame.pts)
+                track.last_frame = time.time()
+                if t is None:
+                    continue
+                track.frames += 1
+                self._sink(track.slot, t, frame)
+        except MediaStreamError:
+            log.info("subscriber.track_ended", participant=track.participant.id, mid=track.mid)
+
+    async def _watch_keyframes(self) -> None:
+        """Ask again for a keyframe when packets arrive but no picture comes out."""
+        while True:
+            await asyncio.sleep(0.5)
+            now = time.time()
+            for track in self.tracks:
+                stalled = (
+                    track.kind == "video"
+                    and track.clock.ssrc is not None
+                    and now - track.last_packet < KEYFRAME_STALL_SECONDS
+                    and now - max(track.last_frame, track.last_keyframe_request)
+                    > KEYFRAME_STALL_SECONDS
+                )
+                if stalled and track.clock.ssrc is not None:
+                    track.last_keyframe_request = now
+                    request_keyframe(track.receiver, track.clock.ssrc)
+                    log.info("subscriber.keyframe_requested", mid=track.mid)
