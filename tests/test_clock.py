@@ -1,0 +1,62 @@
+"""The timeline mapping: RTP unwrapping, sender reports, arrival fallback, clock steps."""
+
+from bot.media.clock import NTP_UNIX_OFFSET, ClockDomain, MinOffset, RtpUnwrapper, StreamClock
+
+
+def ntp(unix: float) -> int:
+    seconds = int(unix) + NTP_UNIX_OFFSET
+    return (seconds << 32) | int((unix % 1) * 2**32)
+
+
+def test_unwrap_handles_wrap_and_steps_back() -> None:
+    u = RtpUnwrapper()
+    assert u.extend(2**32 - 100) == 2**32 - 100
+    assert u.extend(50) == 2**32 + 50  # wrapped forwards
+    assert u.extend(2**32 - 10) == 2**32 - 10  # a step back stays a step back (aiortc: +13 h)
+
+
+def test_fallback_uses_least_delayed_packet() -> None:
+    origin = 1000.0
+    clock = StreamClock(48_000, ClockDomain("pub"), origin)
+    base = 123_456
+    for i, delay in enumerate([0.050, 0.020, 0.080, 0.021]):
+        clock.on_packet(1, base + i * 960, origin + 1.0 + i * 0.02 + delay)
+    t = clock.timeline_seconds(base)
+    assert t is not None
+    assert abs(t - 1.020) < 1e-6
+
+
+def test_sender_report_aligns_audio_and_video_of_one_publisher() -> None:
+    origin = 5000.0
+    domain = ClockDomain("pub")
+    audio = StreamClock(48_000, domain, origin)
+    video = StreamClock(90_000, domain, origin)
+    capture = origin + 2.0  # both captured at the same instant, different RTP bases
+    a_rtp, v_rtp = 1_000, 3_000_000_000
+    audio.on_packet(7, a_rtp, capture + 0.010)
+    video.on_packet(9, v_rtp, capture + 0.045)  # video arrives 35 ms later (encoder delay)
+    audio.on_sender_report(7, ntp(capture), a_rtp)
+    video.on_sender_report(9, ntp(capture), v_rtp)
+    audio.on_packet(7, a_rtp + 960, capture + 0.030)
+    video.on_packet(9, v_rtp + 3000, capture + 0.080)
+    ta, tv = audio.timeline_seconds(a_rtp), video.timeline_seconds(v_rtp)
+    assert ta is not None and tv is not None
+    assert abs(ta - tv) < 1e-6  # lip sync from the shared sender clock
+    assert abs(ta - 2.010) < 0.002
+
+
+def test_sender_report_with_zero_ntp_is_ignored() -> None:
+    clock = StreamClock(48_000, ClockDomain("pub"), 0.0)
+    clock.on_packet(1, 100, 10.0)
+    clock.on_sender_report(1, 0, 100)
+    assert not clock.synced
+
+
+def test_min_offset_reanchors_after_a_sustained_step() -> None:
+    m = MinOffset()
+    m.observe(1.0, 0.0)
+    m.observe(5.0, 0.5)  # one late packet is not a step
+    assert m.value == 1.0
+    for i in range(30):
+        m.observe(5.0 + (i % 3) * 0.001, 1.0 + i * 0.1)
+    assert m.value is not None and abs(m.value - 5.0) < 0.01

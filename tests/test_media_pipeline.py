@@ -1,0 +1,116 @@
+"""Compositor, mixer and the media thread on synthetic frames (no network)."""
+
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+
+from bot.media.compositor import Compositor
+from bot.media.gaps import GapTracker
+from bot.media.layout import Rect, grid
+from bot.media.mixer import SAMPLE_RATE, Mixer
+from bot.media.pipeline import MediaPipeline, SlotInfo
+from bot.media.writer import Mp4Writer
+
+
+def gray(value: int, width: int = 64, height: int = 36) -> av.VideoFrame:
+    return av.VideoFrame.from_ndarray(np.full((height, width, 3), value, np.uint8), format="rgb24")
+
+
+def tone(samples: int = 960, amplitude: int = 8000) -> av.AudioFrame:
+    pcm = (np.sin(np.arange(samples) * 0.1) * amplitude).astype(np.int16)
+    frame = av.AudioFrame.from_ndarray(
+        np.repeat(pcm, 2).reshape(1, -1), format="s16", layout="stereo"
+    )
+    frame.sample_rate = SAMPLE_RATE
+    return frame
+
+
+def luma_at(frame: av.VideoFrame, x: int, y: int) -> int:
+    return int(frame.to_ndarray(format="gray")[y, x])
+
+
+def test_grid_cells_are_even_and_inside() -> None:
+    for count in range(1, 10):
+        for rect in grid(count, 1280, 720):
+            assert rect.x % 2 == rect.y % 2 == rect.width % 2 == rect.height % 2 == 0
+            assert rect.x + rect.width <= 1280 and rect.y + rect.height <= 720
+    assert Rect(0, 0, 640, 720).fit(640, 360) == Rect(0, 180, 640, 360)
+
+
+def test_compositor_shows_nearest_frame_and_survives_resolution_changes() -> None:
+    comp = Compositor(320, 180, 30)
+    comp.add_cell(Rect(0, 0, 320, 180), GapTracker("p", "video"))
+    comp.push(0, 0.000, gray(60, 64, 36))
+    comp.push(0, 0.040, gray(200, 1280, 720))  # a size change mid-stream
+    comp.push(0, 0.070, gray(120, 32, 18))
+    assert abs(luma_at(comp.compose(0.0), 160, 90) - 60) < 8
+    assert abs(luma_at(comp.compose(1 / 30), 160, 90) - 200) < 8  # 0.040 nearest to 0.033
+    assert abs(luma_at(comp.compose(2 / 30), 160, 90) - 120) < 8
+    assert comp.stats()[0] == {"frames_in": 3, "frames_shown": 3, "frames_skipped": 0}
+
+
+def test_compositor_freezes_then_goes_black_and_reports_the_gap() -> None:
+    comp = Compositor(64, 36, 10)
+    comp.add_cell(Rect(0, 0, 64, 36), GapTracker("p", "video"))
+    comp.push(0, 0.0, gray(200))
+    frames = [comp.compose(i / 10) for i in range(30)]
+    assert luma_at(frames[5], 30, 18) > 150  # frozen last picture
+    assert luma_at(frames[25], 30, 18) < 30  # then black
+    gaps = comp.gaps(3.0)[0].gaps
+    assert len(gaps) == 1 and abs(gaps[0].start - 0.5) < 0.11
+
+
+def test_mixer_lays_jittered_frames_end_to_end_and_fills_loss_with_silence() -> None:
+    mixer = Mixer()
+    mixer.add_voice(GapTracker("p", "audio"))
+    t = 0.0
+    for i in range(10):
+        jitter = 0.004 if i % 2 else -0.003
+        mixer.push(0, t + jitter if i else t, tone())
+        t += 0.02
+    mix, voices = mixer.pull(9600)
+    assert np.count_nonzero(voices[0][: 960 * 10] == 0) < 50  # no holes from jitter
+    mixer.push(0, 0.5, tone())  # 300 ms after the previous frame ended: a real gap
+    mix, _ = mixer.pull(SAMPLE_RATE // 2)  # covers 0.2 s .. 0.7 s
+    silence = int(0.3 * SAMPLE_RATE)
+    assert np.abs(mix[:silence]).max() == 0
+    assert np.abs(mix[silence : silence + 960]).max() > 0.1
+    assert mixer.stats()[0]["discontinuities"] == 1
+
+
+def test_pipeline_writes_a_fragmented_mp4_of_the_right_length(tmp_path: Path) -> None:
+    path = tmp_path / "out.mp4"
+    writer = Mp4Writer(
+        path,
+        width=320,
+        height=180,
+        fps=30,
+        video_bitrate=300_000,
+        keyframe_seconds=1.0,
+        audio_codec="aac",
+        audio_bitrate=64_000,
+        speaker_titles=["clinician"],
+    )
+    origin = time.time()
+    pipeline = MediaPipeline(
+        writer,
+        [SlotInfo("c1", "clinician")],
+        width=320,
+        height=180,
+        fps=30,
+        origin_wall=origin,
+        latency=0.05,
+    )
+    pipeline.start()
+    for i in range(50):
+        pipeline.submit(0, i / 25, gray(i * 4))
+    for i in range(100):
+        pipeline.submit(0, i * 0.02, tone())
+    report = pipeline.finish(2.0)
+    assert report.video_frames == 60
+    with av.open(str(path)) as container:
+        assert abs(container.duration / av.time_base - 2.0) < 0.1
+        assert [s.type for s in container.streams] == ["video", "audio", "audio"]
+    assert path.read_bytes().count(b"moof") >= 2
