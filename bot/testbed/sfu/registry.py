@@ -1,0 +1,87 @@
+"""Every live session of the SFU, found by id; expiry of sessions whose transport died."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+import structlog
+
+from bot.testbed.sfu.errors import session_gone
+from bot.testbed.sfu.forwarder import PublishedTrack
+from bot.testbed.sfu.session import SfuSession
+
+log = structlog.get_logger("bot.sfu")
+
+
+class SessionRegistry:
+    def __init__(
+        self,
+        *,
+        sender_reports: bool,
+        ssrc_in_sdp: bool,
+        session_expiry_s: float,
+        connect_wait_s: float,
+        track_gc_s: float,
+    ) -> None:
+        self._sender_reports = sender_reports
+        self._ssrc_in_sdp = ssrc_in_sdp
+        self._expiry_s = session_expiry_s
+        self._connect_wait_s = connect_wait_s
+        self._track_gc_s = track_gc_s
+        self._sessions: dict[str, SfuSession] = {}
+        self._expiries: dict[str, asyncio.TimerHandle] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def create(self) -> SfuSession:
+        session = SfuSession(
+            secrets.token_hex(16),
+            self,
+            sender_reports=self._sender_reports,
+            ssrc_in_sdp=self._ssrc_in_sdp,
+            connect_wait_s=self._connect_wait_s,
+            track_gc_s=self._track_gc_s,
+            on_dead=self._schedule_expiry,
+        )
+        self._sessions[session.id] = session
+        log.info("sfu.session_created", session_id=session.id)
+        return session
+
+    def get(self, session_id: str) -> SfuSession:
+        """The session, or 410: unknown and expired look the same, as on Cloudflare."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise session_gone("unknown, closed or expired session; create a new one")
+        return session
+
+    def find_track(
+        self, session_id: str, track_name: str
+    ) -> tuple[SfuSession, PublishedTrack] | None:
+        session = self._sessions.get(session_id)
+        if session is None or not session.alive:
+            return None
+        track = session.published(track_name)
+        return None if track is None else (session, track)
+
+    async def close_all(self) -> None:
+        for handle in self._expiries.values():
+            handle.cancel()
+        self._expiries.clear()
+        sessions = list(self._sessions.values())
+        self._sessions.clear()
+        await asyncio.gather(*(s.close() for s in sessions), *self._closing)
+
+    def _schedule_expiry(self, session: SfuSession) -> None:
+        """A session whose transport failed or closed stays visible for the reuse window."""
+        if session.id in self._sessions and session.id not in self._expiries:
+            loop = asyncio.get_running_loop()
+            self._expiries[session.id] = loop.call_later(self._expiry_s, self._expire, session)
+
+    def _expire(self, session: SfuSession) -> None:
+        self._expiries.pop(session.id, None)
+        if self._sessions.pop(session.id, None) is None:
+            return
+        log.info("sfu.session_expired", session_id=session.id)
+        task = asyncio.ensure_future(session.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
