@@ -74,6 +74,7 @@ class RealtimeClient:
                 "(keep it out of config files in version control)"
             )
         self._app_path = f"/apps/{app_id}"
+        self._secret = app_secret
         self._max_retries = max_retries
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._http = httpx.AsyncClient(
@@ -263,6 +264,10 @@ class RealtimeClient:
         if status not in (expect, 200, 201) or (isinstance(data, dict) and data.get("errorCode")):
             code = data.get("errorCode") if isinstance(data, dict) else None
             description = data.get("errorDescription") if isinstance(data, dict) else None
+            if isinstance(description, str):
+                # A server (or proxy) that echoes request headers must not leak the secret
+                # into an exception message or a log line.
+                description = description.replace(self._secret, "[redacted]")
             if status in (200, 201) and not code:
                 code = "unexpected_status"
             raise error_for(operation, status, code, description)
