@@ -27,7 +27,7 @@ from botocore.exceptions import (
     ClientError,
     ConnectionError,
     EndpointConnectionError,
-    ReadTimeoutError,
+    HTTPClientError,
 )
 
 from bot import __version__
@@ -130,7 +130,7 @@ class S3Store:
     def _error(self, exc: Exception, action: str) -> StorageError:
         """Turn a botocore failure into one line: what, where, what to do."""
         where = f"{self.endpoint} (bucket {self.bucket!r})"
-        if isinstance(exc, EndpointConnectionError | ConnectionError | ReadTimeoutError):
+        if isinstance(exc, EndpointConnectionError | ConnectionError | HTTPClientError):
             return StorageError(
                 f"cannot reach the object store at {self.endpoint} while trying to {action}: "
                 f"{type(exc).__name__}; check storage.endpoint_url and the network",
@@ -167,9 +167,9 @@ class S3Store:
                 permanent=not transient,
             )
         return StorageError(
-            f"object store at {self.endpoint} failed to {action}: {type(exc).__name__}",
-            kind="unreachable",
-            permanent=False,
+            f"request to {self.endpoint} to {action} is invalid: {type(exc).__name__}",
+            kind="store",
+            permanent=True,
         )
 
     def _call(self, action: str, method: str, **kwargs: Any) -> Any:
@@ -219,7 +219,6 @@ class S3Store:
                 Key=key,
                 UploadId=upload_id,
                 PartNumberMarker=marker,
-                **self._sse,
             )
             for item in response.get("Parts", []):
                 parts.append(PartInfo(item["PartNumber"], item["Size"], _strip(item["ETag"])))
