@@ -301,3 +301,112 @@ async def test_session_whose_transport_closed_expires_to_410(
 
         await asyncio.wait_for(gone(), 10)
         _assert_error(await http.get(url), 410, "session_error")
+
+
+async def test_pull_with_the_callers_own_offer_is_answered_and_media_flows(
+    http: httpx.AsyncClient, pcs: list[RTCPeerConnection]
+) -> None:
+    publisher = await _publish(http, pcs)
+    puller = await _new_session(http)
+    pc = RTCPeerConnection()
+    pcs.append(pc)
+    arrived: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    pc.on("track", lambda track: arrived.done() or arrived.set_result(track))
+    transceiver = pc.addTransceiver("audio", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    body = _pull_body(publisher)
+    body["tracks"][0]["mid"] = transceiver.mid
+    body["sessionDescription"] = {"type": "offer", "sdp": pc.localDescription.sdp}
+    response = await http.post(f"/sessions/{puller}/tracks/new", json=body)
+    result = response.json()
+    assert response.status_code == 200, result
+    assert result["requiresImmediateRenegotiation"] is False
+    assert result["tracks"][0]["mid"] == transceiver.mid
+    assert result["sessionDescription"]["type"] == "answer"
+    answer = result["sessionDescription"]["sdp"]
+    assert "a=sendonly" in answer
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+    track = await asyncio.wait_for(arrived, 10)
+    frame = await asyncio.wait_for(track.recv(), 10)
+    assert frame.sample_rate == 48000
+
+
+async def test_legacy_offer_on_new_session_then_publish_by_mid_and_auto_discover(
+    http: httpx.AsyncClient, pcs: list[RTCPeerConnection]
+) -> None:
+    pc = RTCPeerConnection()
+    pcs.append(pc)
+    first = pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    response = await http.post(
+        "/sessions/new",
+        json={"sessionDescription": {"type": "offer", "sdp": pc.localDescription.sdp}},
+    )
+    assert response.status_code == 201
+    session_id = response.json()["sessionId"]
+    assert response.json()["sessionDescription"]["type"] == "answer"
+    answer = response.json()["sessionDescription"]["sdp"]
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+
+    named = await http.post(
+        f"/sessions/{session_id}/tracks/new",
+        json={"tracks": [{"location": "local", "mid": first.mid, "trackName": "legacy"}]},
+    )
+    assert named.status_code == 200, named.text
+    assert named.json()["tracks"] == [{"trackName": "legacy", "mid": first.mid}]
+
+    second = pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    discovered = await http.post(
+        f"/sessions/{session_id}/tracks/new",
+        json={
+            "autoDiscover": True,
+            "sessionDescription": {"type": "offer", "sdp": pc.localDescription.sdp},
+        },
+    )
+    assert discovered.status_code == 200, discovered.text
+    [track] = discovered.json()["tracks"]
+    assert track["mid"] == second.mid
+    assert re.fullmatch(r"[0-9a-f]{32}", track["trackName"])
+    state = (await http.get(f"/sessions/{session_id}")).json()
+    assert {t["trackName"] for t in state["tracks"]} == {"legacy", track["trackName"]}
+
+
+async def test_close_without_force_makes_an_sfu_offer_to_answer(
+    http: httpx.AsyncClient, pcs: list[RTCPeerConnection]
+) -> None:
+    publisher = await _publish(http, pcs)
+    puller = await _new_session(http)
+    pc = RTCPeerConnection()
+    pcs.append(pc)
+
+    async def answer(offer: str) -> None:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        response = await http.put(
+            f"/sessions/{puller}/renegotiate",
+            json={"sessionDescription": {"type": "answer", "sdp": pc.localDescription.sdp}},
+        )
+        assert response.status_code == 200, response.text
+
+    pull = (await http.post(f"/sessions/{puller}/tracks/new", json=_pull_body(publisher))).json()
+    await answer(pull["sessionDescription"]["sdp"])
+    mid = pull["tracks"][0]["mid"]
+    close = await http.put(
+        f"/sessions/{puller}/tracks/close", json={"tracks": [{"mid": mid}], "force": False}
+    )
+    body = close.json()
+    assert close.status_code == 200, body
+    assert body["requiresImmediateRenegotiation"] is True
+    assert body["sessionDescription"]["type"] == "offer"
+    assert "a=inactive" in body["sessionDescription"]["sdp"]
+    await answer(body["sessionDescription"]["sdp"])
+
+
+async def test_legacy_session_with_an_offer_without_media_is_400(
+    http: httpx.AsyncClient,
+) -> None:
+    response = await http.post(
+        "/sessions/new", json={"sessionDescription": {"type": "offer", "sdp": "v=0\r\nbogus"}}
+    )
+    _assert_error(response, 400, "invalid_session_description")

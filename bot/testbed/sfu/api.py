@@ -126,8 +126,12 @@ async def _new_session(request: web.Request) -> web.Response:
     session = registry.create()
     if body.sessionDescription is None:
         return _ok({"sessionId": session.id}, status=201)
-    async with _Mutation(session):
-        answer = await session.answer_offer(body.sessionDescription)
+    try:
+        async with _Mutation(session):
+            answer = await session.answer_offer(body.sessionDescription)
+    except ApiError:
+        await registry.discard(session)
+        raise
     return _ok(
         {"sessionId": session.id, "sessionDescription": {"type": "answer", "sdp": answer}},
         status=201,

@@ -54,6 +54,11 @@ class SessionRegistry:
             raise session_gone("unknown, closed or expired session; create a new one")
         return session
 
+    async def discard(self, session: SfuSession) -> None:
+        """Forget a session at once (its creation failed half-way)."""
+        self._sessions.pop(session.id, None)
+        await session.close()
+
     def find_track(
         self, session_id: str, track_name: str
     ) -> tuple[SfuSession, PublishedTrack] | None:

@@ -451,6 +451,8 @@ class SfuSession:
     # -- SDP -------------------------------------------------------------------------
 
     async def _answer(self, sdp: str) -> str:
+        if not _parse(sdp).media:
+            raise invalid_session_description("the offer has no media section")
         await self._apply_remote(RTCSessionDescription(sdp=sdp, type="offer"))
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         self._negotiated = True
