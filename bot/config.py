@@ -103,9 +103,17 @@ class RealtimeSettings(_Section):
     max_retries: int = Field(4, ge=0, le=10)
     ice_servers: tuple[str, ...] = ("stun:stun.cloudflare.com:3478",)
 
+    @field_validator("ice_servers", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        """From the environment: a comma-separated list; empty means no ICE servers."""
+        if isinstance(value, str):
+            return tuple(url.strip() for url in value.split(",") if url.strip())
+        return value
+
 
 class RecordingSettings(_Section):
-    consultation_id: str = "demo"
+    consultation_id: str | None = None
     output_dir: Path = Path("recordings")
     width: int = Field(1280, ge=160, le=3840, multiple_of=2)
     height: int = Field(720, ge=120, le=2160, multiple_of=2)
@@ -122,8 +130,8 @@ class RecordingSettings(_Section):
 
     @field_validator("consultation_id")
     @classmethod
-    def _opaque(cls, value: str) -> str:
-        if not _OPAQUE_ID.match(value):
+    def _opaque(cls, value: str | None) -> str | None:
+        if value is not None and not _OPAQUE_ID.match(value):
             raise ValueError("consultation id must be an opaque id: 1-64 of [A-Za-z0-9_-]")
         return value
 

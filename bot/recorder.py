@@ -55,6 +55,11 @@ async def record(settings: Settings) -> RecordingResult:
     """Record until a stop condition; returns a result that always says what happened."""
     rec = settings.recording
     recording_id = uuid.uuid4().hex
+    if rec.consultation_id is None:
+        raise ConfigError(
+            "no consultation id: pass --consultation-id ID (an opaque id, never patient data) "
+            "or set BOT_RECORDING_CONSULTATION_ID"
+        )
     structlog.contextvars.bind_contextvars(
         consultation_id=rec.consultation_id, recording_id=recording_id
     )
@@ -133,6 +138,9 @@ async def record(settings: Settings) -> RecordingResult:
             await subscriber.close()
             result.media = await asyncio.to_thread(pipeline.finish, end)
             result.ended_at = datetime.now(UTC)
+            if not subscriber.tracks:
+                path.unlink(missing_ok=True)  # nothing was recorded: leave no empty file
+                result.path = None
         log.info(
             "recorder.finished",
             stop_reason=result.stop_reason,

@@ -24,7 +24,7 @@ async def run_demo(duration: float, output_dir: Path) -> int:
                 ice_servers=(),
             ),
             recording=RecordingSettings(
-                consultation_id="demo",
+                consultation_id="demo-consultation",
                 participants=tuple(call.participants),
                 max_duration=duration,
                 output_dir=output_dir,

@@ -1,0 +1,62 @@
+"""Shared helpers for end-to-end tests: a local call, the recorder's settings, file checks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from bot.config import Participant, RealtimeSettings, RecordingSettings, Settings
+from bot.media.layout import grid
+from bot.testbed.analysis import Rect
+from bot.testbed.stack import LocalCall
+
+
+def recorder_settings(
+    call: LocalCall,
+    output_dir: Path,
+    participants: tuple[Participant, ...] | None = None,
+    **recording: Any,
+) -> Settings:
+    return Settings(
+        realtime=RealtimeSettings(
+            base_url=call.base_url, app_id=call.app_id, app_secret=call.app_secret, ice_servers=()
+        ),
+        recording=RecordingSettings(
+            consultation_id=recording.pop("consultation_id", "c-e2e"),
+            participants=participants if participants is not None else tuple(call.participants),
+            output_dir=output_dir,
+            **recording,
+        ),
+    )
+
+
+def slots(count: int, width: int = 1280, height: int = 720) -> list[Rect]:
+    return [Rect(r.x, r.y, r.width, r.height) for r in grid(count, width, height)]
+
+
+def ffprobe(path: Path) -> dict[str, Any]:
+    """Debian's ffprobe, not the FFmpeg inside PyAV: an independent reading of the file."""
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json", str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    data: dict[str, Any] = json.loads(out)
+    return data
+
+
+def top_level_boxes(path: Path) -> list[str]:
+    boxes = []
+    with path.open("rb") as f:
+        while len(header := f.read(8)) == 8:
+            size = int.from_bytes(header[:4], "big")
+            boxes.append(header[4:8].decode("latin-1"))
+            if size == 1:
+                size = int.from_bytes(f.read(8), "big") - 8
+            if size < 8:
+                break
+            f.seek(size - 8, 1)
+    return boxes

@@ -1,0 +1,71 @@
+"""Participants -> local SFU -> recorder -> MP4, checked by ffprobe and PyAV."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bot.exitcodes import ExitCode
+from bot.recorder import RecordingResult, record
+from bot.testbed.analysis import analyze_recording, audio_rms
+from bot.testbed.stack import start_local_sfu
+from tests.e2e import ffprobe, recorder_settings, slots, top_level_boxes
+
+DURATION = 6.0
+
+
+async def _record_two_party(output_dir: Path) -> RecordingResult:
+    call = await start_local_sfu()
+    try:
+        await call.publish("clinician", 1, participant_id="c1")
+        await call.publish("patient", 2, participant_id="p1")
+        return await record(recorder_settings(call, output_dir, max_duration=DURATION))
+    finally:
+        await call.close()
+
+
+@pytest.fixture(scope="module")
+def two_party(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RecordingResult]:
+    yield asyncio.run(_record_two_party(tmp_path_factory.mktemp("rec")))
+
+
+def test_recording_ends_on_duration_limit(two_party: RecordingResult) -> None:
+    assert two_party.exit_code == ExitCode.OK, two_party.error
+    assert two_party.stop_reason == "duration_limit"
+    assert two_party.path is not None and two_party.path.exists()
+
+
+def test_ffprobe_sees_h264_and_aac_of_the_right_length(two_party: RecordingResult) -> None:
+    assert two_party.path is not None
+    info = ffprobe(two_party.path)
+    codecs = [s["codec_name"] for s in info["streams"]]
+    assert codecs == ["h264", "aac", "aac", "aac"]  # video, mix, clinician, patient
+    video = info["streams"][0]
+    assert (video["width"], video["height"]) == (1280, 720)
+    assert abs(float(info["format"]["duration"]) - DURATION) < 0.5
+    assert [s["tags"]["handler_name"] for s in info["streams"][1:]] == [
+        "mix",
+        "clinician",
+        "patient",
+    ]
+
+
+def test_file_is_fragmented(two_party: RecordingResult) -> None:
+    assert two_party.path is not None
+    boxes = top_level_boxes(two_party.path)
+    assert boxes[:2] == ["ftyp", "moov"]
+    assert boxes.count("moof") >= DURATION - 1  # about one fragment a second
+
+
+def test_both_participants_are_seen_and_heard(two_party: RecordingResult) -> None:
+    assert two_party.path is not None
+    report = analyze_recording(two_party.path, slots(2))
+    assert set(report.participants) == {1, 2}
+    for participant in report.participants.values():
+        assert participant.frames_seen > (DURATION - 2) * 25
+    mix, clinician, patient = audio_rms(two_party.path)
+    assert min(mix, clinician, patient) > 0.01
+    assert not two_party.media.gaps or all(g.start < 2.0 for g in two_party.media.gaps)
