@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from typing import Any
 
+import av
 import numpy as np
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
@@ -14,9 +16,17 @@ from aiortc.mediastreams import MediaStreamTrack
 from bot.exitcodes import ExitCode
 from bot.realtime import RealtimeClient, SessionDescription, TrackObject
 from bot.testbed.analysis import detect_beeps
-from bot.testbed.participant import SyntheticParticipant, ice_servers_for, publish_until_stopped
+from bot.testbed.participant import (
+    MuteWindow,
+    SyntheticParticipant,
+    _MediaPlan,
+    _MediaWorker,
+    _Scheduled,
+    ice_servers_for,
+    publish_until_stopped,
+)
 from bot.testbed.sfu import LocalSfu
-from bot.testbed.signal import SAMPLE_RATE, SAMPLES_PER_FRAME, read_barcode
+from bot.testbed.signal import SAMPLE_RATE, SAMPLES_PER_FRAME, ResolutionStep, read_barcode
 
 WAIT_S = 15.0
 OPUS_DELAY = 312  # libopus's encoder delay at 48 kHz, carried in the packet timestamps
@@ -161,3 +171,63 @@ def test_stun_only_for_remote_sfus_and_bad_options_rejected() -> None:
         SyntheticParticipant(client, number=1, role="clinician", codec="AV1")
     with pytest.raises(ValueError, match="participant number"):
         SyntheticParticipant(client, number=16, role="clinician")
+
+
+def test_media_worker_follows_schedule_mutes_and_keyframes() -> None:
+    """The worker alone, with a clock far ahead so it never waits."""
+    fps = 10
+    plan = _MediaPlan(
+        number=3,
+        fps=fps,
+        codec="VP8",
+        video_bitrate=300_000,
+        schedule=(ResolutionStep(0, 160, 90), ResolutionStep(1.0, 320, 180)),
+        audio_mutes=(MuteWindow(0.5, 1.0),),
+        video_mutes=(MuteWindow(1.5, 2.0),),
+        near_silent_mute=False,
+    )
+    audio: list[_Scheduled] = []
+    video: list[_Scheduled] = []
+    done = threading.Event()
+
+    def on_video(item: _Scheduled | None) -> None:
+        if item is None:
+            done.set()
+            return
+        video.append(item)
+        if item.packet.pts >= 25:
+            worker.stop()
+
+    worker = _MediaWorker(
+        plan,
+        clock=lambda: 1e9,
+        start_at=100.0,
+        lead_s=0.2,
+        emit_audio=lambda item: audio.append(item) if item else None,
+        emit_video=on_video,
+        keyframe=threading.Event(),
+    )
+    worker.start()
+    assert done.wait(WAIT_S)
+
+    video_pts = [s.packet.pts for s in video]
+    assert video_pts == [*range(15), *range(20, 26)]
+    assert all(s.due == 100.0 + s.packet.pts / fps for s in video)
+    keyframes = [s.packet.pts for s in video if s.packet.is_keyframe]
+    assert keyframes == [0, 10, 20]  # every second, and the first frame after the mute
+    decoder = av.CodecContext.create("libvpx", "r")
+    sizes = {}
+    for s in video:
+        for frame in decoder.decode(s.packet):
+            sizes[s.packet.pts] = (frame.width, frame.height)
+    assert sizes[9] == (160, 90)
+    assert sizes[10] == (320, 180)
+
+    audio_pts = [s.packet.pts for s in audio]
+    assert audio_pts[0] == -OPUS_DELAY
+    # Nothing stamped inside the mute; the encoder's tail before it, a fresh start after.
+    assert not [pts for pts in audio_pts if SAMPLE_RATE // 2 <= pts < SAMPLE_RATE - OPUS_DELAY]
+    assert SAMPLE_RATE // 2 - OPUS_DELAY in audio_pts
+    assert SAMPLE_RATE - OPUS_DELAY in audio_pts
+    assert len(audio_pts) >= 25 + 1 + 10
+    assert all(s.due == 100.0 + s.packet.pts / SAMPLE_RATE for s in audio)

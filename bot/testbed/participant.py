@@ -169,7 +169,7 @@ class _MediaWorker:
         self._stopping = threading.Event()
         self._keyframe = keyframe
         self._video_time_base = Fraction(1, plan.fps)
-        self._audio_encoder = self._new_audio_encoder()
+        self._audio_encoder: av.AudioCodecContext | None = None
         self._video_encoder: av.VideoCodecContext | None = None
         self._video_size: tuple[int, int] | None = None
         self._thread = threading.Thread(
@@ -221,14 +221,25 @@ class _MediaWorker:
         gain = 1.0
         if any(w.covers(j * _AUDIO_FRAME_S) for w in self._plan.audio_mutes):
             if not self._plan.near_silent_mute:
+                # Flush the encoder's delayed tail and start a fresh one after the mute:
+                # a kept encoder would stamp its first packet after the gap with a pts
+                # from before it, playing 13 ms of new audio at the old time.
+                if self._audio_encoder is not None:
+                    self._emit_audio_packets(self._audio_encoder.encode(None))
+                    self._audio_encoder = None
                 return
             gain = _NEAR_SILENT_GAIN
+        if self._audio_encoder is None:
+            self._audio_encoder: av.AudioCodecContext | None = None
         pcm = render_audio(self._plan.number, j * SAMPLES_PER_FRAME, SAMPLES_PER_FRAME, gain=gain)
         frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = SAMPLE_RATE
         frame.pts = j * SAMPLES_PER_FRAME
         frame.time_base = _AUDIO_TIME_BASE
-        for packet in self._audio_encoder.encode(frame):
+        self._emit_audio_packets(self._audio_encoder.encode(frame))
+
+    def _emit_audio_packets(self, packets: list[Packet[Any]]) -> None:
+        for packet in packets:
             if packet.pts is None:
                 continue
             packet.time_base = _AUDIO_TIME_BASE
