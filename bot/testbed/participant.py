@@ -230,7 +230,7 @@ class _MediaWorker:
                 return
             gain = _NEAR_SILENT_GAIN
         if self._audio_encoder is None:
-            self._audio_encoder: av.AudioCodecContext | None = None
+            self._audio_encoder = self._new_audio_encoder()
         pcm = render_audio(self._plan.number, j * SAMPLES_PER_FRAME, SAMPLES_PER_FRAME, gain=gain)
         frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = SAMPLE_RATE
