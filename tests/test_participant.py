@@ -173,6 +173,11 @@ def test_stun_only_for_remote_sfus_and_bad_options_rejected() -> None:
         SyntheticParticipant(client, number=16, role="clinician")
 
 
+def _pts(item: _Scheduled) -> int:
+    assert item.packet.pts is not None
+    return item.packet.pts
+
+
 def test_media_worker_follows_schedule_mutes_and_keyframes() -> None:
     """The worker alone, with a clock far ahead so it never waits."""
     fps = 10
@@ -195,7 +200,7 @@ def test_media_worker_follows_schedule_mutes_and_keyframes() -> None:
             done.set()
             return
         video.append(item)
-        if item.packet.pts >= 25:
+        if _pts(item) >= 25:
             worker.stop()
 
     worker = _MediaWorker(
@@ -210,10 +215,10 @@ def test_media_worker_follows_schedule_mutes_and_keyframes() -> None:
     worker.start()
     assert done.wait(WAIT_S)
 
-    video_pts = [s.packet.pts for s in video]
+    video_pts = [_pts(s) for s in video]
     assert video_pts == [*range(15), *range(20, 26)]
-    assert all(s.due == 100.0 + s.packet.pts / fps for s in video)
-    keyframes = [s.packet.pts for s in video if s.packet.is_keyframe]
+    assert all(s.due == 100.0 + _pts(s) / fps for s in video)
+    keyframes = [_pts(s) for s in video if s.packet.is_keyframe]
     assert keyframes == [0, 10, 20]  # every second, and the first frame after the mute
     decoder = av.CodecContext.create("libvpx", "r")
     sizes = {}
@@ -223,11 +228,11 @@ def test_media_worker_follows_schedule_mutes_and_keyframes() -> None:
     assert sizes[9] == (160, 90)
     assert sizes[10] == (320, 180)
 
-    audio_pts = [s.packet.pts for s in audio]
+    audio_pts = [_pts(s) for s in audio]
     assert audio_pts[0] == -OPUS_DELAY
     # Nothing stamped inside the mute; the encoder's tail before it, a fresh start after.
     assert not [pts for pts in audio_pts if SAMPLE_RATE // 2 <= pts < SAMPLE_RATE - OPUS_DELAY]
     assert SAMPLE_RATE // 2 - OPUS_DELAY in audio_pts
     assert SAMPLE_RATE - OPUS_DELAY in audio_pts
     assert len(audio_pts) >= 25 + 1 + 10
-    assert all(s.due == 100.0 + s.packet.pts / SAMPLE_RATE for s in audio)
+    assert all(s.due == 100.0 + _pts(s) / SAMPLE_RATE for s in audio)
