@@ -169,3 +169,31 @@ def test_recover_leaves_live_spools_alone(store: LocalS3, tmp_path: Path) -> Non
     live.media_path.write_bytes(b"still recording")
     assert recover_spools(settings) == ExitCode.OK
     assert live.media_path.read_bytes() == b"still recording"
+
+
+def test_abandoned_upload_is_resumed_by_recover(
+    store: LocalS3, big_fmp4: Path, tmp_path: Path
+) -> None:
+    settings = store.storage_settings(spool_dir=tmp_path / "spool", part_size=PART)
+    spool = _spool(settings, tmp_path, "rec-abandoned")
+    uploader = Uploader(settings, spool, S3Store(settings))
+    uploader.start()
+    feeder = Feeder(big_fmp4, spool.media_path, uploader.poke)
+    feeder.write_until(PART + 1)
+    _wait_for(lambda: uploader.status().parts == 1)
+    uploader.abandon()
+    feeder.write_all()
+    spool.save_manifest_draft(_manifest(spool))
+
+    assert recover_spools(settings) == ExitCode.OK
+
+    client = store.client()
+    body = client.get_object(Bucket=store.bucket, Key=spool.info.object_key)["Body"].read()
+    assert body == feeder.data
+    manifest = Manifest.from_json(
+        client.get_object(Bucket=store.bucket, Key=manifest_key(spool.info.object_key))[
+            "Body"
+        ].read()
+    )
+    assert manifest.recovered
+    assert manifest.participants[0].role == "clinician"

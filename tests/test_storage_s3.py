@@ -20,7 +20,9 @@ from test_storage_fmp4 import Feeder, make_fmp4
 from bot.config import StorageSettings
 from bot.manifest import Manifest, ParticipantEntry
 from bot.storage import Spool, StorageError, Uploader, manifest_key, object_key_for
+from bot.storage.journal import PartRecord
 from bot.storage.stores import S3Store
+from bot.storage.verify import verify_object
 from bot.testbed.s3 import LocalS3
 
 MiB = 1024 * 1024
@@ -256,3 +258,47 @@ def test_local_backend_same_path(big_fmp4: Path, tmp_path: Path) -> None:
     assert manifest.storage.verification.sha256_method == "full-read"
     assert not spool.directory.exists()
     assert not any((tmp_path / "out" / ".uploads").iterdir())
+
+
+def test_ends_mode_proves_bytes_by_part_md5_chain(
+    store: LocalS3, big_fmp4: Path, tmp_path: Path
+) -> None:
+    settings = store.storage_settings(
+        spool_dir=tmp_path / "spool", part_size=PART, verify_read="ends"
+    )
+    spool = _spool(settings, tmp_path, "rec-ends")
+    uploader = Uploader(settings, spool, S3Store(settings))
+    uploader.start()
+    Feeder(big_fmp4, spool.media_path, uploader.poke).write_all()
+    result = uploader.finish(_manifest(spool))
+    assert result.manifest.storage is not None
+    verification = result.manifest.storage.verification
+    assert verification.sha256_method == "part-md5-chain"
+    assert verification.etag == "match"
+
+
+@pytest.mark.parametrize("full_read", [True, False])
+def test_verification_catches_a_different_object(
+    store: LocalS3, big_fmp4: Path, tmp_path: Path, full_read: bool
+) -> None:
+    data = big_fmp4.read_bytes()
+    tampered = bytearray(data)
+    tampered[PART + 10] ^= 0xFF  # one bit in the middle, away from the probed start and end
+    key = f"tampered/{full_read}.mp4"
+    store.client().put_object(Bucket=store.bucket, Key=key, Body=bytes(tampered))
+    parts = []
+    for number, offset in enumerate(range(0, len(data), PART), 1):
+        chunk = data[offset : offset + PART]
+        md5 = hashlib.md5(chunk).hexdigest()
+        parts.append(PartRecord(number=number, size=len(chunk), etag=md5, md5=md5))
+    with pytest.raises(StorageError) as info:
+        verify_object(
+            S3Store(store.storage_settings()),
+            key,
+            media_path=big_fmp4,
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            parts=parts,
+            full_read=full_read,
+        )
+    assert info.value.kind == "integrity"

@@ -156,8 +156,11 @@ class Uploader:
             self._cond.notify()
         assert self._thread is not None
         self._thread.join()
+        if self._stopped.is_set():
+            raise StorageError("upload was abandoned", kind="store", permanent=True)
         if self._worker_error is not None:
             self._state = "failed"
+            self._spool.unlock()  # let `bot recover` (even in this process) take it over
             raise self._worker_error
         deadline = began + self._settings.finish_timeout
         backoff = _FIRST_BACKOFF
@@ -168,6 +171,7 @@ class Uploader:
                 self._raise_alarm(exc)
                 if exc.permanent or time.monotonic() + backoff > deadline:
                     self._state = "failed"
+                    self._spool.unlock()
                     self._log.error(
                         "storage_finish_failed",
                         kind=exc.kind,
@@ -181,12 +185,23 @@ class Uploader:
             self._state = "done"
             return result
 
+    def abandon(self) -> None:
+        """Stop uploading without completing (the recorder failed): the spool stays for
+        ``bot recover``, which resumes from the journal and ListParts."""
+        self._stopped.set()
+        with self._cond:
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join()
+        self._state = "failed"
+        self._spool.unlock()
+
     # -- the worker ---------------------------------------------------------------------
 
     def _run(self) -> None:
         backoff = _FIRST_BACKOFF
         deadline: float | None = None
-        while True:
+        while not self._stopped.is_set():
             with self._cond:
                 finishing = self._finishing
             if finishing and deadline is None:
@@ -215,7 +230,7 @@ class Uploader:
             if finishing:
                 return
             with self._cond:
-                if not self._finishing and not self._full_part_waiting():
+                if not (self._finishing or self._stopped.is_set() or self._full_part_waiting()):
                     self._cond.wait(_POLL_SECONDS)
 
     def _full_part_waiting(self) -> bool:
@@ -367,7 +382,10 @@ class Uploader:
             journal.completed = True
             journal.save(self._spool.journal_path)
         mode = self._settings.verify_read
-        full_read = mode == "full" or (mode == "auto" and self._store.loopback)
+        # Under SSE-C the ETags are not MD5s, so only a full read can prove the bytes.
+        full_read = (
+            mode == "full" or (mode == "auto" and self._store.loopback) or self._store.encrypted
+        )
         sha256 = self._sha.hexdigest()
         verification = verify_object(
             self._store,
