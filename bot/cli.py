@@ -20,15 +20,13 @@ from bot.exitcodes import ExitCode
 from bot.logs import configure_logging
 
 
-def _settings(args: argparse.Namespace, recording: dict[str, Any] | None = None) -> Settings:
-    overrides: dict[str, Any] = {}
-    if recording:
-        overrides["recording"] = recording
+def _settings(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Settings:
     return load_settings(args.config, overrides=overrides)
 
 
 def _record_overrides(args: argparse.Namespace) -> dict[str, Any]:
     recording: dict[str, Any] = {}
+    storage: dict[str, Any] = {}
     if args.consultation_id:
         recording["consultation_id"] = args.consultation_id
     if args.participant:
@@ -36,8 +34,10 @@ def _record_overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.max_duration is not None:
         recording["max_duration"] = args.max_duration
     if args.output_dir is not None:
-        recording["output_dir"] = str(args.output_dir)
-    return recording
+        storage["local_dir"] = str(args.output_dir)
+    if args.storage is not None:
+        storage["backend"] = args.storage
+    return {"recording": recording, "storage": storage}
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
@@ -60,7 +60,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from bot.testbed.demo import run_demo
 
     configure_logging("warning" if not args.verbose else "info")
-    return asyncio.run(run_demo(duration=args.duration, output_dir=args.output_dir))
+    return asyncio.run(
+        run_demo(duration=args.duration, output_dir=args.output_dir, storage=args.storage)
+    )
 
 
 def _cmd_sfu(args: argparse.Namespace) -> int:
@@ -126,12 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="a participant and the tracks to pull; repeat for each participant",
     )
     record.add_argument("--max-duration", type=float, help="stop after this many seconds")
-    record.add_argument("--output-dir", type=Path, help="where the MP4 is written")
+    record.add_argument(
+        "--output-dir", type=Path, help="where verified recordings go (local storage backend)"
+    )
+    record.add_argument("--storage", choices=["local", "s3"], help="override storage.backend")
     record.set_defaults(run=_cmd_record)
 
     demo = sub.add_parser("demo", help="local SFU + two synthetic participants + recorder")
     demo.add_argument("--duration", type=float, default=10.0)
     demo.add_argument("--output-dir", type=Path, default=Path("recordings"))
+    demo.add_argument("--storage", choices=["s3", "local"], default="s3")
     demo.add_argument("--verbose", action="store_true")
     demo.set_defaults(run=_cmd_demo)
 

@@ -114,11 +114,18 @@ class RealtimeSettings(_Section):
 
 class RecordingSettings(_Section):
     consultation_id: str | None = None
-    output_dir: Path = Path("recordings")
+    # Roles of the grid's cells and speaker tracks, in order; participants take the first
+    # free cell of their role. Empty: the configured participants' roles, or
+    # clinician + patient when none are configured (they join through the control API).
+    layout: tuple[Role, ...] = ()
     width: int = Field(1280, ge=160, le=3840, multiple_of=2)
     height: int = Field(720, ge=120, le=2160, multiple_of=2)
     fps: int = Field(30, ge=5, le=60)
     video_bitrate: int = Field(1_500_000, ge=100_000)
+    # x264 speed/quality trade-off; "veryfast" keeps a two-party call well under one core.
+    video_preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"] = (
+        "veryfast"
+    )
     audio_codec: Literal["aac", "opus"] = "aac"
     audio_bitrate: int = Field(96_000, ge=16_000)
     keyframe_seconds: float = Field(1.0, ge=0.5, le=2.0)

@@ -1,9 +1,12 @@
-"""One consultation, from session to finished file: the recorder's lifecycle.
+"""One consultation, from session to verified object: the recorder's lifecycle.
 
-Order matters: the Cloudflare session is created first (a wrong secret fails before any
-file exists), then the media pipeline starts the timeline, then tracks are pulled. Stop
-reasons: a signal, the duration limit, every track silent for ``silence_timeout``, or the
-transport failing. Whatever the reason, the pipeline is finished so the MP4 is complete.
+Order matters: the Cloudflare session is created first and the configured tracks pulled
+(a wrong secret or no pullable track fails before any file exists); then the spool, the
+uploader and the media pipeline start. Participants can join, leave and come back while it records
+(``add_participant``/``drop_participant``); each keeps one cell of the grid and one speaker
+track, chosen by role. Stop reasons: a signal or ``stop()``, the duration limit, every
+track silent for ``silence_timeout``, the transport failing. Whatever the reason, the
+pipeline is finished so the MP4 is complete, then uploaded and verified.
 """
 
 from __future__ import annotations
@@ -16,17 +19,22 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import structlog
 
-from bot.config import ConfigError, Settings
+from bot.config import ConfigError, Participant, Settings
 from bot.exitcodes import ExitCode
+from bot.manifest import AudioInfo, Gap, Manifest, ParticipantEntry, TrackEntry, VideoInfo
 from bot.media.pipeline import MediaPipeline, MediaReport, SlotInfo
 from bot.media.writer import Mp4Writer
-from bot.realtime import AuthenticationError, RealtimeClient, RealtimeError
+from bot.realtime import AuthenticationError, RealtimeClient, RealtimeError, TrackResult
+from bot.storage import Spool, StorageError, Uploader, UploadResult, object_key_for, open_uploader
 from bot.subscriber import Subscriber
 
 log = structlog.get_logger("bot.recorder")
+
+DEFAULT_LAYOUT = ("clinician", "patient")
 
 
 @dataclass
@@ -34,6 +42,9 @@ class RecordingResult:
     exit_code: ExitCode
     recording_id: str
     path: Path | None = None
+    """The verified file (local backend) or the spool copy kept after a storage failure."""
+    object_key: str | None = None
+    upload: UploadResult | None = None
     stop_reason: str = ""
     error: str | None = None
     media: MediaReport = field(default_factory=MediaReport)
@@ -41,94 +52,199 @@ class RecordingResult:
     ended_at: datetime | None = None
 
     def summary(self) -> str:
-        if self.path is None:
+        if self.path is None and self.upload is None:
             return f"no recording: {self.error}"
-        size = self.path.stat().st_size if self.path.exists() else 0
+        where = self.upload.location if self.upload else str(self.path)
+        size = self.upload.size if self.upload else 0
         return (
-            f"recording {self.path} duration={self.media.duration:.2f}s "
+            f"recording {where} duration={self.media.duration:.2f}s "
             f"video_frames={self.media.video_frames} size={size / 1e6:.2f}MB "
-            f"gaps={len(self.media.gaps)} stop={self.stop_reason}"
+            f"gaps={len(self.media.gaps)} verified={self.upload is not None} "
+            f"stop={self.stop_reason}"
         )
 
 
-async def record(settings: Settings) -> RecordingResult:
-    """Record until a stop condition; returns a result that always says what happened."""
-    rec = settings.recording
-    recording_id = uuid.uuid4().hex
-    if rec.consultation_id is None:
-        raise ConfigError(
-            "no consultation id: pass --consultation-id ID (an opaque id, never patient data) "
-            "or set BOT_RECORDING_CONSULTATION_ID"
-        )
-    structlog.contextvars.bind_contextvars(
-        consultation_id=rec.consultation_id, recording_id=recording_id
-    )
-    if not rec.participants:
-        raise ConfigError(
-            "no participants to record: pass --participant ID:ROLE=SESSION_ID/TRACK,... "
-            "or set [[recording.participants]] in config.toml"
-        )
-    try:
-        client = RealtimeClient(
-            settings.realtime.app_id,
-            settings.realtime.app_secret.get_secret_value(),
-            base_url=settings.realtime.base_url,
-            timeout=settings.realtime.request_timeout,
-            max_retries=settings.realtime.max_retries,
-        )
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+class Recorder:
+    """Records one consultation; its public methods are what the control API calls."""
 
-    async with client:
+    def __init__(self, settings: Settings) -> None:
+        rec = settings.recording
+        if rec.consultation_id is None:
+            raise ConfigError(
+                "no consultation id: pass --consultation-id ID (an opaque id, never patient "
+                "data) or set BOT_RECORDING_CONSULTATION_ID"
+            )
+        self.settings = settings
+        self.consultation_id: str = rec.consultation_id
+        self.recording_id = uuid.uuid4().hex
+        roles = rec.layout or tuple(p.role for p in rec.participants) or DEFAULT_LAYOUT
+        self.slots: list[SlotInfo] = [SlotInfo("", role) for role in roles]
+        self._participants: dict[str, tuple[Participant, int]] = {}
+        self._ever: dict[str, Participant] = {}
+        self._stop = asyncio.Event()
+        self._stop_reason = ""
+        self._subscriber: Subscriber | None = None
+        self._pipeline: MediaPipeline | None = None
+        self._uploader: Uploader | None = None
+        self.started = asyncio.Event()
+        try:
+            self._client = RealtimeClient(
+                settings.realtime.app_id,
+                settings.realtime.app_secret.get_secret_value(),
+                base_url=settings.realtime.base_url,
+                timeout=settings.realtime.request_timeout,
+                max_retries=settings.realtime.max_retries,
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    # -- live control ------------------------------------------------------------------
+
+    async def add_participant(self, participant: Participant) -> list[TrackResult]:
+        """Pull a participant's tracks into its role's cell; returns per-track failures.
+
+        A returning participant (same id, perhaps a new session) gets its old cell back.
+        Frames that arrive before the media pipeline exists (the first pulls, a few
+        milliseconds) are dropped.
+        """
+        assert self._subscriber is not None, "the recorder is not running"
+        if participant.id in self._participants:
+            await self.drop_participant(participant.id)
+        slot = self._slot_for(participant)
+        self._participants[participant.id] = (participant, slot)
+        self._ever[participant.id] = participant
+        self.slots[slot] = SlotInfo(participant.id, participant.role)
+        if self._pipeline is not None:
+            self._pipeline.assign(slot, self.slots[slot])
+        failures = await self._subscriber.pull(participant, slot)
+        log.info(
+            "recorder.participant_added",
+            participant=participant.id,
+            role=participant.role,
+            slot=slot,
+            failed_tracks=len(failures),
+        )
+        return failures
+
+    async def drop_participant(self, participant_id: str) -> None:
+        """Stop pulling a participant's tracks; its cell shows black until it returns."""
+        assert self._subscriber is not None, "the recorder is not running"
+        if participant_id not in self._participants:
+            raise KeyError(participant_id)
+        self._participants.pop(participant_id)
+        await self._subscriber.drop(participant_id)
+        log.info("recorder.participant_dropped", participant=participant_id)
+
+    def pause(self) -> None:
+        assert self._pipeline is not None
+        self._pipeline.pause(self._pipeline.now())
+        log.info("recorder.paused")
+
+    def resume(self) -> None:
+        assert self._pipeline is not None
+        self._pipeline.resume(self._pipeline.now())
+        log.info("recorder.resumed")
+
+    def stop(self, reason: str = "stop_requested") -> None:
+        self._stop_reason = self._stop_reason or reason
+        self._stop.set()
+
+    def status(self) -> dict[str, Any]:
+        pipeline, subscriber, uploader = self._pipeline, self._subscriber, self._uploader
+        upload = uploader.status() if uploader is not None else None
+        return {
+            "consultation_id": self.consultation_id,
+            "recording_id": self.recording_id,
+            "duration_s": round(pipeline.now(), 3) if pipeline else 0.0,
+            "paused": pipeline.paused if pipeline else False,
+            "participants": [
+                {"id": p.id, "role": p.role, "slot": slot}
+                for p, slot in self._participants.values()
+            ],
+            "tracks": subscriber.track_status() if subscriber else [],
+            "bytes_recorded": upload.bytes_spooled if upload else 0,
+            "bytes_uploaded": upload.bytes_uploaded if upload else 0,
+            "upload_alarm": upload.alarm if upload else False,
+            "last_error": upload.last_error if upload else None,
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def run(self) -> RecordingResult:
+        """Record until a stop condition; the result always says what happened."""
+        structlog.contextvars.bind_contextvars(
+            consultation_id=self.consultation_id, recording_id=self.recording_id
+        )
+        async with self._client:
+            return await self._run()
+
+    async def _run(self) -> RecordingResult:
+        settings, rec = self.settings, self.settings.recording
         origin_wall = time.time()
         started_at = datetime.now(UTC)
-        pipeline: MediaPipeline | None = None
         subscriber = Subscriber(
-            client,
-            lambda slot, t, frame: pipeline.submit(slot, t, frame) if pipeline else None,
+            self._client,
+            self._submit,
             origin_wall=origin_wall,
             ice_servers=settings.realtime.ice_servers,
         )
+        self._subscriber = subscriber
         try:
             await subscriber.open()
-        except AuthenticationError as exc:
-            await subscriber.close()
-            return _failed(recording_id, ExitCode.REALTIME_AUTH, str(exc))
         except RealtimeError as exc:
             await subscriber.close()
-            return _failed(recording_id, ExitCode.REALTIME, str(exc))
+            code = (
+                ExitCode.REALTIME_AUTH
+                if isinstance(exc, AuthenticationError)
+                else ExitCode.REALTIME
+            )
+            return _failed(self.recording_id, code, str(exc))
+        try:
+            for participant in rec.participants:
+                await self.add_participant(participant)
+        except RealtimeError as exc:
+            await subscriber.close()
+            return _failed(self.recording_id, ExitCode.REALTIME, str(exc))
+        if rec.participants and not subscriber.tracks:
+            # Nothing to record: fail before any file or upload exists.
+            await subscriber.close()
+            return _failed(
+                self.recording_id,
+                ExitCode.REALTIME,
+                "no track could be pulled; check the SESSION_ID/TRACK references"
+                + _failure_detail(subscriber),
+            )
 
-        rec.output_dir.mkdir(parents=True, exist_ok=True)
-        path = rec.output_dir / f"{rec.consultation_id}-{recording_id}.mp4"
-        slots = [SlotInfo(p.id, p.role) for p in rec.participants]
-        writer = Mp4Writer(
-            path,
-            width=rec.width,
-            height=rec.height,
-            fps=rec.fps,
-            video_bitrate=rec.video_bitrate,
-            keyframe_seconds=rec.keyframe_seconds,
-            audio_codec=rec.audio_codec,
-            audio_bitrate=rec.audio_bitrate,
-            speaker_titles=[p.role for p in rec.participants],
+        object_key = object_key_for(
+            settings.storage,
+            consultation_id=self.consultation_id,
+            recording_id=self.recording_id,
+            started_at=started_at,
         )
+        spool, uploader, writer = await asyncio.to_thread(
+            self._prepare_spool, object_key, started_at
+        )
+        self._uploader = uploader
         pipeline = MediaPipeline(
             writer,
-            slots,
+            self.slots,
             width=rec.width,
             height=rec.height,
             fps=rec.fps,
             origin_wall=origin_wall,
             latency=rec.latency,
         )
+        self._pipeline = pipeline
+        uploader.start()
         pipeline.start()
-        log.info("recorder.started", participants=len(slots), path=str(path))
+        self.started.set()
+        log.info("recorder.started", slots=[s.role for s in self.slots], object_key=object_key)
 
-        result = RecordingResult(ExitCode.OK, recording_id, path, started_at=started_at)
+        result = RecordingResult(
+            ExitCode.OK, self.recording_id, object_key=object_key, started_at=started_at
+        )
         try:
-            await _pull_everyone(settings, subscriber, result)
-            if result.exit_code == ExitCode.OK:
-                result.stop_reason = await _wait_for_stop(settings, subscriber, pipeline)
+            result.stop_reason = await self._wait_for_stop()
         except RealtimeError as exc:
             result.exit_code = ExitCode.REALTIME
             result.error = str(exc)
@@ -138,70 +254,167 @@ async def record(settings: Settings) -> RecordingResult:
             await subscriber.close()
             result.media = await asyncio.to_thread(pipeline.finish, end)
             result.ended_at = datetime.now(UTC)
-            if not subscriber.tracks:
-                path.unlink(missing_ok=True)  # nothing was recorded: leave no empty file
-                result.path = None
+
+        manifest = self._manifest(started_at, result.ended_at, result.media)
+        try:
+            result.upload = await asyncio.to_thread(uploader.finish, manifest)
+            result.path = _local_copy(settings, result.upload)
+        except StorageError as exc:
+            result.exit_code = ExitCode.STORAGE
+            result.error = (
+                f"{exc}; the recording is complete in {spool.directory}: run `bot recover`"
+            )
+            result.path = spool.media_path
         log.info(
             "recorder.finished",
             stop_reason=result.stop_reason,
             duration_s=round(result.media.duration, 3),
             gaps=len(result.media.gaps),
+            verified=result.upload is not None,
             exit_code=int(result.exit_code),
         )
-        if result.error:
-            log.error("recorder.error", error=result.error)
         return result
 
+    def _prepare_spool(
+        self, object_key: str, started_at: datetime
+    ) -> tuple[Spool, Uploader, Mp4Writer]:
+        """Disk work before the first frame: the spool, its draft manifest, the MP4 header."""
+        rec = self.settings.recording
+        spool = Spool.create(
+            self.settings.storage.spool_dir,
+            consultation_id=self.consultation_id,
+            recording_id=self.recording_id,
+            object_key=object_key,
+        )
+        spool.save_manifest_draft(self._manifest(started_at, None, None))
+        uploader = open_uploader(self.settings.storage, spool)
+        writer = Mp4Writer(
+            spool.media_path,
+            width=rec.width,
+            height=rec.height,
+            fps=rec.fps,
+            video_bitrate=rec.video_bitrate,
+            keyframe_seconds=rec.keyframe_seconds,
+            audio_codec=rec.audio_codec,
+            audio_bitrate=rec.audio_bitrate,
+            speaker_titles=[slot.role for slot in self.slots],
+            preset=rec.video_preset,
+            on_fragment=uploader.poke,
+        )
+        return spool, uploader, writer
 
-async def _pull_everyone(
-    settings: Settings, subscriber: Subscriber, result: RecordingResult
-) -> None:
-    failures = []
-    for slot, participant in enumerate(settings.recording.participants):
-        failures += await subscriber.pull(participant, slot)
-    if failures and not subscriber.tracks:
-        detail = "; ".join(f"{f.trackName}: [{f.errorCode}] {f.errorDescription}" for f in failures)
-        result.exit_code = ExitCode.REALTIME
-        result.error = f"no track could be pulled ({detail}); check the SESSION_ID/TRACK references"
-        result.stop_reason = "no_tracks"
+    def _submit(self, slot: int, t: float, frame: Any) -> None:
+        if self._pipeline is not None:
+            self._pipeline.submit(slot, t, frame)
 
+    def _slot_for(self, participant: Participant) -> int:
+        for index, slot in enumerate(self.slots):
+            if slot.participant_id == participant.id:
+                return index
+        taken = {slot for _, slot in self._participants.values()}
+        for index, slot in enumerate(self.slots):
+            if slot.role == participant.role and index not in taken and not slot.participant_id:
+                return index
+        raise ConfigError(
+            f"no free cell for a {participant.role!r}: the layout is "
+            f"{[s.role for s in self.slots]}; set recording.layout to include it"
+        )
 
-async def _wait_for_stop(
-    settings: Settings, subscriber: Subscriber, pipeline: MediaPipeline
-) -> str:
-    rec = settings.recording
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    reason = ""
-
-    def on_signal(name: str) -> None:
-        nonlocal reason
-        reason = reason or name
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, on_signal, sig.name)
-    try:
-        while not stop.is_set():
-            now = pipeline.now()
-            last = subscriber.last_media()
-            silent_for = time.time() - last if last else now
-            if now >= rec.max_duration:
-                return "duration_limit"
-            if silent_for >= rec.silence_timeout:
-                return "silence_timeout"
-            if subscriber.failed.is_set():
-                return "transport_failed"
-            if not pipeline.alive:
-                return "media_failed"
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=min(0.25, rec.max_duration - now))
-        return reason.lower()
-    finally:
+    async def _wait_for_stop(self) -> str:
+        rec = self.settings.recording
+        assert self._subscriber is not None and self._pipeline is not None
+        subscriber, pipeline = self._subscriber, self._pipeline
+        loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(sig)
+                loop.add_signal_handler(sig, self.stop, sig.name.lower())
+        try:
+            while not self._stop.is_set():
+                now = pipeline.now()
+                last = subscriber.last_media()
+                silent_for = time.time() - last if last else now
+                if now >= rec.max_duration:
+                    return "duration_limit"
+                if silent_for >= rec.silence_timeout:
+                    return "silence_timeout"
+                if subscriber.failed.is_set():
+                    return "transport_failed"
+                if not pipeline.alive:
+                    return "media_failed"
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._stop.wait(), timeout=min(0.25, rec.max_duration - now)
+                    )
+            return self._stop_reason
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+
+    def _manifest(
+        self, started_at: datetime, ended_at: datetime | None, media: MediaReport | None
+    ) -> Manifest:
+        rec = self.settings.recording
+        subscriber = self._subscriber
+        tracks = subscriber.tracks if subscriber is not None else []
+        return Manifest(
+            consultation_id=self.consultation_id,
+            recording_id=self.recording_id,
+            participants=tuple(ParticipantEntry(id=p.id, role=p.role) for p in self._ever.values()),
+            tracks=tuple(
+                TrackEntry(
+                    participant_id=t.participant.id, kind=t.kind, track_name=t.ref.track_name
+                )
+                for t in tracks
+            ),
+            started_at=started_at,
+            ended_at=ended_at,
+            duration_seconds=media.duration if media else None,
+            video=VideoInfo(codec="h264", width=rec.width, height=rec.height, fps=rec.fps),
+            audio=AudioInfo(codec=rec.audio_codec, sample_rate=48_000, channels=1),
+            gaps=tuple(
+                Gap(
+                    participant_id=g.participant or None,
+                    kind=g.kind,
+                    start=round(g.start, 3),
+                    end=round(g.end, 3),
+                    reason=g.reason,
+                )
+                for g in (media.gaps if media else [])
+            ),
+            sync=self._sync_report(media),
+        )
+
+    def _sync_report(self, media: MediaReport | None) -> dict[str, Any]:
+        subscriber = self._subscriber
+        tracks = subscriber.track_status() if subscriber is not None else []
+        return {
+            "tracks": tracks,
+            "slots": media.slots if media else [],
+            "video_frames": media.video_frames if media else 0,
+            "video_frames_dropped_in_queue": media.video_frames_dropped_in_queue if media else 0,
+            "audio_frames_dropped_in_queue": media.audio_frames_dropped_in_queue if media else 0,
+        }
+
+
+async def record(settings: Settings) -> RecordingResult:
+    """Record one consultation with these settings (``bot record``)."""
+    return await Recorder(settings).run()
+
+
+def _failure_detail(subscriber: Subscriber) -> str:
+    failures = subscriber.failures
+    if not failures:
+        return ""
+    return ": " + "; ".join(
+        f"{f.trackName}: [{f.errorCode}] {f.errorDescription or ''}".rstrip() for f in failures
+    )
+
+
+def _local_copy(settings: Settings, upload: UploadResult) -> Path | None:
+    if settings.storage.backend == "local":
+        return settings.storage.local_dir / upload.object_key
+    return None
 
 
 def _failed(recording_id: str, code: ExitCode, error: str) -> RecordingResult:

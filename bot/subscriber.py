@@ -44,6 +44,7 @@ class PulledTrack:
     kind: str
     clock: StreamClock
     receiver: Any
+    active: bool = True
     frames: int = 0
     packets: int = 0
     last_packet: float = 0.0
@@ -76,6 +77,8 @@ class Subscriber:
         self._domains: dict[str, ClockDomain] = {}
         self.session_id: str | None = None
         self.tracks: list[PulledTrack] = []
+        """Every track ever pulled, dropped ones included (the manifest lists them)."""
+        self.failures: list[TrackResult] = []
         self._tracks_by_receiver: dict[int, PulledTrack] = {}
         self.connected = asyncio.Event()
         self.failed = asyncio.Event()
@@ -132,6 +135,7 @@ class Subscriber:
                     error_code=item.errorCode or "mid_missing_from_offer",
                     error=item.errorDescription,
                 )
+                self.failures.append(item)
                 continue
             receiver, clock, kind, codec = hooked[mid]
             clock.domain = self._domains.setdefault(ref.session_id, ClockDomain(ref.session_id))
@@ -172,6 +176,38 @@ class Subscriber:
         route_by_mid(receiver.transport)
         return receiver, clock, kind, codec.mimeType if codec is not None else None
 
+    async def drop(self, participant_id: str) -> None:
+        """Close a participant's tracks on our session (Cloudflare ``tracks/close``)."""
+        assert self.session_id is not None
+        leaving = [t for t in self.tracks if t.active and t.participant.id == participant_id]
+        for track in leaving:
+            track.active = False
+            if track.reader is not None:
+                track.reader.cancel()
+        if leaving:
+            result = await self._client.close_tracks(self.session_id, [t.mid for t in leaving])
+            for item in result.tracks:
+                if item.failed:
+                    log.warning("subscriber.close_failed", mid=item.mid, error_code=item.errorCode)
+
+    def track_status(self) -> list[dict[str, object]]:
+        """Plain data per track for status, metrics and the manifest's sync report."""
+        now = time.time()
+        return [
+            {
+                "participant": t.participant.id,
+                "kind": t.kind,
+                "mid": t.mid,
+                "active": t.active,
+                "packets": t.packets,
+                "frames": t.frames,
+                "clock": "sender_reports" if t.clock.synced else "arrival",
+                "sender_reports": t.clock.sender_reports,
+                "seconds_since_packet": round(now - t.last_packet, 3) if t.packets else None,
+            }
+            for t in self.tracks
+        ]
+
     async def close(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
@@ -182,7 +218,7 @@ class Subscriber:
 
     def last_media(self) -> float:
         """Wall-clock time of the newest packet on any track (0 if none yet)."""
-        return max((t.last_packet for t in self.tracks), default=0.0)
+        return max((t.last_packet for t in self.tracks if t.active), default=0.0)
 
     async def _read(self, track: PulledTrack) -> None:
         media = track.receiver.track

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from bot.config import Participant, RealtimeSettings, RecordingSettings, Settings
+from bot.config import Participant, RealtimeSettings, RecordingSettings, Settings, StorageSettings
 from bot.media.layout import grid
 from bot.testbed.analysis import Rect
 from bot.testbed.stack import LocalCall
@@ -17,8 +17,10 @@ def recorder_settings(
     call: LocalCall,
     output_dir: Path,
     participants: tuple[Participant, ...] | None = None,
+    storage: StorageSettings | None = None,
     **recording: Any,
 ) -> Settings:
+    """The recorder pointed at a local call; verified files land in ``output_dir``."""
     return Settings(
         realtime=RealtimeSettings(
             base_url=call.base_url, app_id=call.app_id, app_secret=call.app_secret, ice_servers=()
@@ -26,9 +28,10 @@ def recorder_settings(
         recording=RecordingSettings(
             consultation_id=recording.pop("consultation_id", "c-e2e"),
             participants=participants if participants is not None else tuple(call.participants),
-            output_dir=output_dir,
             **recording,
         ),
+        storage=storage
+        or StorageSettings(spool_dir=output_dir / "spool", local_dir=output_dir / "verified"),
     )
 
 

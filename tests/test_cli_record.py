@@ -26,7 +26,7 @@ async def call() -> AsyncIterator[LocalCall]:
         await call.close()
 
 
-def _env(call: LocalCall, **extra: str) -> dict[str, str]:
+def _env(call: LocalCall, tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BOT_")}
     env.update(
         BOT_REALTIME_BASE_URL=call.base_url,
@@ -34,6 +34,8 @@ def _env(call: LocalCall, **extra: str) -> dict[str, str]:
         BOT_REALTIME_APP_SECRET=call.app_secret,
         BOT_REALTIME_ICE_SERVERS="",
         BOT_LOGGING_FORMAT="json",
+        BOT_STORAGE_BACKEND="local",
+        BOT_STORAGE_SPOOL_DIR=str(tmp_path / "spool"),
     )
     env.update(extra)
     return env
@@ -82,7 +84,7 @@ async def test_sigterm_mid_recording_leaves_a_playable_file(
         str(tmp_path),
         "--consultation-id",
         "c-123",
-        env=_env(call),
+        env=_env(call, tmp_path),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -98,7 +100,7 @@ async def test_sigterm_mid_recording_leaves_a_playable_file(
     await asyncio.wait_for(wait_for('"state": "connected"'), timeout=30)
     files = []
     for _ in range(200):  # up to 20 s for two fragments to reach the disk
-        files = list(tmp_path.glob("*.mp4"))
+        files = list(tmp_path.glob("spool/*/recording.mp4"))
         if files and files[0].stat().st_size > 100_000:
             break
         await asyncio.sleep(0.1)
@@ -106,14 +108,15 @@ async def test_sigterm_mid_recording_leaves_a_playable_file(
     out, _ = await asyncio.wait_for(process.communicate(), timeout=30)
     assert process.returncode == ExitCode.OK
     assert "stop=sigterm" in out.decode()
-    [path] = tmp_path.glob("*.mp4")
+    [path] = tmp_path.glob("consultations/*/c-123/*.mp4")  # verified, spool removed
+    assert not list(tmp_path.glob("spool/*/recording.mp4"))
     info = ffprobe(path)
     assert float(info["format"]["duration"]) > 1.0
     assert {s["codec_name"] for s in info["streams"]} == {"h264", "aac"}
 
 
 async def test_missing_secret_is_one_clear_line(call: LocalCall, tmp_path: Path) -> None:
-    env = _env(call)
+    env = _env(call, tmp_path)
     del env["BOT_REALTIME_APP_SECRET"]
     code, _, err = await _run(
         ["record", "--participant", _participant_flag(call), "--output-dir", str(tmp_path)], env
@@ -126,7 +129,7 @@ async def test_missing_secret_is_one_clear_line(call: LocalCall, tmp_path: Path)
 async def test_malformed_track_reference_is_one_clear_line(call: LocalCall, tmp_path: Path) -> None:
     code, _, err = await _run(
         ["record", "--participant", "c1:clinician=not-a-reference", "--output-dir", str(tmp_path)],
-        _env(call),
+        _env(call, tmp_path),
     )
     assert code == ExitCode.CONFIG
     [line] = _human_lines(err)
@@ -143,12 +146,12 @@ async def test_unknown_track_is_one_clear_line(call: LocalCall, tmp_path: Path) 
             "--output-dir",
             str(tmp_path),
         ],
-        _env(call),
+        _env(call, tmp_path),
     )
     assert code == ExitCode.REALTIME
     [line] = _human_lines(err)
     assert "nosuchtrack" in line and "not_found_track_error" in line
-    assert not list(tmp_path.glob("*.mp4")), "no empty file is left behind"
+    assert not list(tmp_path.rglob("*.mp4")), "no empty file is left behind"
 
 
 async def test_wrong_secret_is_one_clear_line_and_never_echoed(
@@ -157,7 +160,7 @@ async def test_wrong_secret_is_one_clear_line_and_never_echoed(
     wrong = "wrong-secret-value-42"
     code, out, err = await _run(
         ["record", "--participant", _participant_flag(call), "--output-dir", str(tmp_path)],
-        _env(call, BOT_REALTIME_APP_SECRET=wrong),
+        _env(call, tmp_path, BOT_REALTIME_APP_SECRET=wrong),
     )
     assert code == ExitCode.REALTIME_AUTH
     [line] = _human_lines(err)

@@ -61,6 +61,9 @@ class Compositor:
         self._cells.append(_Cell(rect, gaps))
         return len(self._cells) - 1
 
+    def label(self, cell: int, participant_id: str) -> None:
+        self._cells[cell].gaps.participant = participant_id
+
     def push(self, cell: int, t: float, frame: av.VideoFrame) -> None:
         c = self._cells[cell]
         c.frames_in += 1

@@ -67,6 +67,7 @@ class GapTracker:
     def _close(self, t: float) -> None:
         if self._open is not None:
             self._open.end = t
+            self._open.participant = self.participant  # who holds the cell when it ends
             if self._open.duration >= MIN_GAP_SECONDS:
                 self.gaps.append(self._open)
             else:

@@ -47,6 +47,9 @@ class Mixer:
         self._voices.append(_Voice(gaps))
         return len(self._voices) - 1
 
+    def label(self, voice: int, participant_id: str) -> None:
+        self._voices[voice].gaps.participant = participant_id
+
     def push(self, voice: int, t: float, frame: av.AudioFrame) -> None:
         v = self._voices[voice]
         v.frames_in += 1

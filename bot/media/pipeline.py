@@ -69,7 +69,7 @@ class MediaPipeline:
         latency: float,
     ) -> None:
         self._writer = writer
-        self._slots = slots
+        self._slots = list(slots)
         self._fps = fps
         self._origin_wall = origin_wall
         self._latency = latency
@@ -171,6 +171,16 @@ class MediaPipeline:
             self._wake.clear()
         assert end is not None
         self._close(end)
+
+    def assign(self, slot: int, info: SlotInfo) -> None:
+        """A participant takes a cell (joins, or comes back under a new session)."""
+        self._slots[slot] = info
+        self._compositor.label(slot, info.participant_id)
+        self._mixer.label(slot, info.participant_id)
+
+    @property
+    def paused(self) -> bool:
+        return bool(self._pauses) and self._pauses[-1][1] is None
 
     def pause(self, at: float) -> None:
         """Black and silence from timeline second ``at`` until ``resume``; marked as gaps."""

@@ -1,21 +1,36 @@
-"""``make demo``: a local SFU, a synthetic clinician and patient, and the recorder."""
+"""``make demo``: a local SFU, a synthetic clinician and patient, the recorder, and a local
+S3-compatible store (SeaweedFS) standing in for R2."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
+import tempfile
 from pathlib import Path
 
-from bot.config import RealtimeSettings, RecordingSettings, Settings
+from bot.config import RealtimeSettings, RecordingSettings, Settings, StorageSettings
 from bot.media.inspect import summarize
 from bot.recorder import record
+from bot.storage import presigned_url
+from bot.testbed.s3 import LocalS3
 from bot.testbed.stack import start_local_sfu
 
 
-async def run_demo(duration: float, output_dir: Path) -> int:
+async def run_demo(duration: float, output_dir: Path, storage: str = "s3") -> int:
+    work = Path(tempfile.mkdtemp(prefix="bot-demo-"))
+    store = LocalS3(data_dir=work / "seaweedfs") if storage == "s3" else None
+    if store is not None:
+        print("starting the local S3 store (SeaweedFS)...", file=sys.stderr)
+        await asyncio.to_thread(store.start)
     call = await start_local_sfu()
     try:
         await call.publish("clinician", 1, participant_id="clinician-1")
         await call.publish("patient", 2, participant_id="patient-1")
+        storage_settings = (
+            store.storage_settings(spool_dir=work / "spool")
+            if store is not None
+            else StorageSettings(spool_dir=work / "spool", local_dir=output_dir)
+        )
         settings = Settings(
             realtime=RealtimeSettings(
                 base_url=call.base_url,
@@ -27,16 +42,34 @@ async def run_demo(duration: float, output_dir: Path) -> int:
                 consultation_id="demo-consultation",
                 participants=tuple(call.participants),
                 max_duration=duration,
-                output_dir=output_dir,
             ),
+            storage=storage_settings,
         )
         print(f"recording {duration:.0f} s of a synthetic consultation...", file=sys.stderr)
         result = await record(settings)
+        await call.close()
+        if result.upload is None:
+            print(f"demo failed: {result.error}", file=sys.stderr)
+            return int(result.exit_code)
+        local = result.path
+        if store is not None:
+            # Fetch the verified object back so it can be played after the store is gone.
+            local = output_dir / Path(result.upload.object_key).name
+            await asyncio.to_thread(_download, store, result.upload.object_key, local)
+            print(f"object:    s3://{store.bucket}/{result.upload.object_key} (verified)")
+            print(f"manifest:  s3://{store.bucket}/{result.upload.manifest_key}")
+            print(f"presigned: {presigned_url(storage_settings, result.upload.object_key)}")
+            print("           (valid while the local store runs; it stops with the demo)")
+        assert local is not None
+        print(f"recording: {local.resolve()}")
+        print(summarize(local))
+        return int(result.exit_code)
     finally:
         await call.close()
-    if result.path is None:
-        print(f"demo failed: {result.error}", file=sys.stderr)
-        return int(result.exit_code)
-    print(f"recording: {result.path.resolve()}")
-    print(summarize(result.path))
-    return int(result.exit_code)
+        if store is not None:
+            await asyncio.to_thread(store.stop)
+
+
+def _download(store: LocalS3, key: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    store.client().download_file(store.bucket, key, str(path))
