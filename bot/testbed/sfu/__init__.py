@@ -5,6 +5,9 @@ track arrives in its publisher's codec, as on Cloudflare. Differences from Cloud
 that a developer may meet: one media layer per track (``preferredRid`` is accepted and
 ignored), no data channels (501), no ``empty_track_error``, and the SFU is a full-ICE
 aiortc peer rather than ICE-lite.
+
+The same server also serves a small publishing page at ``GET /call`` (see ``call_page``)
+so a real browser can join a local call.
 """
 
 from __future__ import annotations

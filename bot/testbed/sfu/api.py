@@ -23,6 +23,7 @@ from bot.testbed.sfu.bodies import (
     UpdateTracksBody,
     parse_body,
 )
+from bot.testbed.sfu.call_page import add_call_page
 from bot.testbed.sfu.errors import ApiError, invalid_params
 from bot.testbed.sfu.registry import SessionRegistry
 from bot.testbed.sfu.session import SfuSession
@@ -55,6 +56,7 @@ def build_app(registry: SessionRegistry, app_id: str, app_secret: str) -> web.Ap
     for prefix in ("/v1/apps/{app_id}", "/apps/{app_id}"):
         for method, path, handler in routes:
             app.router.add_route(method, prefix + path, handler)
+    add_call_page(app, app_id, app_secret)
     return app
 
 
