@@ -10,6 +10,7 @@ spool, so no byte is lost to a failure anywhere on the way.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 import threading
@@ -215,7 +216,12 @@ class Uploader:
                 ):
                     self._worker_error = exc
                     return
-                self._stopped.wait(backoff * random.uniform(0.8, 1.2))
+                with self._cond:
+                    # Back off, but start the final push at once when the recording ends.
+                    self._cond.wait_for(
+                        functools.partial(self._wake_early, finishing),
+                        timeout=backoff * random.uniform(0.8, 1.2),
+                    )
                 backoff = min(backoff * 2, self._settings.retry_backoff_max)
                 continue
             except OSError as exc:
@@ -232,6 +238,9 @@ class Uploader:
             with self._cond:
                 if not (self._finishing or self._stopped.is_set() or self._full_part_waiting()):
                     self._cond.wait(_POLL_SECONDS)
+
+    def _wake_early(self, was_finishing: bool) -> bool:
+        return self._stopped.is_set() or (self._finishing and not was_finishing)
 
     def _full_part_waiting(self) -> bool:
         return self._spool.media_size() - self._journal.uploaded_bytes >= self._part_size
