@@ -1,0 +1,31 @@
+"""``python -m bench`` (``make bench``): the comparison, then the memory soak."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from bench import compare_recorders, memory_soak
+from bot.logs import configure_logging
+
+
+async def _run_all(args: argparse.Namespace) -> None:
+    comparison = await compare_recorders.run_compare(args.seconds, args.runs)
+    print(comparison.report(), end="\n\n", flush=True)
+    print((await memory_soak.run_soak(args.minutes, args.interval)).report(), flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    compare_recorders.add_arguments(parser)
+    memory_soak.add_arguments(parser)
+    args = parser.parse_args(argv)
+    configure_logging("info")
+    asyncio.run(_run_all(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""CPU seconds and peak memory of one child process, read from the kernel.
+
+``os.wait4`` returns the child's own rusage (user + system time of all its threads, and
+``ru_maxrss``, the peak resident set), so the figures cover exactly the process under
+test: not the SFU, the publishers or this harness. The wait runs in a thread so the event
+loop keeps serving the call while the child works. Each child is a ``subprocess.Popen``
+reaped here, never by asyncio's child watcher, which would take the rusage with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+_KIB = 1024
+_MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What the kernel accounted to one finished child."""
+
+    cpu_seconds: float
+    peak_rss_mb: float
+    wall_seconds: float
+    exit_code: int
+
+
+class MeasuredProcess:
+    """A child started now; ``wait()`` returns its usage once it exits."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        stdout: Path,
+        stderr: Path,
+    ) -> None:
+        self._started = time.monotonic()
+        with stdout.open("wb") as out, stderr.open("wb") as err:
+            self._popen = subprocess.Popen(
+                list(argv), env=dict(env) if env is not None else None, stdout=out, stderr=err
+            )
+        self.pid = self._popen.pid
+        self.stdout_path = stdout
+        self.stderr_path = stderr
+        self._usage: Usage | None = None
+
+    def rss_mb(self) -> float | None:
+        """The resident set now (``VmRSS``); None once the process is gone."""
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text(encoding="ascii")
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * _KIB / _MIB
+        return None
+
+    def terminate(self) -> None:
+        if self._usage is None:
+            self._popen.terminate()
+
+    async def wait(self) -> Usage:
+        if self._usage is None:
+            self._usage = await asyncio.to_thread(self._reap)
+        return self._usage
+
+    def _reap(self) -> Usage:
+        _, status, rusage = os.wait4(self.pid, 0)
+        exit_code = os.waitstatus_to_exitcode(status)
+        self._popen.returncode = exit_code  # reaped here: Popen must not wait again
+        return Usage(
+            cpu_seconds=rusage.ru_utime + rusage.ru_stime,
+            peak_rss_mb=rusage.ru_maxrss * _KIB / _MIB,  # Linux reports KiB
+            wall_seconds=time.monotonic() - self._started,
+            exit_code=exit_code,
+        )
+
+    def stderr_tail(self, lines: int = 20) -> str:
+        text = self.stderr_path.read_text(encoding="utf-8", errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+async def media_duration(path: Path) -> float:
+    """The file's duration as Debian's ffprobe reads it (independent of PyAV)."""
+
+    def probe() -> float:
+        out = subprocess.run(
+            [
+                "ffprobe",
+                "-v",
+                "error",
+                "-show_entries",
+                "format=duration",
+                "-of",
+                "default=noprint_wrappers=1:nokey=1",
+                str(path),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        return float(out.stdout.strip())
+
+    return await asyncio.to_thread(probe)
