@@ -197,3 +197,27 @@ def test_abandoned_upload_is_resumed_by_recover(
     )
     assert manifest.recovered
     assert manifest.participants[0].role == "clinician"
+
+
+def test_upload_lost_by_the_store_is_started_again(
+    store: LocalS3, big_fmp4: Path, tmp_path: Path
+) -> None:
+    settings = store.storage_settings(
+        spool_dir=tmp_path / "spool", part_size=PART, retry_backoff_max=0.2
+    )
+    spool = _spool(settings, tmp_path, "rec-lost")
+    uploader = Uploader(settings, spool, S3Store(settings))
+    uploader.start()
+    feeder = Feeder(big_fmp4, spool.media_path, uploader.poke)
+    feeder.write_until(PART + 1)
+    _wait_for(lambda: uploader.status().parts == 1)
+    journal = spool.journal()
+    assert journal is not None and journal.upload_id is not None
+    store.client().abort_multipart_upload(
+        Bucket=store.bucket, Key=spool.info.object_key, UploadId=journal.upload_id
+    )
+    feeder.write_all()
+    result = uploader.finish(_manifest(spool))
+    body = store.client().get_object(Bucket=store.bucket, Key=result.object_key)["Body"].read()
+    assert body == feeder.data
+    assert uploader.status().alarms == 1

@@ -211,8 +211,13 @@ class Uploader:
                 self._upload_available(final=finishing)
             except StorageError as exc:
                 self._raise_alarm(exc)
+                gone = exc.kind == "no_upload"
+                if gone:
+                    self._synced = False  # the store lost the upload: resync starts a new one
                 if finishing and (
-                    exc.permanent or deadline is None or time.monotonic() + backoff > deadline
+                    (exc.permanent and not gone)
+                    or deadline is None
+                    or time.monotonic() + backoff > deadline
                 ):
                     self._worker_error = exc
                     return
