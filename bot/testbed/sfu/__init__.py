@@ -3,11 +3,13 @@
 Media is forwarded as RTP, never decoded or re-encoded (see ``forwarder``), so a pulled
 track arrives in its publisher's codec, as on Cloudflare. Differences from Cloudflare
 that a developer may meet: one media layer per track (``preferredRid`` is accepted and
-ignored), no data channels (501), no ``empty_track_error``, and the SFU is a full-ICE
-aiortc peer rather than ICE-lite.
+ignored), no data channels (501), no ``empty_track_error`` unless injected, and the SFU
+is a full-ICE aiortc peer rather than ICE-lite.
 
 The same server also serves a small publishing page at ``GET /call`` (see ``call_page``)
-so a real browser can join a local call.
+so a real browser can join a local call, and a fault API (``LocalSfu.faults``, or
+``POST /admin/faults`` with the app secret; see ``faults`` and ``admin``) so tests can make
+it fail on demand.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import structlog
 from aiohttp import web
 
 from bot.testbed.sfu.api import build_app
+from bot.testbed.sfu.faults import FaultInjector
 from bot.testbed.sfu.registry import SessionRegistry
 
-__all__ = ["LocalSfu", "serve_forever"]
+__all__ = ["FaultInjector", "LocalSfu", "serve_forever"]
 
 log = structlog.get_logger("bot.sfu")
 
@@ -58,6 +61,8 @@ class LocalSfu:
             "track_gc_s": track_gc_s,
         }
         self._registry: SessionRegistry | None = None
+        self.faults = FaultInjector(lambda: self._registry)
+        """Make this SFU misbehave on demand (see ``faults``); rules survive a restart."""
         self._runner: web.AppRunner | None = None
         self._address: tuple[str, int] | None = None
 
@@ -65,7 +70,10 @@ class LocalSfu:
         """Listen on ``host:port`` (port 0: a free port, read back from ``base_url``)."""
         if self._runner is not None:
             raise RuntimeError("the local SFU is already started")
-        self._registry = SessionRegistry(**self._registry_options)  # type: ignore[arg-type]
+        self._registry = SessionRegistry(
+            **self._registry_options,  # type: ignore[arg-type]
+            faults=self.faults,
+        )
         runner = web.AppRunner(
             build_app(self._registry, self._app_id, self._app_secret), access_log=None
         )

@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from bot.testbed.sfu.admin import add_admin_routes
 from bot.testbed.sfu.bodies import (
     CloseTracksBody,
     NewSessionBody,
@@ -25,6 +26,7 @@ from bot.testbed.sfu.bodies import (
 )
 from bot.testbed.sfu.call_page import add_call_page
 from bot.testbed.sfu.errors import ApiError, invalid_params
+from bot.testbed.sfu.faults import FaultInjector
 from bot.testbed.sfu.registry import SessionRegistry
 from bot.testbed.sfu.session import SfuSession
 
@@ -37,7 +39,7 @@ _APP_SECRET = web.AppKey("app_secret", str)
 
 
 def build_app(registry: SessionRegistry, app_id: str, app_secret: str) -> web.Application:
-    app = web.Application(middlewares=[_errors_as_json, _authorize])
+    app = web.Application(middlewares=[_errors_as_json, _authorize, _inject_faults])
     app[_REGISTRY] = registry
     app[_APP_ID] = app_id
     app[_APP_SECRET] = app_secret
@@ -57,6 +59,7 @@ def build_app(registry: SessionRegistry, app_id: str, app_secret: str) -> web.Ap
         for method, path, handler in routes:
             app.router.add_route(method, prefix + path, handler)
     add_call_page(app, app_id, app_secret)
+    add_admin_routes(app, registry.faults, app_secret)
     return app
 
 
@@ -90,6 +93,20 @@ async def _authorize(request: web.Request, handler: Handler) -> web.StreamRespon
     if not hmac.compare_digest(given.encode(), expected.encode()):
         raise ApiError(401, "unauthorized", "missing or wrong bearer app secret")
     return await handler(request)
+
+
+@web.middleware
+async def _inject_faults(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """An injected HTTP fault answers instead of the call (after authentication, as a
+    real SFU's overload or expiry answers would), so a retry finds nothing changed."""
+    operation = _OPERATIONS.get(request.match_info.handler)
+    if operation is None:
+        return await handler(request)
+    faults: FaultInjector = request.app[_REGISTRY].faults
+    fault = faults.take_http(operation, request.match_info.get("session_id"))
+    if fault is None:
+        return await handler(request)
+    raise ApiError(fault.status, fault.error_code, fault.description)
 
 
 def _session(request: web.Request) -> SfuSession:
@@ -189,3 +206,13 @@ async def _data_channels(request: web.Request) -> web.Response:
     would let a caller believe a channel exists."""
     _session(request)
     raise ApiError(501, "not_implemented", "data channels are not supported by the local SFU")
+
+
+_OPERATIONS: dict[object, str] = {
+    _new_session: "new_session",
+    _new_tracks: "new_tracks",
+    _renegotiate: "renegotiate",
+    _close_tracks: "close_tracks",
+    _update_tracks: "update_tracks",
+    _session_state: "session_state",
+}

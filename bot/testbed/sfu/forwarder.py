@@ -74,6 +74,8 @@ class PublishedTrack:
         self.published_at = time.monotonic()
         self.last_packet_at: float | None = None
         self.closed = False
+        self.forwarding = True
+        """False once a fault stops the track's packets (its publisher "left")."""
         self.subscribers: set[Subscription] = set()
         self._rtx_payload_types = {
             c.payloadType
@@ -109,7 +111,7 @@ class PublishedTrack:
         await aiortc_hooks.send_pli(self._receiver, self._media_ssrc)
 
     async def _on_rtp(self, packet: RtpPacket) -> None:
-        if self.closed:
+        if self.closed or not self.forwarding:
             return
         if packet.payload_type in self._rtx_payload_types:
             if self._media_ssrc is None or len(packet.payload) < 2:
@@ -127,7 +129,12 @@ class PublishedTrack:
             await subscription.forward(packet)
 
     async def _on_sender_report(self, report: RtcpSrPacket) -> None:
-        if not self._sender_reports or self.closed or report.ssrc != self._media_ssrc:
+        if (
+            not self._sender_reports
+            or self.closed
+            or not self.forwarding
+            or report.ssrc != self._media_ssrc
+        ):
             return
         info = report.sender_info
         for subscription in list(self.subscribers):

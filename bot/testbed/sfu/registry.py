@@ -8,6 +8,7 @@ import secrets
 import structlog
 
 from bot.testbed.sfu.errors import session_gone
+from bot.testbed.sfu.faults import FaultInjector, TrackFailure
 from bot.testbed.sfu.forwarder import PublishedTrack
 from bot.testbed.sfu.session import SfuSession
 
@@ -23,7 +24,9 @@ class SessionRegistry:
         session_expiry_s: float,
         connect_wait_s: float,
         track_gc_s: float,
+        faults: FaultInjector,
     ) -> None:
+        self.faults = faults
         self._sender_reports = sender_reports
         self._ssrc_in_sdp = ssrc_in_sdp
         self._expiry_s = session_expiry_s
@@ -67,6 +70,35 @@ class SessionRegistry:
             return None
         track = session.published(track_name)
         return None if track is None else (session, track)
+
+    def pull_fault(self, session_id: str, track_name: str) -> TrackFailure | None:
+        return self.faults.take_track(session_id, track_name)
+
+    # -- fault actions (``FaultTarget``) -------------------------------------------------
+
+    def expire_now(self, session_id: str) -> bool:
+        session = self._sessions.get(session_id)
+        if session is None:
+            return False
+        handle = self._expiries.pop(session_id, None)
+        if handle is not None:
+            handle.cancel()
+        self._expire(session)
+        return True
+
+    def stop_forwarding(self, session_id: str, track_name: str) -> bool:
+        found = self.find_track(session_id, track_name)
+        if found is None:
+            return False
+        found[1].forwarding = False
+        return True
+
+    def collect_track(self, session_id: str, track_name: str) -> bool:
+        found = self.find_track(session_id, track_name)
+        if found is None:
+            return False
+        found[1].close()
+        return True
 
     async def close_all(self) -> None:
         for handle in self._expiries.values():

@@ -35,6 +35,7 @@ from bot.testbed.sfu.errors import (
     session_gone,
     session_not_ready,
 )
+from bot.testbed.sfu.faults import TrackFailure
 from bot.testbed.sfu.forwarder import PublishedTrack, Subscription
 
 log = structlog.get_logger("bot.sfu")
@@ -50,6 +51,10 @@ class TrackDirectory(Protocol):
     def find_track(
         self, session_id: str, track_name: str
     ) -> tuple[SfuSession, PublishedTrack] | None: ...
+
+    def pull_fault(self, session_id: str, track_name: str) -> TrackFailure | None:
+        """An injected per-track failure for this pull, if a test asked for one."""
+        ...
 
 
 class IdleTrack(MediaStreamTrack):
@@ -158,18 +163,23 @@ class SfuSession:
 
     async def _resolve(
         self, session_id: str | None, track_name: str | None
-    ) -> PublishedTrack | str:
-        """The source track, or the reason (a string) it cannot be pulled."""
+    ) -> PublishedTrack | TrackFailure:
+        """The source track, or why it cannot be pulled."""
         if not session_id or not track_name:
             raise invalid_params("remote tracks need sessionId and trackName")
+        injected = self._directory.pull_fault(session_id, track_name)
+        if injected is not None:
+            return injected
         found = self._directory.find_track(session_id, track_name)
         if found is None:
-            return "no session publishes this track (unknown, closed or silent for 30 s)"
+            return _not_found(
+                "no session publishes this track (unknown, closed or silent for 30 s)"
+            )
         publisher, track = found
         if not await publisher.wait_connected(self._connect_wait_s):
-            return "the publisher's transport is not connected"
+            return _not_found("the publisher's transport is not connected")
         if track.closed:
-            return "the track was closed"
+            return _not_found("the track was closed")
         return track
 
     # -- publish ---------------------------------------------------------------------
@@ -263,7 +273,7 @@ class SfuSession:
     async def _pull_into_offer(
         self,
         tracks: Sequence[TrackIn],
-        sources: Sequence[PublishedTrack | str],
+        sources: Sequence[PublishedTrack | TrackFailure],
         offer: SessionDescription,
     ) -> Json:
         """Pull with the caller's own offer: its recvonly m-lines get our sendonly outlets."""
@@ -403,7 +413,7 @@ class SfuSession:
                     item.sessionId or outlet.source.session_id, item.trackName
                 )
                 if not isinstance(source, PublishedTrack):
-                    error = source
+                    error = source.description
                 elif source.codec.mimeType.lower() != outlet.source.codec.mimeType.lower():
                     error = "the new track's codec differs; pull it into a new transceiver"
                 else:
@@ -522,8 +532,14 @@ def _status(active: bool) -> str:
     return "active" if active else "inactive"
 
 
+def _not_found(description: str) -> TrackFailure:
+    return TrackFailure("not_found_track_error", description)
+
+
 def _pull_results(
-    tracks: Sequence[TrackIn], sources: Sequence[PublishedTrack | str], mids: dict[int, str]
+    tracks: Sequence[TrackIn],
+    sources: Sequence[PublishedTrack | TrackFailure],
+    mids: dict[int, str],
 ) -> list[Json]:
     """Per-track results in request order; a failed pull has ``"mid": ""``."""
     results: list[Json] = []
@@ -538,8 +554,8 @@ def _pull_results(
                     "sessionId": track.sessionId,
                     "trackName": track.trackName,
                     "mid": "",
-                    "errorCode": "not_found_track_error",
-                    "errorDescription": source,
+                    "errorCode": source.code,
+                    "errorDescription": source.description,
                 }
             )
     return results

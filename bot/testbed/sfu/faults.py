@@ -1,0 +1,184 @@
+"""Misbehaviour on demand: the faults a test can make the local SFU show.
+
+Two sorts. *Rules* answer the next N matching calls differently: an HTTP status with an
+``errorCode`` instead of running the call (429, 500/503, ``retryable_transient_error``,
+406, 410, 425), or one pulled track failing inside an HTTP 200 (``not_found_track_error``,
+``empty_track_error``). *Actions* change the call's state now: expire a session, stop
+forwarding a track's packets (its publisher left), garbage-collect a track.
+
+Tests reach this through ``LocalSfu.faults`` in-process, or ``POST /admin/faults`` (bearer
+app secret) when the SFU runs in another process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import structlog
+
+log = structlog.get_logger("bot.sfu")
+
+Operation = Literal[
+    "new_session",
+    "new_tracks",
+    "renegotiate",
+    "close_tracks",
+    "update_tracks",
+    "session_state",
+]
+TrackErrorCode = Literal["not_found_track_error", "empty_track_error"]
+
+_TRACK_ERROR_TEXT: dict[str, str] = {
+    "not_found_track_error": "injected fault: the track was not found",
+    "empty_track_error": "injected fault: the track has no media yet",
+}
+
+
+@dataclass
+class HttpFault:
+    status: int
+    error_code: str
+    description: str
+    operation: Operation | None
+    session_id: str | None
+    remaining: int
+
+    def matches(self, operation: str, session_id: str | None) -> bool:
+        return (self.operation is None or self.operation == operation) and (
+            self.session_id is None or self.session_id == session_id
+        )
+
+
+@dataclass
+class TrackFault:
+    track_name: str
+    error_code: TrackErrorCode
+    session_id: str | None
+    remaining: int
+
+
+@dataclass(frozen=True)
+class TrackFailure:
+    """Why a pull of one track fails: its per-track ``errorCode`` and description."""
+
+    code: str
+    description: str
+
+
+class FaultTarget(Protocol):
+    """What actions operate on (the session registry); each says whether it found its
+    session or track."""
+
+    def expire_now(self, session_id: str) -> bool: ...
+
+    def stop_forwarding(self, session_id: str, track_name: str) -> bool: ...
+
+    def collect_track(self, session_id: str, track_name: str) -> bool: ...
+
+
+class FaultInjector:
+    """The SFU's pending faults. Rules are consumed in the order they were added."""
+
+    def __init__(self, target: Callable[[], FaultTarget | None]) -> None:
+        self._target = target
+        self._http: list[HttpFault] = []
+        self._tracks: list[TrackFault] = []
+
+    # -- rules -----------------------------------------------------------------------
+
+    def fail_requests(
+        self,
+        status: int,
+        error_code: str,
+        description: str = "injected fault",
+        *,
+        operation: Operation | None = None,
+        session_id: str | None = None,
+        times: int = 1,
+    ) -> None:
+        """Answer the next ``times`` matching API calls with ``status`` and ``error_code``
+        (nothing of the call runs: a retry finds the state unchanged)."""
+        if not 400 <= status <= 599:
+            raise ValueError("a failing request needs an HTTP error status (400-599)")
+        if times < 1:
+            raise ValueError("times must be at least 1")
+        self._http.append(HttpFault(status, error_code, description, operation, session_id, times))
+
+    def fail_track(
+        self,
+        track_name: str,
+        error_code: TrackErrorCode,
+        *,
+        session_id: str | None = None,
+        times: int = 1,
+    ) -> None:
+        """Fail the next ``times`` pulls of ``track_name`` inside an HTTP 200."""
+        if error_code not in _TRACK_ERROR_TEXT:
+            raise ValueError(f"unsupported per-track error code {error_code!r}")
+        if times < 1:
+            raise ValueError("times must be at least 1")
+        self._tracks.append(TrackFault(track_name, error_code, session_id, times))
+
+    def clear(self) -> None:
+        """Drop every pending rule (actions already taken stay taken)."""
+        self._http.clear()
+        self._tracks.clear()
+
+    @property
+    def pending(self) -> int:
+        return sum(f.remaining for f in self._http) + sum(f.remaining for f in self._tracks)
+
+    def take_http(self, operation: str, session_id: str | None) -> HttpFault | None:
+        """The rule that answers this call, if any; consumes one of its uses."""
+        for fault in self._http:
+            if fault.matches(operation, session_id):
+                self._consume(self._http, fault)
+                log.info(
+                    "sfu.fault_injected",
+                    operation=operation,
+                    status=fault.status,
+                    error_code=fault.error_code,
+                )
+                return fault
+        return None
+
+    def take_track(self, session_id: str, track_name: str) -> TrackFailure | None:
+        for fault in self._tracks:
+            if fault.track_name == track_name and fault.session_id in (None, session_id):
+                self._consume(self._tracks, fault)
+                log.info("sfu.fault_injected", operation="pull", error_code=fault.error_code)
+                return TrackFailure(fault.error_code, _TRACK_ERROR_TEXT[fault.error_code])
+        return None
+
+    @staticmethod
+    def _consume(rules: list[HttpFault] | list[TrackFault], fault: HttpFault | TrackFault) -> None:
+        fault.remaining -= 1
+        if fault.remaining == 0:
+            rules.remove(fault)  # type: ignore[arg-type]
+
+    # -- actions ---------------------------------------------------------------------
+
+    def expire_session(self, session_id: str) -> None:
+        """End a session now, as Cloudflare's expiry does: its calls answer 410 from now
+        on and its PeerConnection closes (its subscribers stop receiving)."""
+        self._act("expire_session", lambda t: t.expire_now(session_id))
+
+    def stop_forwarding(self, session_id: str, track_name: str) -> None:
+        """Stop a published track's packets reaching anyone, as when its publisher's
+        browser freezes or leaves: the track still looks published in the API."""
+        self._act("stop_forwarding", lambda t: t.stop_forwarding(session_id, track_name))
+
+    def collect_track(self, session_id: str, track_name: str) -> None:
+        """Garbage-collect a track now: packets stop and later pulls get
+        ``not_found_track_error``, as after 30 s of silence on Cloudflare."""
+        self._act("collect_track", lambda t: t.collect_track(session_id, track_name))
+
+    def _act(self, action: str, run: Callable[[FaultTarget], bool]) -> None:
+        target = self._target()
+        if target is None:
+            raise RuntimeError("the local SFU is not started")
+        if not run(target):
+            raise LookupError(f"{action}: no such live session or published track")
+        log.info("sfu.fault_action", action=action)
