@@ -22,6 +22,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 ENV_PREFIX = "BOT_"
@@ -234,11 +235,86 @@ class LoggingSettings(_Section):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+class ControlSettings(_Section):
+    """The live control API (``bot.control``): where it listens and whom it believes.
+
+    Every call carries a bearer JWT. HS256 verifies with ``jwt_secret`` (best from the
+    environment: ``BOT_CONTROL_JWT_SECRET``); RS256 and ES256 with the PEM public key at
+    ``jwt_public_key_path``. The keys are flat (``jwt_*``) so each one has an environment
+    override.
+    """
+
+    enabled: bool = False
+    # Loopback by default: the orchestrator runs next to the recorder.
+    host: str = "127.0.0.1"
+    # 0 picks a free port; the bound URL is logged and exposed by the server.
+    port: int = Field(8790, ge=0, le=65535)
+    jwt_algorithm: Literal["HS256", "RS256", "ES256"] = "HS256"
+    jwt_secret: SecretStr = SecretStr("")
+    jwt_public_key_path: Path | None = None
+    jwt_audience: str = Field("consultation-recorder", min_length=1)
+    # Empty: the issuer is not checked.
+    jwt_issuer: str = ""
+    # Clock skew allowed on exp, nbf and iat; small, tokens are short-lived.
+    jwt_leeway: float = Field(5.0, ge=0, le=120)
+    jwt_consultation_claim: str = Field("consultation_id", min_length=1)
+    jwt_role_claim: str = Field("role", min_length=1)
+    # /metrics may be scraped without a token (the default) or need one allowed "status".
+    metrics_require_auth: bool = False
+
+    @model_validator(mode="after")
+    def _key_for_algorithm(self) -> ControlSettings:
+        if not self.enabled:
+            return self
+        if self.jwt_algorithm == "HS256" and len(self.jwt_secret.get_secret_value()) < 32:
+            raise ValueError(
+                "control.jwt_secret must hold at least 32 characters for HS256 "
+                "(set BOT_CONTROL_JWT_SECRET)"
+            )
+        if self.jwt_algorithm != "HS256" and self.jwt_public_key_path is None:
+            raise ValueError(
+                f"control.jwt_public_key_path (a PEM public key) is required for "
+                f"{self.jwt_algorithm}"
+            )
+        return self
+
+
+class WebhookSettings(_Section):
+    """Optional notifications (``bot.webhook``) on start, stop, completion and failure.
+
+    Each POST is signed with HMAC-SHA256 over ``<timestamp>.<body>`` using ``secret``
+    (best from ``BOT_WEBHOOK_SECRET``) and retried with exponential backoff; a receiver
+    that stays down never delays or fails the recording.
+    """
+
+    # Empty: no webhook.
+    url: str = ""
+    secret: SecretStr = SecretStr("")
+    timeout: float = Field(5.0, gt=0, le=60)
+    max_attempts: int = Field(5, ge=1, le=20)
+    backoff_initial: float = Field(0.5, gt=0)
+    backoff_max: float = Field(30.0, gt=0)
+    # How long the recorder waits for pending deliveries before it exits.
+    drain_timeout: float = Field(10.0, ge=0)
+
+    @model_validator(mode="after")
+    def _signed(self) -> WebhookSettings:
+        if self.url and not self.url.startswith(("https://", "http://")):
+            raise ValueError("webhook.url must be an http(s) URL")
+        if self.url and len(self.secret.get_secret_value()) < 16:
+            raise ValueError(
+                "webhook.secret must hold at least 16 characters (set BOT_WEBHOOK_SECRET)"
+            )
+        return self
+
+
 class Settings(_Section):
     realtime: RealtimeSettings = RealtimeSettings()
     recording: RecordingSettings = RecordingSettings()
     storage: StorageSettings = StorageSettings()
     logging: LoggingSettings = LoggingSettings()
+    control: ControlSettings = ControlSettings()
+    webhook: WebhookSettings = WebhookSettings()
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
