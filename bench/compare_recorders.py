@@ -22,7 +22,7 @@ from pathlib import Path
 import structlog
 
 from bench.inputs import write_participant_input
-from bench.measure import median
+from bench.measure import machine_summary, median
 from bench.runners import (
     Measurement,
     run_aiortc_baseline,
@@ -45,6 +45,8 @@ FFMPEG_RATIO_TARGET = 1.3
 class Comparison:
     seconds: float
     measurements: dict[str, list[Measurement]] = field(default_factory=dict)
+    machine: list[str] = field(default_factory=list)
+    """The machine and its load before the first run and after the last."""
 
     def add(self, measurement: Measurement) -> None:
         self.measurements.setdefault(measurement.name, []).append(measurement)
@@ -57,7 +59,8 @@ class Comparison:
 
     def report(self) -> str:
         runs = max((len(v) for v in self.measurements.values()), default=0)
-        lines = [f"{self.seconds:g} s of two-party media, median of {runs} run(s)", ""]
+        lines = [f"{self.seconds:g} s of two-party media, median of {runs} run(s)"]
+        lines += [*self.machine, ""]
         lines.append("per run (CPU s per media s / peak RSS MB / media s):")
         for name, items in self.measurements.items():
             cells = "  ".join(
@@ -96,7 +99,7 @@ async def compare(seconds: float, runs: int, workdir: Path) -> Comparison:
             for n, path in enumerate(inputs, start=1)
         )
     )
-    result = Comparison(seconds)
+    result = Comparison(seconds, machine=[machine_summary()])
     call = await start_two_party_call()
     try:
         for run in range(1, runs + 1):
@@ -107,6 +110,7 @@ async def compare(seconds: float, runs: int, workdir: Path) -> Comparison:
             log.info("bench.run_done", run=run, runs=runs)
     finally:
         await call.close()
+    result.machine.append(machine_summary())
     return result
 
 

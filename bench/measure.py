@@ -116,3 +116,14 @@ async def media_duration(path: Path) -> float:
         return float(out.stdout.strip())
 
     return await asyncio.to_thread(probe)
+
+
+def machine_summary() -> str:
+    """Cores, CPU model and load: figures from a shared machine need their context."""
+    model = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace").splitlines():
+        if line.startswith("model name"):
+            model = line.partition(":")[2].strip()
+            break
+    load = Path("/proc/loadavg").read_text(encoding="ascii").split()[:3]
+    return f"machine: {os.cpu_count()} cores, {model}, load average {' '.join(load)}"

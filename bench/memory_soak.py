@@ -20,6 +20,7 @@ from pathlib import Path
 
 import structlog
 
+from bench.measure import machine_summary
 from bench.runners import Measurement, finish_recorder, start_recorder, start_two_party_call
 from bot.logs import configure_logging
 
@@ -34,6 +35,7 @@ class Soak:
     samples: list[tuple[float, float]] = field(default_factory=list)
     """(seconds since the recorder started, RSS MB)."""
     measurement: Measurement | None = None
+    machine: list[str] = field(default_factory=list)
 
     def rss_at(self, seconds: float) -> tuple[float, float]:
         """The sample nearest ``seconds``: (its time, its RSS)."""
@@ -58,6 +60,7 @@ class Soak:
         lines = [
             f"recorder memory over {self.minutes:g} min of two-party media "
             f"({len(self.samples)} samples)",
+            *self.machine,
             f"RSS at {first_t:.0f} s: {first:.1f} MB",
             f"RSS at end ({last_t:.0f} s): {last:.1f} MB",
         ]
@@ -71,7 +74,7 @@ class Soak:
 
 
 async def soak(minutes: float, interval: float, workdir: Path) -> Soak:
-    result = Soak(minutes)
+    result = Soak(minutes, machine=[machine_summary()])
     call = await start_two_party_call()
     try:
         process = start_recorder(call, workdir, minutes * 60.0)
@@ -93,6 +96,7 @@ async def soak(minutes: float, interval: float, workdir: Path) -> Soak:
                 await process.wait()
     finally:
         await call.close()
+    result.machine.append(machine_summary())
     return result
 
 
