@@ -36,6 +36,17 @@ log = structlog.get_logger("bot.recorder")
 
 DEFAULT_LAYOUT = ("clinician", "patient")
 
+_FAILED_STOPS = {
+    "connect_timeout": (
+        ExitCode.REALTIME,
+        "WebRTC did not connect within recording.connect_timeout: check that UDP to "
+        "Cloudflare (or the ICE servers in realtime.ice_servers) is reachable",
+    ),
+    "transport_failed": (ExitCode.REALTIME, "the WebRTC transport to Cloudflare failed"),
+    "media_failed": (ExitCode.MEDIA, "the media thread failed; see media.thread_failed"),
+}
+"""Stop reasons that are failures, with their exit code and the line a person reads."""
+
 
 @dataclass
 class RecordingResult:
@@ -87,6 +98,8 @@ class Recorder:
         self._pipeline: MediaPipeline | None = None
         self._uploader: Uploader | None = None
         self.started = asyncio.Event()
+        self.origin_wall: float | None = None
+        """Unix time of timeline second 0, once running."""
         try:
             self._client = RealtimeClient(
                 settings.realtime.app_id,
@@ -180,7 +193,7 @@ class Recorder:
 
     async def _run(self) -> RecordingResult:
         settings, rec = self.settings, self.settings.recording
-        origin_wall = time.time()
+        origin_wall = self.origin_wall = time.time()
         started_at = datetime.now(UTC)
         subscriber = Subscriber(
             self._client,
@@ -245,6 +258,9 @@ class Recorder:
         )
         try:
             result.stop_reason = await self._wait_for_stop()
+            failure = _FAILED_STOPS.get(result.stop_reason)
+            if failure is not None:
+                result.exit_code, result.error = failure
         except RealtimeError as exc:
             result.exit_code = ExitCode.REALTIME
             result.error = str(exc)
@@ -339,6 +355,9 @@ class Recorder:
                     return "silence_timeout"
                 if subscriber.failed.is_set():
                     return "transport_failed"
+                connected = subscriber.connected.is_set()
+                if subscriber.tracks and not connected and now >= rec.connect_timeout:
+                    return "connect_timeout"
                 if not pipeline.alive:
                     return "media_failed"
                 with contextlib.suppress(TimeoutError):

@@ -138,7 +138,7 @@ class Subscriber:
                 self.failures.append(item)
                 continue
             receiver, clock, kind, codec = hooked[mid]
-            clock.domain = self._domains.setdefault(ref.session_id, ClockDomain(ref.session_id))
+            self._domains.setdefault(ref.session_id, ClockDomain(ref.session_id)).attach(clock)
             track = PulledTrack(ref, participant, slot, mid, kind, clock, receiver)
             self._tracks_by_receiver[id(receiver)] = track
             self.tracks.append(track)

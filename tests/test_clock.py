@@ -60,3 +60,15 @@ def test_min_offset_reanchors_after_a_sustained_step() -> None:
     for i in range(30):
         m.observe(5.0 + (i % 3) * 0.001, 1.0 + i * 0.1)
     assert m.value is not None and abs(m.value - 5.0) < 0.01
+
+
+def test_sender_report_jitter_does_not_move_the_mapping() -> None:
+    """aiortc stamps SRs at send time: the earliest of recent reports is the capture time."""
+    domain = ClockDomain("pub")
+    clock = StreamClock(90_000, domain, 0.0)
+    clock.on_packet(5, 0, 100.0)
+    for i, late in enumerate([0.004, 0.0, 0.007, 0.002]):
+        clock.on_sender_report(5, ntp(100.0 + i + late), i * 90_000)
+        clock.on_packet(5, i * 90_000, 100.0 + i + 0.001)
+    t = clock.timeline_seconds(4 * 90_000)
+    assert t is not None and abs(t - 104.0) < 1e-6  # the first packet had no delay

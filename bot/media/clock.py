@@ -16,8 +16,6 @@ so the buffer's own delay (four packets for audio) never shifts a stream.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import structlog
 
 log = structlog.get_logger("bot.media.clock")
@@ -29,6 +27,9 @@ STEP_THRESHOLD = 1.0
 """A mapping that moves later by more than this for a whole window is a clock step."""
 
 STEP_WINDOW = 2.0
+
+SENDER_REPORT_WINDOW = 10
+"""Recent sender reports considered (about 10 s at one report a second)."""
 
 
 def ntp_to_unix(ntp: int) -> float:
@@ -89,20 +90,26 @@ class MinOffset:
             self._window_start = arrival
 
 
+
 class ClockDomain:
     """One publisher's sender clock, shared by all the streams of its session."""
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.offset = MinOffset()
-        """Local wall time minus the sender's NTP time, network delay included."""
+        self._streams: list[StreamClock] = []
 
+    def attach(self, stream: StreamClock) -> None:
+        stream.domain = self
+        self._streams.append(stream)
 
-@dataclass(frozen=True)
-class SenderReport:
-    ntp_seconds: float
-    rtp: int
-    """Extended RTP timestamp."""
+    def offset(self) -> float | None:
+        """Local wall time minus the sender's clock: the smallest network delay seen.
+
+        Derived afresh from every stream's least-delayed packet and least-delayed report,
+        so a better report never leaves behind an estimate made with a worse one.
+        """
+        delays = [d for s in self._streams if (d := s.min_delay()) is not None]
+        return min(delays, default=None)
 
 
 class StreamClock:
@@ -114,48 +121,62 @@ class StreamClock:
 
     def __init__(self, clock_rate: int, domain: ClockDomain | None, origin_wall: float) -> None:
         self.clock_rate = clock_rate
-        self.domain = domain
+        self.domain: ClockDomain | None = None
+        if domain is not None:
+            domain.attach(self)
         self.origin_wall = origin_wall
         self._packets = RtpUnwrapper()
         self._frames = RtpUnwrapper()
-        self._fallback = MinOffset()
-        self._report: SenderReport | None = None
+        self._arrival = MinOffset()
+        """Smallest ``arrival - rtp/rate``."""
+        self._sender_offset: float | None = None
+        """Smallest ``sender time - rtp/rate`` over ``_reports``: the capture-time mapping."""
+        self._reports: list[tuple[float, int]] = []
         self.ssrc: int | None = None
         self.sender_reports = 0
-        self.first_arrival: float | None = None
 
     @property
     def synced(self) -> bool:
         """True once a sender report ties this stream to its publisher's clock."""
-        return self._report is not None
+        return self._sender_offset is not None
+
+    def min_delay(self) -> float | None:
+        """Smallest ``arrival - capture`` of this stream (sender clock to local clock)."""
+        if self._sender_offset is None or self._arrival.value is None:
+            return None
+        return self._arrival.value - self._sender_offset
 
     def on_packet(self, ssrc: int, timestamp: int, arrival: float) -> None:
         if self.ssrc is not None and ssrc != self.ssrc:
-            log.info("clock.ssrc_changed", kind_rate=self.clock_rate)
-            self._report = None
+            log.info("clock.ssrc_changed", clock_rate=self.clock_rate)
+            self._sender_offset = None
+            self._reports.clear()
         self.ssrc = ssrc
-        if self.first_arrival is None:
-            self.first_arrival = arrival
         rtp = self._packets.extend(timestamp)
-        self._fallback.observe(arrival - rtp / self.clock_rate, arrival)
-        if self._report is not None and self.domain is not None:
-            self.domain.offset.observe(arrival - self._sender_time(rtp, self._report), arrival)
+        self._arrival.observe(arrival - rtp / self.clock_rate, arrival)
 
     def on_sender_report(self, ssrc: int, ntp: int, timestamp: int) -> None:
+        """Take a sender report; the mapping is the least-delayed of the recent ones.
+
+        A sender that stamps a report with the time it sent its last packet (aiortc does)
+        is late by its send jitter; the earliest mapping among recent reports is the one
+        closest to capture time. A report whose clock disagrees with its predecessor's
+        rate by more than 5% means a restarted sender or a stepped clock: the history
+        starts again.
+        """
         if ntp == 0 or ssrc != self.ssrc:
             return  # no media yet, or an SR from a sender that never started (ntp 0)
-        report = SenderReport(ntp_to_unix(ntp), self._packets.peek(timestamp))
-        previous = self._report
-        if previous is not None:
-            elapsed = report.ntp_seconds - previous.ntp_seconds
-            advanced = (report.rtp - previous.rtp) / self.clock_rate
-            if elapsed > 0 and abs(advanced - elapsed) > max(0.05, 0.05 * elapsed):
-                # The RTP clock and the NTP clock disagree (a restarted sender, a stepped
-                # clock): re-anchor the whole domain rather than mix two mappings.
+        seconds, rtp = ntp_to_unix(ntp), self._packets.peek(timestamp)
+        if self._reports:
+            previous_seconds, previous_rtp = self._reports[-1]
+            elapsed = seconds - previous_seconds
+            advanced = (rtp - previous_rtp) / self.clock_rate
+            if elapsed <= 0 or abs(advanced - elapsed) > max(0.05, 0.05 * elapsed):
                 log.warning("clock.sender_report_outlier", drift_s=round(advanced - elapsed, 3))
-                if self.domain is not None:
-                    self.domain.offset = MinOffset()
-        self._report = report
+                self._reports.clear()
+        self._reports.append((seconds, rtp))
+        del self._reports[:-SENDER_REPORT_WINDOW]
+        self._sender_offset = min(s - r / self.clock_rate for s, r in self._reports)
         self.sender_reports += 1
 
     def frame_timestamp(self, timestamp: int) -> int:
@@ -164,15 +185,12 @@ class StreamClock:
 
     def timeline_seconds(self, rtp: int) -> float | None:
         """Where a frame with this extended RTP timestamp belongs; None before any packet."""
-        report = self._report
-        domain = self.domain
-        if report is not None and domain is not None and domain.offset.value is not None:
-            local = self._sender_time(rtp, report) + domain.offset.value
-        elif self._fallback.value is not None:
-            local = rtp / self.clock_rate + self._fallback.value
+        media = rtp / self.clock_rate
+        offset = self.domain.offset() if self.domain is not None else None
+        if self._sender_offset is not None and offset is not None:
+            local = media + self._sender_offset + offset
+        elif self._arrival.value is not None:
+            local = media + self._arrival.value
         else:
             return None
         return local - self.origin_wall
-
-    def _sender_time(self, rtp: int, report: SenderReport) -> float:
-        return report.ntp_seconds + (rtp - report.rtp) / self.clock_rate

@@ -7,13 +7,14 @@ per participant, which source frames made it into the output and where each beep
 Definitions (all times in seconds; "source time" is the participant's own clock, 0 at its
 first frame and first sample):
 
-- Video placement ``D_v`` of beep k: the mean over output frames showing source frames
-  within ``window_s`` of source time k of (output pts - (frame index + frame_reference) /
+- Video placement ``D_v`` of beep k: the median over output frames showing source frames
+  within ``window_s`` of source time k (the median, so that a frame frozen by a lost
+  packet does not drag the figure) of (output pts - (frame index + frame_reference) /
   src_fps). Each term is one output frame's "output time minus source time". When the
   source and output rates differ (25 in, 30 out) the phase between the two frame grids
-  sweeps through every value within a few frames, so the mean converges to the true
+  sweeps through every value within a few frames, so the median converges to the true
   offset plus the compositor's average hold; with equal rates the phase is frozen at one
-  unknown value and a single frame's error (up to one frame) stays in the mean. A
+  unknown value and a single frame's error (up to one frame) stays in the median. A
   sample-and-hold compositor shows each source frame for its whole interval, so its
   average hold is half a source frame: ``frame_reference=0.5`` removes it; 0 (default)
   takes the frame's capture instant as its time.
@@ -179,7 +180,7 @@ def analyze_recording(
             near = [o for o in seen if abs(o.index / src_fps - k) <= window_s]
             if not near:
                 continue
-            d_v = float(np.mean([o.time_s - (o.index + frame_reference) / src_fps for o in near]))
+            d_v = float(np.median([o.time_s - (o.index + frame_reference) / src_fps for o in near]))
             report.beeps.append(
                 BeepMeasurement(
                     k=k,
