@@ -260,6 +260,7 @@ class ControlServer:
         return web.json_response({"stopping": True}, status=202)
 
     async def _status(self, _: web.Request, caller: Caller) -> web.Response:
+        self._audit.record("status.read", actor=caller.subject, role=caller.role)
         ready, state = self.readiness()
         return web.json_response({**self._recorder.status(), "ready": ready, "state": state})
 

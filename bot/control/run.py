@@ -1,0 +1,156 @@
+"""A recording with everything around it: control API, audit trail, metrics, webhook, panel.
+
+``ControlledRecording(settings).run()`` is what ``bot record`` runs. The recorder itself
+knows none of these: they observe it (status, events) and call its public control
+methods, so the recorder's lifecycle and exit codes stay exactly its own. The audit trail
+gets the recorder's lifecycle events here, the control calls from the server, and the
+stored parts from ``follow_uploads``; once the recording is verified it is stored next to
+it. A failure of any of these side services is logged and never fails the recording.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import structlog
+
+from bot.audit import AuditLog, audit_path, follow_uploads, upload_audit
+from bot.config import Settings
+from bot.control.server import ControlServer
+from bot.metrics import Metrics
+from bot.progress import Progress
+from bot.recorder import Recorder, RecordingResult
+from bot.storage import StorageError
+from bot.webhook import Webhook
+
+log = structlog.get_logger("bot.control")
+
+
+class ControlledRecording:
+    """One consultation's recorder and its side services; ``run`` once."""
+
+    def __init__(self, settings: Settings, *, progress: bool = True) -> None:
+        self.settings = settings
+        self.recorder = Recorder(settings)
+        recorder = self.recorder
+        self.audit = AuditLog(
+            audit_path(settings.storage.spool_dir, recorder.recording_id),
+            recorder.consultation_id,
+            recorder.recording_id,
+        )
+        self.metrics = Metrics(recorder)
+        self.server = (
+            ControlServer(recorder, settings.control, self.audit, self.metrics)
+            if settings.control.enabled
+            else None
+        )
+        self.webhook = Webhook(settings.webhook)
+        self._progress = Progress.for_terminal(recorder) if progress else None
+
+    async def run(self) -> RecordingResult:
+        recorder, audit = self.recorder, self.audit
+        audit.record("recorder.starting", layout=[s.role for s in recorder.slots])
+        try:
+            if self.server is not None:
+                await self.server.start()
+            self.metrics.start()
+            running = asyncio.create_task(recorder.run(), name="recorder")
+            watcher = asyncio.create_task(self._on_started(), name="recorder-started")
+            try:
+                result = await running
+            finally:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            await self._finished(result)
+            return result
+        finally:
+            if self._progress is not None:
+                await self._progress.stop()
+            await self.metrics.stop()
+            if self.server is not None:
+                await self.server.stop()
+            await self.webhook.aclose()
+            await audit.close()
+
+    def _ids(self) -> dict[str, Any]:
+        return {
+            "consultation_id": self.recorder.consultation_id,
+            "recording_id": self.recorder.recording_id,
+        }
+
+    async def _on_started(self) -> None:
+        """Audit and announce the start, then follow the upload until the end."""
+        recorder = self.recorder
+        await recorder.started.wait()
+        status = recorder.status()
+        self.audit.record(
+            "recorder.started",
+            participants=[{"id": p["id"], "role": p["role"]} for p in status["participants"]],
+            tracks=len(status["tracks"]),
+        )
+        for track in status["tracks"]:
+            self.audit.record(
+                "track.pulled", participant_id=track["participant"], kind=track["kind"]
+            )
+        self.webhook.notify("recording.started", self._ids())
+        if self._progress is not None:
+            self._progress.start()
+
+        def upload_status() -> Any:
+            uploader = recorder._uploader
+            return uploader.status() if uploader is not None else None
+
+        await follow_uploads(self.audit, upload_status)
+
+    async def _finished(self, result: RecordingResult) -> None:
+        audit, ids = self.audit, self._ids()
+        audit.record(
+            "recording.stopped",
+            stop_reason=result.stop_reason,
+            duration_s=round(result.media.duration, 3),
+            gaps=len(result.media.gaps),
+        )
+        self.webhook.notify("recording.stopped", {**ids, "stop_reason": result.stop_reason})
+        if result.upload is None:
+            audit.record(
+                "recording.failed", exit_code=int(result.exit_code), error=result.error or ""
+            )
+            self.webhook.notify("recording.failed", {**ids, "exit_code": int(result.exit_code)})
+            return
+        upload = result.upload
+        storage = upload.manifest.storage
+        audit.record(
+            "upload.verified",
+            object_key=upload.object_key,
+            size=upload.size,
+            sha256=upload.sha256,
+            parts=upload.parts,
+            seconds_to_verified=round(upload.seconds_to_verified, 3),
+            verification=(
+                storage.verification.model_dump(mode="json") if storage is not None else None
+            ),
+        )
+        await audit.flush()
+        try:
+            key = await asyncio.to_thread(
+                upload_audit, self.settings.storage, upload.object_key, audit.path
+            )
+        except (StorageError, OSError) as exc:
+            # The trail stays in the spool directory; the recording itself is verified.
+            log.error("audit.upload_failed", error=str(exc), path=str(audit.path))
+            key = None
+        self.webhook.notify(
+            "recording.completed",
+            {
+                **ids,
+                "object_key": upload.object_key,
+                "manifest_key": upload.manifest_key,
+                "audit_key": key,
+                "size": upload.size,
+                "sha256": upload.sha256,
+                "duration_s": round(result.media.duration, 3),
+            },
+        )
