@@ -74,6 +74,13 @@ class BrowserParticipant:
         """``RTCRtpSender.setParameters`` with ``scaleResolutionDownBy`` on the camera."""
         await self.page.evaluate("factor => window.scaleVideo(factor)", factor)
 
+    async def negotiated_sdp(self) -> tuple[str, str]:
+        """The page's offer and the SFU's answer, as applied by the browser."""
+        offer, answer = await self.page.evaluate(
+            "() => [pc.localDescription.sdp, pc.remoteDescription.sdp]"
+        )
+        return str(offer), str(answer)
+
     async def video_stats(self) -> VideoSendStats:
         stats = await self.page.evaluate("() => window.videoSendStats()")
         return VideoSendStats(

@@ -12,7 +12,8 @@ the only module to revisit; the names used are:
   sender's RTCP loop and the events ``stop()`` waits on.
 - ``RTCRtpSender._handle_rtcp_packet``, ``RTCRtpSender._ssrc``, ``RTCRtpSender.send``.
 - ``RTCDtlsTransport._send_rtp``: writes one SRTP/SRTCP-protected datagram.
-- ``RTCRtpTransceiver._codecs``: the codecs negotiated on an m-line.
+- ``RTCRtpTransceiver._codecs``: the codecs negotiated on an m-line (read, and trimmed
+  before an answer is made).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc.codecs import is_rtx
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
 from aiortc.rtp import AnyRtcpPacket, RtcpSrPacket, RtpPacket
 
@@ -64,6 +66,24 @@ async def send_nack(receiver: RTCRtpReceiver, media_ssrc: int, lost: list[int]) 
 
 def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParameters]:
     return list(transceiver._codecs)
+
+
+def answer_only_first_codec(transceiver: RTCRtpTransceiver) -> None:
+    """Keep only the first codec both sides support (and its RTX) on an offered m-line.
+
+    Call between applying the client's offer and creating the answer. aiortc would answer
+    with every common codec (Chrome's offer has VP8, several H.264 profiles, G722, ...),
+    allowing the client to switch among them, but the SFU forwards one codec per track.
+    """
+    target: Any = transceiver
+    codecs: list[RTCRtpCodecParameters] = target._codecs
+    primary = next((c for c in codecs if not is_rtx(c)), None)
+    if primary is not None:
+        target._codecs = [
+            c
+            for c in codecs
+            if c is primary or (is_rtx(c) and c.parameters.get("apt") == primary.payloadType)
+        ]
 
 
 def take_over_sender(

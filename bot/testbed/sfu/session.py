@@ -464,9 +464,13 @@ class SfuSession:
         if not _parse(sdp).media:
             raise invalid_session_description("the offer has no media section")
         await self._apply_remote(RTCSessionDescription(sdp=sdp, type="offer"))
+        sending = _sending_mids(sdp)
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.mid in sending:
+                aiortc_hooks.answer_only_first_codec(transceiver)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         self._negotiated = True
-        self._adopt_incoming(_sending_mids(sdp))
+        self._adopt_incoming(sending)
         return self._outgoing_sdp()
 
     def _adopt_incoming(self, sending: set[str]) -> None:
