@@ -65,6 +65,7 @@ class Comparison:
         for name, items in self.measurements.items():
             cells = "  ".join(
                 f"{m.cpu_per_media_second:.3f}/{m.usage.peak_rss_mb:.0f}/{m.media_seconds:.1f}"
+                + (f" ({m.frames_kept:.0%} frames)" if m.frames_kept is not None else "")
                 for m in items
             )
             lines.append(f"  {name:<22}{cells}")

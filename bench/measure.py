@@ -127,3 +127,31 @@ def machine_summary() -> str:
             break
     load = Path("/proc/loadavg").read_text(encoding="ascii").split()[:3]
     return f"machine: {os.cpu_count()} cores, {model}, load average {' '.join(load)}"
+
+
+async def video_packets(path: Path) -> int:
+    """Encoded video frames in the file, over all its video streams (ffprobe's count)."""
+
+    def probe() -> int:
+        out = subprocess.run(
+            [
+                "ffprobe",
+                "-v",
+                "error",
+                "-select_streams",
+                "v",
+                "-count_packets",
+                "-show_entries",
+                "stream=nb_read_packets",
+                "-of",
+                "csv=p=0",
+                str(path),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
+        return sum(int(line) for line in out.stdout.split() if line.strip().isdigit())
+
+    return await asyncio.to_thread(probe)

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import structlog
 
-from bench.measure import MeasuredProcess, Usage, media_duration
+from bench.measure import MeasuredProcess, Usage, media_duration, video_packets
 from bot.config import Participant, RecordingSettings
 from bot.media.layout import grid
 from bot.testbed.stack import LocalCall, start_local_sfu
 
 log = structlog.get_logger("bot.bench")
 
-INPUT_WIDTH, INPUT_HEIGHT = 640, 360
+INPUT_WIDTH, INPUT_HEIGHT, INPUT_FPS = 640, 360, 30
 
 
 class BenchError(Exception):
@@ -35,6 +35,12 @@ class Measurement:
     name: str
     usage: Usage
     media_seconds: float
+    frames_kept: float | None = None
+    """Share of the input's video frames that reached the file, where it can be told.
+
+    A contender starved of CPU can fall behind and drop or never encode frames, which
+    lowers its CPU figure; this makes that visible.
+    """
 
     @property
     def cpu_per_media_second(self) -> float:
@@ -122,7 +128,10 @@ async def run_aiortc_baseline(call: LocalCall, workdir: Path, seconds: float) ->
     if usage.exit_code != 0:
         raise BenchError(f"aiortc baseline exited {usage.exit_code}:\n" + process.stderr_tail())
     report = json.loads(process.stdout_path.read_text(encoding="utf-8").splitlines()[-1])
-    return Measurement("aiortc MediaRecorder", usage, float(report["media_seconds"]))
+    media_seconds = float(report["media_seconds"])
+    expected = INPUT_FPS * media_seconds * len(call.participants)  # one video track each
+    kept = await video_packets(workdir / "aiortc.mp4") / expected
+    return Measurement("aiortc MediaRecorder", usage, media_seconds, frames_kept=kept)
 
 
 def ffmpeg_composite_argv(
