@@ -49,16 +49,19 @@ SCALE_AFTER_FRAMES = 180
 """The clinician's camera is halved once its encoder has sent this many frames after the
 recording started (about 6 s at 30 fps)."""
 STATS_TIMEOUT_S = 15.0
-AV_MATCH_S = 0.45
+AV_MATCH_S = 0.49
 """Chromium starts its fake microphone file and fake camera file independently, so a
-browser's own audio and video start up to a few hundred ms apart (seen: -15 to +350 ms).
+browser's own audio and video start up to a few hundred ms apart (seen: -25 to +410 ms).
 Each participant's flashes are therefore matched only to beeps in its own speaker track
-(the pooled match of ``analyze_recording`` would pick the other participant's beep), that
-far apart, and sync is judged by its stability (below)."""
-MAX_SPREAD_P95_MS = 250
-"""Loose on purpose: on an idle machine the spread's p95 is 8-27 ms, but when the 2 cores
-are saturated (load average 15 seen) Chromium's fake devices themselves stutter and the
-spread reached 207 ms, which is the source's jitter, not the recorder's."""
+(the pooled match of ``analyze_recording`` would pick the other participant's beep), up
+to just under half the 1 s beep period apart, and sync is judged by its stability: the
+median is that browser's skew, reported but not asserted."""
+MAX_SPREAD_P95_MS = 150
+"""On a machine running only this test the spread's p95 was 8-66 ms. With the 2 cores
+saturated by other work (load average 12-19) Chromium's fake camera falls behind its own
+timer, so its frame index drifts against wall time by 20-30 ms a second and the spread
+reached 130-490 ms: that is the source slipping, not the recorder, and this check is then
+meaningless. The tight sync checks use the synthetic participants, whose source is exact."""
 MIN_MATCHED_BEEPS = 5
 
 
@@ -247,6 +250,7 @@ def test_av_offset_per_participant(run: BrowserRun) -> None:
         assert len(offsets) >= MIN_MATCHED_BEEPS, (role, offsets)
         median = float(np.median(offsets))
         figures[role] = {
+            "offsets_ms": [round(o * 1000) for o in offsets],
             "median_ms": round(median * 1000),
             "spread_p95_ms": round(abs_percentile([o - median for o in offsets], 95) * 1000),
             "abs_p95_ms": round(abs_percentile(offsets, 95) * 1000),
@@ -254,7 +258,6 @@ def test_av_offset_per_participant(run: BrowserRun) -> None:
     print(f"browser A/V offsets per participant: {figures}")
     for figure in figures.values():
         assert figure["spread_p95_ms"] < MAX_SPREAD_P95_MS, figures
-        assert abs(figure["median_ms"]) < 400, figures
 
 
 def test_resolution_change_keeps_decoding(run: BrowserRun) -> None:
