@@ -98,7 +98,7 @@ class AuditLog:
         """Append one event. Fields must be plain, opaque data: never names or secrets."""
         with self._lock:
             if self._closed:
-                log.warning("audit.closed_event_dropped", event=event)
+                log.warning("audit.closed_event_dropped", audit_event=event)
                 return
             self._queue.put(
                 (
@@ -146,7 +146,7 @@ class AuditLog:
                 os.fsync(self._fd)
             except (OSError, TypeError, ValueError) as exc:
                 # The recording goes on; the hole in the trail is in the logs.
-                log.error("audit.write_failed", event=event, error=str(exc))
+                log.error("audit.write_failed", audit_event=event, error=str(exc))
 
 
 async def follow_uploads(
