@@ -103,6 +103,9 @@ class RealtimeSettings(_Section):
     request_timeout: float = Field(10.0, gt=0)
     max_retries: int = Field(4, ge=0, le=10)
     ice_servers: tuple[str, ...] = ("stun:stun.cloudflare.com:3478",)
+    # A path to the SFU that answers no ICE check for this long is rebuilt: a new session
+    # pulling the same tracks, the same recording going on.
+    transport_dead_after: float = Field(3.0, ge=1.0, le=60.0)
 
     @field_validator("ice_servers", mode="before")
     @classmethod
@@ -190,6 +193,11 @@ class StorageSettings(_Section):
     stale_upload_age: float = Field(24 * 3600.0, gt=0)
     # Lifetime of presigned GET URLs handed out by the demo.
     presign_seconds: int = Field(3600, ge=1, le=7 * 24 * 3600)
+    # Disk caps for the spool, which holds the whole recording until it is verified. At
+    # either limit the recorder stops cleanly and keeps a playable file; the fragment
+    # written while stopping (about keyframe_seconds of media) may pass max_spool_bytes.
+    max_spool_bytes: int = Field(16 * 1024**3, ge=1024 * 1024)
+    min_free_bytes: int = Field(256 * 1024 * 1024, ge=0)
 
     @field_validator("key_template")
     @classmethod

@@ -13,7 +13,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtp import RtcpSrPacket
+from aiortc.utils import uint16_add
 
 from bot.media.clock import StreamClock
 
@@ -88,3 +90,101 @@ def route_by_mid(dtls_transport: Any) -> None:
 def request_keyframe(receiver: Any, ssrc: int) -> asyncio.Task[None]:
     """Send a PLI for ``ssrc``: aiortc never asks for a keyframe when a track starts."""
     return asyncio.ensure_future(receiver._send_rtcp_pli(ssrc))
+
+
+async def probe_ice_path(dtls_transport: Any, answer_within: float) -> bool | None:
+    """One STUN binding check on the nominated ICE pair: is the path alive right now?
+
+    aiortc notices a dead path only when consent expires (about 30 s), and says nothing
+    while media is merely absent (a publisher may be muted or gone, which Cloudflare does
+    not signal). A check answered proves the path; None means there is no path to check
+    (not connected yet, or already closed).
+    """
+    connection = dtls_transport.transport._connection
+    pairs = list(connection._nominated.values())
+    if not pairs or connection.remote_password is None:
+        return None
+    pair = pairs[0]
+    request = connection.build_request(pair, nominate=False)
+    try:
+        await asyncio.wait_for(
+            pair.protocol.request(
+                request,
+                pair.remote_addr,
+                integrity_key=connection.remote_password.encode("utf8"),
+                retransmissions=0,
+            ),
+            answer_within,
+        )
+    except (TimeoutError, ConnectionError, OSError):
+        return False
+    except Exception:  # aioice's TransactionError (failed or timed out transaction)
+        return False
+    return True
+
+
+class _AudioPassThrough:
+    """Every audio packet is a whole frame (Opus, G.711): hand it on at once, in order.
+
+    aiortc's audio jitter buffer holds four frames back and, when a packet is lost for
+    good, stalls until 16 later packets have arrived (320 ms of silence per loss). Jitter
+    is absorbed downstream instead, where frames are placed by timestamp; a late packet
+    that would go backwards is dropped.
+    """
+
+    capacity = 16
+
+    def __init__(self) -> None:
+        self._last: int | None = None
+
+    def add(self, packet: Any) -> tuple[bool, JitterFrame | None]:
+        if self._last is not None and uint16_add(self._last, -packet.sequence_number) < 0x8000:
+            return False, None  # a duplicate or a packet overtaken by later ones
+        self._last = packet.sequence_number
+        return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)
+
+
+class _LossTolerantJitterBuffer(JitterBuffer):
+    """aiortc's video jitter buffer, but a lost packet is given up after ``give_up_after``
+    later packets instead of after the whole capacity (512 packets: seconds of frozen
+    picture per unrecovered loss), with a keyframe request.
+    """
+
+    def __init__(self, capacity: int, give_up_after: int) -> None:
+        super().__init__(capacity=capacity, prefetch=0, is_video=True)
+        self._give_up_after = give_up_after
+
+    def add(self, packet: Any) -> tuple[bool, Any]:
+        pli, frame = super().add(packet)
+        origin = self._origin
+        if frame is not None or origin is None:
+            return pli, frame
+        behind = uint16_add(packet.sequence_number, -origin)
+        if behind < self._give_up_after or behind >= self.capacity:
+            return pli, frame
+        if self.smart_remove(behind - self._give_up_after + 1):
+            self._origin = packet.sequence_number
+        self._drop_partial_frame()
+        return True, self._remove_frame(packet.sequence_number)
+
+    def _drop_partial_frame(self) -> None:
+        """The frame now at the front may have lost its first packets: drop it too (the
+        decoder needs the keyframe asked for anyway)."""
+        assert self._origin is not None
+        first = self._packets[self._origin % self.capacity]
+        if first is None:
+            return
+        for _ in range(self.capacity):
+            head = self._packets[self._origin % self.capacity]
+            if head is None or head.timestamp != first.timestamp:
+                return
+            self.remove(1)
+
+
+def tolerate_loss(receiver: Any, kind: str) -> None:
+    """Swap the receiver's jitter buffer for one that gives up on lost packets sooner.
+
+    Retransmissions (NACK, video only) get ``48`` packets' time, a few round trips.
+    """
+    buffer: Any = _AudioPassThrough() if kind == "audio" else _LossTolerantJitterBuffer(512, 48)
+    receiver._RTCRtpReceiver__jitter_buffer = buffer

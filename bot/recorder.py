@@ -30,11 +30,14 @@ from bot.media.pipeline import MediaPipeline, MediaReport, SlotInfo
 from bot.media.writer import Mp4Writer
 from bot.realtime import AuthenticationError, RealtimeClient, RealtimeError, TrackResult
 from bot.storage import Spool, StorageError, Uploader, UploadResult, object_key_for, open_uploader
-from bot.subscriber import Subscriber
+from bot.subscriber import PulledTrack, Subscriber
 
 log = structlog.get_logger("bot.recorder")
 
 DEFAULT_LAYOUT = ("clinician", "patient")
+
+PROBE_INTERVAL = 0.5
+REBUILD_BACKOFF_MAX = 2.0
 
 _FAILED_STOPS = {
     "connect_timeout": (
@@ -42,7 +45,6 @@ _FAILED_STOPS = {
         "WebRTC did not connect within recording.connect_timeout: check that UDP to "
         "Cloudflare (or the ICE servers in realtime.ice_servers) is reachable",
     ),
-    "transport_failed": (ExitCode.REALTIME, "the WebRTC transport to Cloudflare failed"),
     "media_failed": (ExitCode.MEDIA, "the media thread failed; see media.thread_failed"),
 }
 """Stop reasons that are failures, with their exit code and the line a person reads."""
@@ -95,6 +97,9 @@ class Recorder:
         self._stop = asyncio.Event()
         self._stop_reason = ""
         self._subscriber: Subscriber | None = None
+        self._retired: list[PulledTrack] = []
+        """Tracks of subscribers replaced after a transport failure (for the manifest)."""
+        self.rebuilds = 0
         self._pipeline: MediaPipeline | None = None
         self._uploader: Uploader | None = None
         self.started = asyncio.Event()
@@ -195,12 +200,7 @@ class Recorder:
         settings, rec = self.settings, self.settings.recording
         origin_wall = self.origin_wall = time.time()
         started_at = datetime.now(UTC)
-        subscriber = Subscriber(
-            self._client,
-            self._submit,
-            origin_wall=origin_wall,
-            ice_servers=settings.realtime.ice_servers,
-        )
+        subscriber = self._new_subscriber()
         self._subscriber = subscriber
         try:
             await subscriber.open()
@@ -256,6 +256,7 @@ class Recorder:
         result = RecordingResult(
             ExitCode.OK, self.recording_id, object_key=object_key, started_at=started_at
         )
+        watchdog = asyncio.create_task(self._watch_transport(), name="transport-watchdog")
         try:
             result.stop_reason = await self._wait_for_stop()
             failure = _FAILED_STOPS.get(result.stop_reason)
@@ -267,8 +268,10 @@ class Recorder:
             result.stop_reason = "realtime_error"
         finally:
             end = pipeline.now()
-            await subscriber.close()
+            watchdog.cancel()
+            # Frames up to ``end`` still in flight arrive while the pipeline finishes.
             result.media = await asyncio.to_thread(pipeline.finish, end)
+            await self._subscriber.close()
             result.ended_at = datetime.now(UTC)
 
         manifest = self._manifest(started_at, result.ended_at, result.media)
@@ -290,6 +293,79 @@ class Recorder:
             exit_code=int(result.exit_code),
         )
         return result
+
+    def _new_subscriber(self) -> Subscriber:
+        assert self.origin_wall is not None
+        return Subscriber(
+            self._client,
+            self._submit,
+            origin_wall=self.origin_wall,
+            ice_servers=self.settings.realtime.ice_servers,
+        )
+
+    async def _watch_transport(self) -> None:
+        """Probe the path to the SFU every half second; rebuild when it stays dead.
+
+        Absent media proves nothing (Cloudflare does not signal a publisher leaving), and
+        aiortc declares a dead path only when ICE consent expires, about 30 s later, with
+        no ICE restart. A STUN check answered proves the path; ``transport_dead_after``
+        seconds without an answer (or a failed connection) start a rebuild.
+        """
+        dead_after = self.settings.realtime.transport_dead_after
+        last_alive = time.monotonic()
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL)
+            subscriber = self._subscriber
+            assert subscriber is not None
+            alive = await subscriber.probe(answer_within=PROBE_INTERVAL)
+            now = time.monotonic()
+            if alive or (alive is None and not subscriber.failed.is_set()):
+                last_alive = now
+                continue
+            if now - last_alive < dead_after and not subscriber.failed.is_set():
+                continue
+            log.warning("recorder.transport_dead", silent_s=round(now - last_alive, 2))
+            await self._rebuild()
+            last_alive = time.monotonic()
+
+    async def _rebuild(self) -> None:
+        """A new Cloudflare session pulling the same tracks; the recording goes on.
+
+        The old path is probed between attempts: if it comes back first, it is kept.
+        """
+        old = self._subscriber
+        assert old is not None
+        began = time.monotonic()
+        attempt = 0
+        while not self._stop.is_set():
+            if not old.failed.is_set() and await old.probe(answer_within=PROBE_INTERVAL):
+                log.info("recorder.transport_recovered", after_s=round(time.monotonic() - began, 2))
+                return
+            new = self._new_subscriber()
+            try:
+                await new.open()
+                for participant, slot in list(self._participants.values()):
+                    await new.pull(participant, slot)
+                await asyncio.wait_for(
+                    new.connected.wait(), timeout=self.settings.realtime.request_timeout
+                )
+            except (RealtimeError, TimeoutError) as exc:
+                await new.close()
+                delay = min(REBUILD_BACKOFF_MAX, 0.25 * 2**attempt)
+                attempt += 1
+                log.warning("recorder.rebuild_failed", attempt=attempt, error=str(exc))
+                await asyncio.sleep(delay)
+                continue
+            self._subscriber = new
+            self._retired += old.tracks
+            self.rebuilds += 1
+            await old.close()
+            log.info(
+                "recorder.transport_rebuilt",
+                after_s=round(time.monotonic() - began, 2),
+                attempts=attempt + 1,
+            )
+            return
 
     def _prepare_spool(
         self, object_key: str, started_at: datetime
@@ -339,7 +415,7 @@ class Recorder:
     async def _wait_for_stop(self) -> str:
         rec = self.settings.recording
         assert self._subscriber is not None and self._pipeline is not None
-        subscriber, pipeline = self._subscriber, self._pipeline
+        pipeline = self._pipeline
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -347,14 +423,13 @@ class Recorder:
         try:
             while not self._stop.is_set():
                 now = pipeline.now()
+                subscriber = self._subscriber
                 last = subscriber.last_media()
                 silent_for = time.time() - last if last else now
                 if now >= rec.max_duration:
                     return "duration_limit"
                 if silent_for >= rec.silence_timeout:
                     return "silence_timeout"
-                if subscriber.failed.is_set():
-                    return "transport_failed"
                 connected = subscriber.connected.is_set()
                 if subscriber.tracks and not connected and now >= rec.connect_timeout:
                     return "connect_timeout"
@@ -374,8 +449,7 @@ class Recorder:
         self, started_at: datetime, ended_at: datetime | None, media: MediaReport | None
     ) -> Manifest:
         rec = self.settings.recording
-        subscriber = self._subscriber
-        tracks = subscriber.tracks if subscriber is not None else []
+        tracks = self._retired + (self._subscriber.tracks if self._subscriber else [])
         return Manifest(
             consultation_id=self.consultation_id,
             recording_id=self.recording_id,

@@ -22,7 +22,13 @@ from aiortc.mediastreams import MediaStreamError
 from bot.config import Participant, TrackRef
 from bot.media.clock import ClockDomain, StreamClock
 from bot.realtime import RealtimeClient, SessionDescription, TrackObject, TrackResult
-from bot.receiver_hooks import attach_clock, request_keyframe, route_by_mid
+from bot.receiver_hooks import (
+    attach_clock,
+    probe_ice_path,
+    request_keyframe,
+    route_by_mid,
+    tolerate_loss,
+)
 
 log = structlog.get_logger("bot.subscriber")
 
@@ -173,6 +179,7 @@ class Subscriber:
             track.last_packet = now
 
         attach_clock(receiver, clock, on_packet)
+        tolerate_loss(receiver, kind)
         route_by_mid(receiver.transport)
         return receiver, clock, kind, codec.mimeType if codec is not None else None
 
@@ -215,6 +222,13 @@ class Subscriber:
             if track.reader is not None:
                 track.reader.cancel()
         await self._pc.close()
+
+    async def probe(self, answer_within: float = 1.0) -> bool | None:
+        """Is the path to the SFU alive? None before it ever connected or after close."""
+        transceivers = self._pc.getTransceivers()
+        if not transceivers or not self.connected.is_set():
+            return None
+        return await probe_ice_path(transceivers[0].receiver.transport, answer_within)
 
     def last_media(self) -> float:
         """Wall-clock time of the newest packet on any track (0 if none yet)."""

@@ -98,8 +98,10 @@ class LocalCall:
             await _stop(process)
 
 
-async def start_local_sfu(*, sender_reports: bool = True, ssrc_in_sdp: bool = True) -> LocalCall:
-    """Start ``bot sfu`` on a free port and wait until it answers HTTP."""
+async def start_local_sfu(
+    *, sender_reports: bool = True, ssrc_in_sdp: bool = True, host: str = "127.0.0.1"
+) -> LocalCall:
+    """Start ``bot sfu`` on a free port of ``host`` and wait until it answers HTTP."""
     port = free_port()
     app_id, app_secret = "local-app", secrets.token_hex(16)
     args = [
@@ -107,7 +109,7 @@ async def start_local_sfu(*, sender_reports: bool = True, ssrc_in_sdp: bool = Tr
         "bot",
         "sfu",
         "--host",
-        "127.0.0.1",
+        host,
         "--port",
         str(port),
         "--app-id",
@@ -122,7 +124,7 @@ async def start_local_sfu(*, sender_reports: bool = True, ssrc_in_sdp: bool = Tr
     process = await asyncio.create_subprocess_exec(
         sys.executable, *args, stderr=asyncio.subprocess.DEVNULL, env=os.environ.copy()
     )
-    call = LocalCall(f"http://127.0.0.1:{port}/v1", app_id, app_secret, _processes=[process])
+    call = LocalCall(f"http://{host}:{port}/v1", app_id, app_secret, _processes=[process])
     try:
         async with httpx.AsyncClient(timeout=1.0) as http:
             deadline = asyncio.get_running_loop().time() + START_TIMEOUT

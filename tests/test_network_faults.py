@@ -1,0 +1,173 @@
+"""The recorder on its own network namespace, with real packet loss and outages.
+
+The SFU and the synthetic participants run in the host namespace; ``bot record`` runs in a
+namespace whose only link to them is a veth pair, where nftables drops packets. Figures
+are printed (run with ``-s``) and go into the README's Reliability section.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.testbed import netns
+from bot.testbed.analysis import RecordingReport, abs_percentile, analyze_recording
+from bot.testbed.stack import LocalCall, start_local_sfu
+from tests.e2e import slots
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not netns.available(), reason="needs root, ip and nft (network namespaces)"),
+]
+
+
+@dataclass
+class Run:
+    code: int
+    stderr: str
+    manifest: dict[str, Any]
+    report: RecordingReport
+    origin_wall: float
+
+    def gaps(self, kind: str | None = None) -> list[dict[str, Any]]:
+        return [g for g in self.manifest["gaps"] if kind is None or g["kind"] == kind]
+
+
+@pytest.fixture
+async def setup() -> AsyncIterator[tuple[netns.RecorderNetwork, LocalCall]]:
+    with netns.RecorderNetwork() as net:
+        call = await start_local_sfu(host=net.host_address)
+        try:
+            await call.publish("clinician", 1, participant_id="c1")
+            await call.publish("patient", 2, participant_id="p1")
+            yield net, call
+        finally:
+            await call.close()
+
+
+async def record_through(
+    net: netns.RecorderNetwork,
+    call: LocalCall,
+    tmp_path: Path,
+    seconds: float,
+    faults: Callable[[], Awaitable[None]],
+) -> Run:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOT_")}
+    env.update(
+        BOT_REALTIME_BASE_URL=call.base_url,
+        BOT_REALTIME_APP_ID=call.app_id,
+        BOT_REALTIME_APP_SECRET=call.app_secret,
+        BOT_REALTIME_ICE_SERVERS="",
+        BOT_LOGGING_FORMAT="json",
+        BOT_STORAGE_BACKEND="local",
+        BOT_STORAGE_SPOOL_DIR=str(tmp_path / "spool"),
+        BOT_STORAGE_LOCAL_DIR=str(tmp_path / "out"),
+    )
+    args = ["record", "--consultation-id", "c-net", "--max-duration", str(seconds)]
+    for p in call.participants:
+        args += ["--participant", f"{p.id}:{p.role}=" + ",".join(str(t) for t in p.tracks)]
+    process = await asyncio.create_subprocess_exec(
+        *net.exec_prefix,
+        sys.executable,
+        "-m",
+        "bot",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    seen: list[bytes] = []
+    while b"recorder.started" not in (
+        line := await asyncio.wait_for(process.stderr.readline(), 60)
+    ):
+        assert line, b"".join(seen).decode()[-3000:]
+        seen.append(line)
+    fault_task = asyncio.create_task(faults())
+    out, err = await asyncio.wait_for(process.communicate(), timeout=seconds + 180)
+    await fault_task
+    stderr = b"".join(seen).decode() + err.decode()
+    assert process.returncode is not None
+    [manifest_path] = (tmp_path / "out").rglob("*.manifest.json")
+    manifest = json.loads(manifest_path.read_text())
+    video = manifest_path.with_name(manifest_path.name.removesuffix(".manifest.json"))
+    report = analyze_recording(video, slots(2))
+    origin = datetime.fromisoformat(manifest["started_at"]).timestamp()
+    return Run(process.returncode, stderr, manifest, report, origin)
+
+
+def figures(name: str, run: Run) -> None:
+    for number, participant in sorted(run.report.participants.items()):
+        offsets = participant.av_offsets()
+        p95 = abs_percentile(offsets, 95) * 1000 if offsets else float("nan")
+        print(
+            f"[{name}] participant {number}: frames seen {participant.frames_seen}, "
+            f"source frames missing {len(participant.missing_frames())}, A/V p95 {p95:.1f} ms"
+        )
+    for gap in run.gaps():
+        print(f"[{name}] gap {gap}")
+
+
+@pytest.mark.parametrize("percent", [5, 15])
+async def test_recording_survives_packet_loss(setup, tmp_path: Path, percent: int) -> None:  # type: ignore[no-untyped-def]
+    net, call = setup
+
+    async def lossy() -> None:
+        net.lose(percent)
+
+    run = await record_through(net, call, tmp_path, 12.0, lossy)
+    figures(f"loss {percent}%", run)
+    assert run.code == 0, run.stderr[-2000:]
+    assert set(run.report.participants) == {1, 2}
+    for participant in run.report.participants.values():
+        # NACKs and keyframe requests keep most of the picture; sound is never dropped whole.
+        assert participant.frames_seen > 6 * 30 * (0.8 if percent == 5 else 0.5)
+    long_gaps = [g for g in run.gaps() if g["duration"] > 2.0 and g["start"] > 1.5]
+    assert not long_gaps
+
+
+@pytest.mark.parametrize("outage", [10.0, 35.0])
+async def test_recording_continues_through_an_outage(setup, tmp_path: Path, outage: float) -> None:  # type: ignore[no-untyped-def]
+    """10 s: ICE survives, the watchdog's probe sees the path return. 35 s: ICE consent
+    expires (aiortc closes the transport), the recorder rebuilds its session."""
+    net, call = setup
+    window: dict[str, float] = {}
+
+    async def cut_then_heal() -> None:
+        await asyncio.sleep(4.0)
+        net.cut()
+        window["cut"] = time.time()
+        await asyncio.sleep(outage)
+        net.heal()
+        window["heal"] = time.time()
+
+    run = await record_through(net, call, tmp_path, outage + 14.0, cut_then_heal)
+    figures(f"outage {outage:.0f}s", run)
+    assert run.code == 0, run.stderr[-3000:]
+    assert "recorder.transport_dead" in run.stderr
+    cut, heal = window["cut"] - run.origin_wall, window["heal"] - run.origin_wall
+    for kind in ("video", "audio"):
+        spanning = [g for g in run.gaps(kind) if g["start"] < heal and g["end"] > cut]
+        assert spanning, f"no {kind} gap reported over the outage"
+        resumed = max(g["end"] for g in spanning)
+        print(f"[outage {outage:.0f}s] {kind} back {resumed - heal:.2f} s after the path")
+        assert resumed - heal < 3.0
+    if outage > 30:
+        assert "recorder.transport_rebuilt" in run.stderr
+    after = [
+        o
+        for p in run.report.participants.values()
+        for b in p.beeps
+        if (o := b.av_offset_s) is not None and b.audio_onset_s and b.audio_onset_s > heal + 2
+    ]
+    assert after and abs_percentile(after, 95) < 0.040
