@@ -107,9 +107,30 @@ def _cmd_recover(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from bot.media.inspect import inspect_file
+    import av
+    import pydantic
 
-    print(inspect_file(args.file))
+    from bot.media.inspect import inspect_recording, summarize
+    from bot.media.timeline_png import TimelineUnavailable, default_png_path, render_timeline
+
+    try:
+        print(summarize(args.file))
+        inspection = inspect_recording(args.file, args.manifest)
+    except av.error.FFmpegError as exc:
+        print(f"bot: error: {args.file} is not a readable recording: {exc}", file=sys.stderr)
+        return int(ExitCode.MEDIA)
+    except (OSError, pydantic.ValidationError) as exc:
+        print(f"bot: error: cannot inspect {args.file}: {exc}", file=sys.stderr)
+        return int(ExitCode.CONFIG)
+    print(inspection.report())
+    if args.no_png:
+        return 0
+    try:
+        timeline = render_timeline(inspection, args.png or default_png_path(args.file))
+    except (TimelineUnavailable, OSError) as exc:
+        print(f"bot: error: {exc}", file=sys.stderr)
+        return int(ExitCode.CONFIG)
+    print(f"timeline: {timeline.path} ({timeline.width}x{timeline.height})")
     return 0
 
 
@@ -163,8 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     recover.add_argument("--config", type=Path)
     recover.set_defaults(run=_cmd_recover)
 
-    inspect = sub.add_parser("inspect", help="report on a recording")
+    inspect = sub.add_parser("inspect", help="report on a recording and draw its timeline")
     inspect.add_argument("file", type=Path)
+    inspect.add_argument(
+        "--manifest", type=Path, help="the recording's manifest (default: <file>.manifest.json)"
+    )
+    png = inspect.add_mutually_exclusive_group()
+    png.add_argument("--png", type=Path, help="timeline picture (default: <file>.timeline.png)")
+    png.add_argument("--no-png", action="store_true", help="text report only")
     inspect.set_defaults(run=_cmd_inspect)
     return parser
 
