@@ -76,6 +76,9 @@ async def _scenario(output_dir: Path) -> Scenario:
         clinician = await call.publish("clinician", 1, participant_id="c1")
         patient = await call.publish("patient", 2, participant_id="p1")
         patient_process = call._processes[-1]
+        # The patient's next session, started ahead: a publisher process takes seconds to
+        # start on a loaded machine, which would shift the timeline.
+        returning = await call.publish("patient", 3, participant_id="p1")
         # 15 fps out: the machine is shared with other tests.
         settings = recorder_settings(
             call,
@@ -123,13 +126,10 @@ async def _scenario(output_dir: Path) -> Scenario:
             await step(
                 "patient_adds", "POST", "/v1/tracks", json=_body(patient), headers=patient_auth
             )
-            # The patient's next session starts now, to be live by the time it is added.
-            coming_back = asyncio.create_task(call.publish("patient", 3, participant_id="p1"))
             await at(TIMELINE["drop"])
             await step("drop_p1", "DELETE", "/v1/participants/p1", headers=orchestrator)
             await step("drop_unknown", "DELETE", "/v1/participants/nobody", headers=orchestrator)
             patient_process.terminate()  # the patient leaves; comes back under a new session
-            returning = await asyncio.wait_for(coming_back, 30)
             assert returning.tracks[0].session_id != patient.tracks[0].session_id
             await at(TIMELINE["back"])
             await step("back_p1", "POST", "/v1/tracks", json=_body(returning), headers=orchestrator)
