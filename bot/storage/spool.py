@@ -90,6 +90,16 @@ class Spool:
         except FileNotFoundError:
             return 0
 
+    def free_bytes(self) -> int:
+        """Free space for this spool's file system (what the recording can still use).
+
+        Asked of the nearest existing directory: the spool itself is gone once verified.
+        """
+        where = self.directory
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        return shutil.disk_usage(where).free
+
     def journal(self) -> Journal | None:
         return Journal.load(self.journal_path)
 

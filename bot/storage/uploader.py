@@ -55,6 +55,11 @@ class UploadStatus:
     """Outages since start: a counter for metrics."""
     errors: int
     last_error: str | None
+    free_bytes: int
+    """Free space on the spool's file system."""
+    disk_limit: str | None = None
+    """Why the spool may not grow any more ("max_spool_bytes" or "min_free_bytes"), or
+    None. Once set it stays set: the recorder should stop, and the file so far is kept."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,7 @@ class Uploader:
         self._errors = 0
         self._last_error: str | None = None
         self._last_progress = time.monotonic()
+        self._disk_limit: str | None = None
         self._log = log.bind(recording_id=spool.info.recording_id, backend=store.backend)
 
     # -- the recorder's side ------------------------------------------------------------
@@ -123,7 +129,10 @@ class Uploader:
             self._cond.notify()
 
     def status(self) -> UploadStatus:
+        """A snapshot for the recorder's watch loop and metrics; also checks the disk caps."""
         spooled = self._spool.media_size()
+        free = self._spool.free_bytes()
+        self._check_disk(spooled, free)
         with self._cond:
             uploaded = self._journal.uploaded_bytes
             lag = max(0, spooled - uploaded)
@@ -139,7 +148,30 @@ class Uploader:
                 alarms=self._alarms,
                 errors=self._errors,
                 last_error=self._last_error,
+                free_bytes=free,
+                disk_limit=self._disk_limit,
             )
+
+    def _check_disk(self, spooled: int, free: int) -> None:
+        settings = self._settings
+        if spooled >= settings.max_spool_bytes:
+            reason = "max_spool_bytes"
+        elif free < settings.min_free_bytes:
+            reason = "min_free_bytes"
+        else:
+            return
+        with self._cond:
+            if self._disk_limit is not None:
+                return
+            self._disk_limit = reason
+        self._log.error(
+            "storage_disk_limit",
+            limit=reason,
+            bytes_spooled=spooled,
+            free_bytes=free,
+            max_spool_bytes=settings.max_spool_bytes,
+            min_free_bytes=settings.min_free_bytes,
+        )
 
     def finish(self, manifest: Manifest) -> UploadResult:
         """Upload the tail, complete, verify, write the manifest, delete the spool.
@@ -276,6 +308,7 @@ class Uploader:
         number = len(self._journal.parts) + 1
         upload_id = self._journal.upload_id
         assert upload_id is not None
+        self._log.debug("storage_part_uploading", part=number, size=length)
         etag = self._store.upload_part(self._key, upload_id, number, data, md5)
         if not self._store.encrypted and etag != md5.hex():
             raise StorageError(
@@ -392,6 +425,7 @@ class Uploader:
             assert journal.upload_id is not None
             self._check_parts(self._store.list_parts(self._key, journal.upload_id))
             parts = [PartInfo(p.number, p.size, p.etag) for p in journal.parts]
+            self._log.info("storage_completing", parts=len(parts), size=size)
             self._store.complete(self._key, journal.upload_id, parts)
             journal.completed = True
             journal.save(self._spool.journal_path)
