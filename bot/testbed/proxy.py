@@ -123,6 +123,7 @@ class ThrottlingProxy:
 
     def _serve(self, ready: threading.Event) -> None:
         loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)  # this thread's loop, also while shutting down
         self._loop = loop
         try:
             self._server = loop.run_until_complete(

@@ -1,0 +1,232 @@
+"""SIGKILL the recorder at chosen moments, then `bot recover`: nothing half-written or doubled.
+
+The recorder runs in a child process (the real ``Recorder`` against the local SFU and
+synthetic participants, uploading to SeaweedFS through a throttled ``ThrottlingProxy`` so
+parts are in flight long enough to be killed in). The test reads the child's JSON log
+events and SIGKILLs it right after: a part upload starting, the multipart completion
+starting, or a second participant's track pulled mid-recording (a renegotiation). Then
+``bot recover`` runs as an operator would, and the bucket is listed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from bot.exitcodes import ExitCode
+from bot.manifest import Manifest
+from bot.storage import manifest_key
+from bot.storage.spool import Spool
+from bot.storage.verify import decode_probe, fragment_layout
+from bot.testbed.proxy import ThrottlingProxy
+from bot.testbed.s3 import LocalS3
+from bot.testbed.stack import LocalCall, start_local_sfu
+from tests.faults import wait_until
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+
+_CHILD = """
+import asyncio, json, sys
+from pathlib import Path
+from bot.config import Participant, Settings
+from bot.logs import configure_logging
+from bot.recorder import Recorder
+
+configure_logging("debug", "json")
+spec = json.loads(Path(sys.argv[1]).read_text())
+settings = Settings.model_validate(spec["settings"])
+late = Participant.model_validate(spec["late"])
+
+async def main() -> None:
+    recorder = Recorder(settings)
+    task = asyncio.create_task(recorder.run())
+    await recorder.started.wait()
+    while recorder.status()["bytes_recorded"] < spec["late_after_bytes"]:
+        await asyncio.sleep(0.2)
+    await recorder.add_participant(late)
+    await task
+
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+async def call() -> AsyncIterator[LocalCall]:
+    call = await start_local_sfu()
+    try:
+        await call.publish("clinician", 1, participant_id="c1")
+        await call.publish("patient", 2, participant_id="p2")
+        yield call
+    finally:
+        await call.close()
+
+
+@pytest.fixture
+async def s3() -> AsyncIterator[LocalS3]:
+    async with LocalS3() as store:
+        yield store
+
+
+@pytest.fixture
+def proxy(s3: LocalS3) -> Iterator[ThrottlingProxy]:
+    port = urlsplit(s3.endpoint_url).port
+    assert port is not None
+    with ThrottlingProxy(("127.0.0.1", port), rate=64 * 1024) as p:
+        yield p
+
+
+def _spec(call: LocalCall, s3: LocalS3, proxy: ThrottlingProxy, spool: Path) -> dict[str, object]:
+    clinician, patient = call.participants
+    return {
+        "settings": {
+            "realtime": {
+                "base_url": call.base_url,
+                "app_id": call.app_id,
+                "app_secret": call.app_secret,
+                "ice_servers": [],
+            },
+            "recording": {
+                "consultation_id": "c-crash",
+                "layout": ["clinician", "patient"],
+                "participants": [clinician.model_dump(mode="json")],
+                "max_duration": 300,
+            },
+            "storage": {
+                "backend": "s3",
+                "endpoint_url": proxy.url,
+                "bucket": s3.bucket,
+                "access_key_id": s3.access_key_id,
+                "secret_access_key": s3.secret_access_key,
+                "spool_dir": str(spool),
+                "retry_backoff_max": 1.0,
+            },
+        },
+        "late": patient.model_dump(mode="json"),
+        "late_after_bytes": 150_000,
+    }
+
+
+def _env(s3: LocalS3, spool: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOT_")}
+    env.update(
+        PYTHONPATH=str(ROOT),
+        BOT_LOGGING_FORMAT="json",
+        BOT_STORAGE_BACKEND="s3",
+        BOT_STORAGE_ENDPOINT_URL=s3.endpoint_url,
+        BOT_STORAGE_BUCKET=s3.bucket,
+        BOT_STORAGE_ACCESS_KEY_ID=s3.access_key_id,
+        BOT_STORAGE_SECRET_ACCESS_KEY=s3.secret_access_key,
+        BOT_STORAGE_SPOOL_DIR=str(spool),
+    )
+    return env
+
+
+def _is_moment(event: dict[str, object], moment: str) -> bool:
+    name = event.get("event")
+    if moment == "part_upload":
+        return name == "storage_part_uploading"
+    if moment == "completion":
+        return name == "storage_completing"
+    return name == "subscriber.track_pulled" and event.get("participant") == "p2"
+
+
+@pytest.mark.parametrize("moment", ["part_upload", "completion", "renegotiation"])
+async def test_sigkill_then_recover_leaves_one_complete_verified_object(
+    call: LocalCall, s3: LocalS3, proxy: ThrottlingProxy, tmp_path: Path, moment: str
+) -> None:
+    spool_dir = tmp_path / "spool"
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(_spec(call, s3, proxy, spool_dir)))
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _CHILD,
+        str(spec),
+        env=_env(s3, spool_dir),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert child.stderr is not None
+    stopping = False
+    try:
+        async with asyncio.timeout(240):
+            while True:
+                line = await child.stderr.readline()
+                assert line, f"the recorder exited (code {child.returncode}) before {moment}"
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                if _is_moment(event, moment):
+                    if moment == "part_upload":  # kill with the part's bytes on the wire
+                        sent = proxy.bytes_up
+                        await wait_until(
+                            lambda s=sent: proxy.bytes_up >= s + 64 * 1024, 60, "part on the wire"
+                        )
+                    child.send_signal(signal.SIGKILL)
+                    break
+                late = (
+                    event.get("event") == "subscriber.track_pulled"
+                    and event.get("participant") == "p2"
+                )
+                if moment != "renegotiation" and late and not stopping:
+                    # A recording this short is one (final) part: it is uploaded on stop.
+                    if moment == "completion":
+                        proxy.rate = None
+                    child.send_signal(signal.SIGTERM)
+                    stopping = True
+    finally:
+        if child.returncode is None:
+            child.kill()
+        await child.wait()
+    assert child.returncode == -signal.SIGKILL
+
+    [spool] = Spool.scan(spool_dir)
+    spooled = spool.media_path.read_bytes()
+    layout = fragment_layout(spool.media_path, len(spooled))
+    lost = len(spooled) - layout.last_fragment[1]
+    fragment = layout.last_fragment[1] - layout.last_fragment[0]
+    print(
+        f"\nSIGKILL at {moment}: {len(spooled)} B spooled, {lost} B after the last complete "
+        f"fragment (last fragment {fragment} B)"
+    )
+
+    proxy.rate = None
+    recover = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "recover",
+        env=_env(s3, spool_dir),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(recover.communicate(), 120)
+    assert recover.returncode == ExitCode.OK, err.decode()[-2000:]
+
+    client = s3.client()
+    key = spool.info.object_key
+    listed = sorted(o["Key"] for o in client.list_objects_v2(Bucket=s3.bucket).get("Contents", []))
+    assert listed == sorted([key, manifest_key(key)]), "one object and its manifest, no other"
+    assert not client.list_multipart_uploads(Bucket=s3.bucket).get("Uploads"), "none left open"
+    body = client.get_object(Bucket=s3.bucket, Key=key)["Body"].read()
+    assert body == spooled, "every spooled byte, exactly once"
+    probe = decode_probe(body[: layout.init_end] + body[slice(*layout.last_fragment)])
+    assert probe.video_frames > 0, "the last complete fragment decodes"
+    manifest = Manifest.from_json(
+        client.get_object(Bucket=s3.bucket, Key=manifest_key(key))["Body"].read()
+    )
+    assert manifest.recovered
+    assert manifest.storage is not None and manifest.storage.verification.decode_end_ok
+    assert not spool.directory.exists()
+    assert lost <= max(fragment, 1), "at most one fragment's worth is cut short"

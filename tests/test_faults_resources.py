@@ -1,0 +1,86 @@
+"""Memory cap: the peak RSS of a short two-party `bot record`, read from the kernel."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bot.exitcodes import ExitCode
+from bot.testbed.stack import LocalCall, start_local_sfu
+
+pytestmark = pytest.mark.slow
+
+PEAK_RSS_CAP = 700 * 1024 * 1024
+"""Generous for a shared CI machine; the figure printed is what goes into the README."""
+
+
+@pytest.fixture
+async def call() -> AsyncIterator[LocalCall]:
+    call = await start_local_sfu()
+    try:
+        await call.publish("clinician", 1, participant_id="c1")
+        await call.publish("patient", 2, participant_id="p2")
+        yield call
+    finally:
+        await call.close()
+
+
+def _vm(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"{field} not in /proc/{pid}/status")
+
+
+async def test_peak_rss_of_a_short_recording(call: LocalCall, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOT_")}
+    env.update(
+        BOT_REALTIME_BASE_URL=call.base_url,
+        BOT_REALTIME_APP_ID=call.app_id,
+        BOT_REALTIME_APP_SECRET=call.app_secret,
+        BOT_REALTIME_ICE_SERVERS="",
+        BOT_LOGGING_LEVEL="warning",
+        BOT_STORAGE_SPOOL_DIR=str(tmp_path / "spool"),
+    )
+    flags = []
+    for p in call.participants:
+        flags += ["--participant", f"{p.id}:{p.role}=" + ",".join(str(t) for t in p.tracks)]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "record",
+        *flags,
+        "--max-duration",
+        "15",
+        "--output-dir",
+        str(tmp_path),
+        "--consultation-id",
+        "c-rss",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    peak = 0
+    try:
+        async with asyncio.timeout(180):
+            while process.returncode is None:
+                try:
+                    peak = max(peak, _vm(process.pid, "VmHWM"))  # the kernel's own high-water mark
+                except (FileNotFoundError, ProcessLookupError):
+                    break
+                await asyncio.sleep(0.2)  # sampling a child's /proc file: it has no event
+            await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == ExitCode.OK
+    assert list(tmp_path.glob("consultations/*/c-rss/*.mp4"))
+    print(f"\npeak RSS of a 15 s two-party recording: {peak / 2**20:.0f} MiB")
+    assert 0 < peak < PEAK_RSS_CAP
