@@ -10,6 +10,7 @@ reaped here, never by asyncio's child watcher, which would take the rusage with 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
@@ -72,6 +73,21 @@ class MeasuredProcess:
         if self._usage is None:
             self._usage = await asyncio.to_thread(self._reap)
         return self._usage
+
+    async def wait_or_stop(self, limit: float, grace: float = 30.0) -> tuple[Usage, bool]:
+        """Wait up to ``limit`` seconds; then SIGTERM, and SIGKILL after ``grace``.
+
+        Returns the usage and whether the process had to be stopped: a benchmark must
+        end, and a contender that hangs is a finding to report, not a reason to wait on.
+        """
+        reaping = asyncio.ensure_future(self.wait())
+        with contextlib.suppress(TimeoutError):
+            return await asyncio.wait_for(asyncio.shield(reaping), limit), False
+        self._popen.terminate()
+        with contextlib.suppress(TimeoutError):
+            return await asyncio.wait_for(asyncio.shield(reaping), grace), True
+        self._popen.kill()
+        return await reaping, True
 
     def _reap(self) -> Usage:
         _, status, rusage = os.wait4(self.pid, 0)

@@ -21,7 +21,13 @@ from pathlib import Path
 import structlog
 
 from bench.measure import machine_summary
-from bench.runners import Measurement, finish_recorder, start_recorder, start_two_party_call
+from bench.runners import (
+    BenchError,
+    Measurement,
+    finish_recorder,
+    start_recorder,
+    start_two_party_call,
+)
 from bot.logs import configure_logging
 
 log = structlog.get_logger("bot.bench")
@@ -36,6 +42,8 @@ class Soak:
     """(seconds since the recorder started, RSS MB)."""
     measurement: Measurement | None = None
     machine: list[str] = field(default_factory=list)
+    error: str | None = None
+    """Why the recorder did not finish cleanly, if it did not."""
 
     def rss_at(self, seconds: float) -> tuple[float, float]:
         """The sample nearest ``seconds``: (its time, its RSS)."""
@@ -68,6 +76,8 @@ class Soak:
             m = self.measurement
             lines.append(f"peak RSS: {m.usage.peak_rss_mb:.1f} MB")
             lines.append(f"CPU s per media s: {m.cpu_per_media_second:.3f}")
+        if self.error is not None:
+            lines.append(f"recorder FAILED: {self.error}")
         verdict = "flat" if slope < FLAT_SLOPE_MB_PER_MIN else "GROWING"
         lines.append(f"slope over the second half: {slope:.2f} MB/min: {verdict}")
         return "\n".join(lines)
@@ -81,7 +91,7 @@ async def soak(minutes: float, interval: float, workdir: Path) -> Soak:
         log.info("bench.soak_started", minutes=minutes, interval=interval)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        finished = asyncio.ensure_future(finish_recorder(process, workdir))
+        finished = asyncio.ensure_future(finish_recorder(process, workdir, minutes * 60.0))
         try:
             while not finished.done():
                 rss = process.rss_mb()
@@ -89,7 +99,11 @@ async def soak(minutes: float, interval: float, workdir: Path) -> Soak:
                     result.samples.append((loop.time() - started, rss))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(finished), interval)
-            result.measurement = await finished
+            try:
+                result.measurement = await finished
+            except BenchError as exc:
+                # The samples are the finding: report them with the failure.
+                result.error = str(exc).splitlines()[0]
         finally:
             if not finished.done():
                 process.terminate()

@@ -24,6 +24,8 @@ from bot.testbed.stack import LocalCall, start_local_sfu
 log = structlog.get_logger("bot.bench")
 
 INPUT_WIDTH, INPUT_HEIGHT, INPUT_FPS = 640, 360, 30
+STOP_GRACE = 120.0
+"""Start-up, finishing the MP4 and verifying it: beyond this a live contender is hung."""
 
 
 class BenchError(Exception):
@@ -82,8 +84,14 @@ def start_recorder(call: LocalCall, workdir: Path, seconds: float) -> MeasuredPr
     )
 
 
-async def finish_recorder(process: MeasuredProcess, workdir: Path) -> Measurement:
-    usage = await process.wait()
+async def finish_recorder(process: MeasuredProcess, workdir: Path, seconds: float) -> Measurement:
+    """Wait for the recorder to stop at its max duration, plus ``STOP_GRACE`` seconds."""
+    usage, stopped = await process.wait_or_stop(seconds + STOP_GRACE)
+    if stopped:
+        raise BenchError(
+            f"recorder still running {STOP_GRACE:g} s after its {seconds:g} s max duration; "
+            "stopped it:\n" + process.stderr_tail()
+        )
     outputs = sorted((workdir / "recordings").rglob("*.mp4"))
     if usage.exit_code != 0 or len(outputs) != 1:
         raise BenchError(
@@ -95,7 +103,7 @@ async def finish_recorder(process: MeasuredProcess, workdir: Path) -> Measuremen
 
 async def run_recorder(call: LocalCall, workdir: Path, seconds: float) -> Measurement:
     log.info("bench.recorder_started", seconds=seconds)
-    return await finish_recorder(start_recorder(call, workdir, seconds), workdir)
+    return await finish_recorder(start_recorder(call, workdir, seconds), workdir, seconds)
 
 
 async def run_aiortc_baseline(call: LocalCall, workdir: Path, seconds: float) -> Measurement:
@@ -124,8 +132,8 @@ async def run_aiortc_baseline(call: LocalCall, workdir: Path, seconds: float) ->
         stdout=workdir / "aiortc.out",
         stderr=workdir / "aiortc.err",
     )
-    usage = await process.wait()
-    if usage.exit_code != 0:
+    usage, stopped = await process.wait_or_stop(seconds + STOP_GRACE)
+    if usage.exit_code != 0 or stopped:
         raise BenchError(f"aiortc baseline exited {usage.exit_code}:\n" + process.stderr_tail())
     report = json.loads(process.stdout_path.read_text(encoding="utf-8").splitlines()[-1])
     media_seconds = float(report["media_seconds"])

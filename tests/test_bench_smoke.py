@@ -1,0 +1,81 @@
+"""The benchmarks still run: every contender and the soak, on a 3-second input.
+
+The figures of so short a run mean nothing (startup dominates); what is checked is that
+each piece of machinery (the call, the recorder, aiortc's MediaRecorder, ffmpeg's
+composite, the RSS sampler) ran to the end and printed positive numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.memory_soak import Soak
+
+_NUMBER = r"(-?\d+(?:\.\d+)?)"
+REPO = Path(__file__).resolve().parents[1]
+"""``bench`` is not an installed package: run it from the repository root."""
+_CONTENDERS = ("recorder", "aiortc MediaRecorder", "ffmpeg composite")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)  # minutes, not seconds, on a loaded 2-core machine
+async def test_every_benchmark_runs_and_prints_positive_figures() -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench",
+        "--seconds",
+        "3",
+        "--runs",
+        "1",
+        "--minutes",
+        "0.1",
+        "--interval",
+        "1",
+        cwd=REPO,
+        start_new_session=True,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout=540)
+    finally:
+        if process.returncode is None:
+            # Its own process group: the SFU, publishers and contenders go with it.
+            os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+    assert process.returncode == 0, err.decode()[-3000:]
+    text = out.decode()
+
+    for name in _CONTENDERS:
+        row = re.search(
+            rf"^{name}\s+{_NUMBER}\s+{_NUMBER}\s+{_NUMBER}x\s+{_NUMBER}x$", text, re.MULTILINE
+        )
+        assert row is not None, f"no table row for {name}:\n{text}"
+        cpu, rss, cpu_ratio, rss_ratio = (float(g) for g in row.groups())
+        assert cpu > 0 and rss > 0 and cpu_ratio > 0 and rss_ratio > 0, row.group(0)
+
+    at_minute = re.search(rf"^RSS at \d+ s: {_NUMBER} MB$", text, re.MULTILINE)
+    at_end = re.search(rf"^RSS at end \(\d+ s\): {_NUMBER} MB$", text, re.MULTILINE)
+    slope = re.search(rf"^slope over the second half: {_NUMBER} MB/min: ", text, re.MULTILINE)
+    assert at_minute and at_end and slope, text
+    assert float(at_minute.group(1)) > 0 and float(at_end.group(1)) > 0
+
+
+def test_soak_slope_ignores_the_first_half() -> None:
+    # Startup growth (first half) then a steady 2 MB/min climb (second half).
+    samples = [(float(t), 100.0 + t) for t in range(0, 60, 5)]
+    samples += [(float(t), 160.0 + (t - 60) / 30) for t in range(60, 125, 5)]
+    soak = Soak(minutes=2.0, samples=samples)
+    assert soak.slope_mb_per_min() == pytest.approx(2.0)
+    assert "2.00 MB/min: GROWING" in soak.report()
+    flat = Soak(minutes=2.0, samples=[(float(t), 150.0) for t in range(0, 125, 5)])
+    assert flat.slope_mb_per_min() == 0.0
+    assert "flat" in flat.report()
