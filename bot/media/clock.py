@@ -23,10 +23,12 @@ log = structlog.get_logger("bot.media.clock")
 NTP_UNIX_OFFSET = 2_208_988_800
 """Seconds from the NTP epoch (1900) to the Unix epoch (1970)."""
 
-STEP_THRESHOLD = 1.0
-"""A mapping that moves later by more than this for a whole window is a clock step."""
+STEP_THRESHOLD = 30.0
+"""A mapping that moves later by more than this for a whole window is a clock step (a new
+RTP base on the same stream). Smaller delays are a starved or congested path: its frames
+arrive late and become a gap, rather than moving the stream out of sync."""
 
-STEP_WINDOW = 2.0
+STEP_WINDOW = 3.0
 
 SENDER_REPORT_WINDOW = 10
 """Recent sender reports considered (about 10 s at one report a second)."""
