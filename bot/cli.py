@@ -12,12 +12,15 @@ import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot import __version__
 from bot.config import ConfigError, Participant, Settings, load_settings
 from bot.exitcodes import ExitCode
 from bot.logs import configure_logging
+
+if TYPE_CHECKING:
+    from bot.recorder import RecordingResult
 
 
 def _settings(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Settings:
@@ -41,14 +44,19 @@ def _record_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
-    from bot.recorder import record
+    from bot.control.run import ControlledRecording
 
     try:
         settings = _settings(args, _record_overrides(args))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     configure_logging(settings.logging.level, settings.logging.format)
-    result = asyncio.run(record(settings))
+
+    async def run() -> RecordingResult:
+        # Built on the loop: the control server, audit writer and webhook belong to it.
+        return await ControlledRecording(settings).run()
+
+    result = asyncio.run(run())
     if result.error:
         print(f"bot: error: {result.error}", file=sys.stderr)
     if result.path is not None:
