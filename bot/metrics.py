@@ -87,14 +87,14 @@ class _RecorderCollector(Collector):
 
     @staticmethod
     def _output(recorder: Recorder) -> Iterator[Metric]:
-        pipeline = recorder._pipeline
+        pipeline = recorder.pipeline
         if pipeline is None:
             return
         # The writer's counter moves on the media thread; an int read is atomic.
         yield CounterMetricFamily(
             "recorder_output_video_frames",
             "Composed video frames written to the MP4",
-            value=pipeline._writer.video_frames,
+            value=pipeline.video_frames_written,
         )
         dropped = CounterMetricFamily(
             "recorder_input_frames_dropped",
@@ -107,7 +107,7 @@ class _RecorderCollector(Collector):
 
     @staticmethod
     def _upload(recorder: Recorder) -> Iterator[Metric]:
-        uploader = recorder._uploader
+        uploader = recorder.uploader
         if uploader is None:
             return
         upload = uploader.status()
@@ -180,7 +180,7 @@ class Metrics:
 
     async def refresh(self) -> None:
         """Gather what only async APIs report (packet loss) before a scrape renders."""
-        subscriber = self._recorder._subscriber
+        subscriber = self._recorder.subscriber
         if subscriber is None:
             return
         for track in list(subscriber.tracks):

@@ -167,6 +167,23 @@ class Recorder:
         self._stop_reason = self._stop_reason or reason
         self._stop.set()
 
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def subscriber(self) -> Subscriber | None:
+        """The current WebRTC side (replaced when the transport is rebuilt)."""
+        return self._subscriber
+
+    @property
+    def pipeline(self) -> MediaPipeline | None:
+        return self._pipeline
+
+    @property
+    def uploader(self) -> Uploader | None:
+        return self._uploader
+
     def status(self) -> dict[str, Any]:
         pipeline, subscriber, uploader = self._pipeline, self._subscriber, self._uploader
         upload = uploader.status() if uploader is not None else None

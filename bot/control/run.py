@@ -100,7 +100,7 @@ class ControlledRecording:
             self._progress.start()
 
         def upload_status() -> Any:
-            uploader = recorder._uploader
+            uploader = recorder.uploader
             return uploader.status() if uploader is not None else None
 
         await follow_uploads(self.audit, upload_status)

@@ -113,9 +113,9 @@ class ControlServer:
         recorder = self._recorder
         if not recorder.started.is_set():
             return False, "starting"
-        if self._stop_requested or recorder._stop.is_set():
+        if self._stop_requested or recorder.stopping:
             return False, "stopping"
-        subscriber, pipeline = recorder._subscriber, recorder._pipeline
+        subscriber, pipeline = recorder.subscriber, recorder.pipeline
         if pipeline is None or not pipeline.alive:
             return False, "media pipeline stopped"
         if subscriber is None or subscriber.failed.is_set():
@@ -173,7 +173,7 @@ class ControlServer:
     def _require_recording(self) -> None:
         if not self._recorder.started.is_set():
             raise ControlError(409, "not_recording", "the recorder has not started recording yet")
-        if self._stop_requested or self._recorder._stop.is_set():
+        if self._stop_requested or self._recorder.stopping:
             raise ControlError(409, "stopping", "the recording is stopping")
 
     def _count(self, action: Action, status: int) -> None:

@@ -120,6 +120,11 @@ class MediaPipeline:
         return self.report
 
     @property
+    def video_frames_written(self) -> int:
+        """Output frames so far (read from any thread: an int read is atomic)."""
+        return self._writer.video_frames
+
+    @property
     def alive(self) -> bool:
         return self._thread.is_alive()
 
