@@ -9,6 +9,7 @@ private method on one instance; none changes aiortc's behaviour beyond what is d
 from __future__ import annotations
 
 import asyncio
+import queue
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -188,3 +189,37 @@ def tolerate_loss(receiver: Any, kind: str) -> None:
     """
     buffer: Any = _AudioPassThrough() if kind == "audio" else _LossTolerantJitterBuffer(512, 48)
     receiver._RTCRtpReceiver__jitter_buffer = buffer
+
+
+class _BoundedDecoderQueue(queue.Queue[Any]):
+    """aiortc's decoder input queue, bounded: when the decoder thread cannot keep up (a
+    starved machine), the oldest encoded frames go instead of memory growing without
+    limit. A video frame lost this way makes the next ones fail to decode, and aiortc
+    then asks for a keyframe by itself.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self._limit = limit
+        self.dropped = 0
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        while item is not None and self.qsize() >= self._limit:
+            try:
+                oldest = self.get_nowait()
+            except queue.Empty:
+                break
+            if oldest is None:  # the stop sentinel always goes through
+                super().put(oldest)
+                break
+            self.dropped += 1
+        super().put(item, block, timeout)
+
+
+def bound_decoder_queue(receiver: Any, kind: str) -> None:
+    """Cap the encoded frames waiting for the decoder: 2 s of video, 5 s of audio.
+
+    Must run before the receiver starts (it hands the queue to its decoder thread).
+    """
+    limit = 60 if kind == "video" else 250
+    receiver._RTCRtpReceiver__decoder_queue = _BoundedDecoderQueue(limit)

@@ -24,6 +24,7 @@ from bot.media.clock import ClockDomain, StreamClock
 from bot.realtime import RealtimeClient, SessionDescription, TrackObject, TrackResult
 from bot.receiver_hooks import (
     attach_clock,
+    bound_decoder_queue,
     probe_ice_path,
     request_keyframe,
     route_by_mid,
@@ -180,6 +181,7 @@ class Subscriber:
 
         attach_clock(receiver, clock, on_packet)
         tolerate_loss(receiver, kind)
+        bound_decoder_queue(receiver, kind)
         route_by_mid(receiver.transport)
         return receiver, clock, kind, codec.mimeType if codec is not None else None
 

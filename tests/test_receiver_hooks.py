@@ -2,7 +2,7 @@
 
 from aiortc.rtp import RtpPacket
 
-from bot.receiver_hooks import _AudioPassThrough, _LossTolerantJitterBuffer
+from bot.receiver_hooks import _AudioPassThrough, _BoundedDecoderQueue, _LossTolerantJitterBuffer
 
 
 def packet(seq: int, timestamp: int) -> RtpPacket:
@@ -37,3 +37,13 @@ def test_video_waits_for_a_retransmission_then_gives_up_with_a_keyframe_request(
     assert 6 in frames  # the frame holding packet 20 was completed by the retransmission
     assert 40 not in frames  # the frame holding packet 120 was given up ...
     assert max(frames) >= 60 and plis >= 1  # ... the picture went on, a keyframe was asked for
+
+
+def test_decoder_queue_drops_the_oldest_frames_but_never_the_stop_sentinel() -> None:
+    q = _BoundedDecoderQueue(3)
+    for i in range(10):
+        q.put(("codec", i))
+    q.put(None)
+    items = [q.get_nowait() for _ in range(q.qsize())]
+    assert items[:-1] == [("codec", 7), ("codec", 8), ("codec", 9)] and items[-1] is None
+    assert q.dropped == 7

@@ -162,9 +162,9 @@ class StreamClock:
 
         A sender that stamps a report with the time it sent its last packet (aiortc does)
         is late by its send jitter; the earliest mapping among recent reports is the one
-        closest to capture time. A report whose clock disagrees with its predecessor's
-        rate by more than 5% means a restarted sender or a stepped clock: the history
-        starts again.
+        closest to capture time. A report that disagrees with its predecessor by more
+        than a second (or 5% of the time between them) means a restarted sender or a
+        stepped clock, not jitter: the history starts again.
         """
         if ntp == 0 or ssrc != self.ssrc:
             return  # no media yet, or an SR from a sender that never started (ntp 0)
@@ -173,7 +173,7 @@ class StreamClock:
             previous_seconds, previous_rtp = self._reports[-1]
             elapsed = seconds - previous_seconds
             advanced = (rtp - previous_rtp) / self.clock_rate
-            if elapsed <= 0 or abs(advanced - elapsed) > max(0.05, 0.05 * elapsed):
+            if elapsed <= 0 or abs(advanced - elapsed) > max(1.0, 0.05 * elapsed):
                 log.warning("clock.sender_report_outlier", drift_s=round(advanced - elapsed, 3))
                 self._reports.clear()
         self._reports.append((seconds, rtp))
