@@ -18,6 +18,8 @@ from bot.media.gaps import GapTracker
 
 SAMPLE_RATE = 48_000
 SNAP_SECONDS = 0.03
+MAX_AHEAD_SECONDS = 10.0
+"""Samples placed further ahead than this (a broken mapping) are dropped, not kept."""
 
 Samples = npt.NDArray[np.float32]
 
@@ -32,6 +34,7 @@ class _Voice:
     next_position: int | None = None
     frames_in: int = 0
     samples_late: int = 0
+    samples_ahead: int = 0
     discontinuities: int = 0
 
 
@@ -88,6 +91,7 @@ class Mixer:
             {
                 "frames_in": v.frames_in,
                 "samples_late": v.samples_late,
+                "samples_ahead": v.samples_ahead,
                 "discontinuities": v.discontinuities,
             }
             for v in self._voices
@@ -110,5 +114,8 @@ class Mixer:
             v.samples_late += late
             samples = samples[late:]
             position += late
+        if position > self.cursor + MAX_AHEAD_SECONDS * SAMPLE_RATE:
+            v.samples_ahead += samples.size
+            return
         if samples.size:
             v.segments.append((position, samples))
