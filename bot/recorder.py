@@ -496,15 +496,29 @@ class Recorder:
         )
 
     def _sync_report(self, media: MediaReport | None) -> dict[str, Any]:
+        """How each track was timed and what the media thread did (the manifest's ``sync``)."""
         subscriber = self._subscriber
-        tracks = subscriber.track_status() if subscriber is not None else []
-        return {
-            "tracks": tracks,
-            "slots": media.slots if media else [],
-            "video_frames": media.video_frames if media else 0,
-            "video_frames_dropped_in_queue": media.video_frames_dropped_in_queue if media else 0,
-            "audio_frames_dropped_in_queue": media.audio_frames_dropped_in_queue if media else 0,
+        report: dict[str, Any] = {
+            "clock": "wall clock from RTCP sender reports, else packet arrival",
+            "rebuilds": self.rebuilds,
+            "tracks": subscriber.track_status() if subscriber is not None else [],
         }
+        if media is None:
+            return report
+        video_s = media.video_frames / self.settings.recording.fps
+        audio_s = media.audio_samples / 48_000
+        report.update(
+            duration_error_s=round(
+                max(abs(video_s - media.duration), abs(audio_s - media.duration)), 4
+            ),
+            output_video_s=round(video_s, 4),
+            output_audio_s=round(audio_s, 4),
+            video_frames=media.video_frames,
+            video_frames_dropped_in_queue=media.video_frames_dropped_in_queue,
+            audio_frames_dropped_in_queue=media.audio_frames_dropped_in_queue,
+            slots=media.slots,
+        )
+        return report
 
 
 async def record(settings: Settings) -> RecordingResult:
