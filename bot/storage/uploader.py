@@ -339,7 +339,7 @@ class Uploader:
                     raise
                 self._restart_or_adopt()
             else:
-                accepted = self._accept_listed(listed)
+                accepted = self._accept_listed(_latest_per_number(listed))
                 with self._cond:
                     journal.parts = accepted
                 self._log.info("storage_upload_resumed", parts=len(accepted), listed=len(listed))
@@ -423,7 +423,8 @@ class Uploader:
             )
         if not journal.completed:
             assert journal.upload_id is not None
-            self._check_parts(self._store.list_parts(self._key, journal.upload_id))
+            listed = self._store.list_parts(self._key, journal.upload_id)
+            self._check_parts(_latest_per_number(listed))
             parts = [PartInfo(p.number, p.size, p.etag) for p in journal.parts]
             self._log.info("storage_completing", parts=len(parts), size=size)
             self._store.complete(self._key, journal.upload_id, parts)
@@ -525,3 +526,14 @@ class Uploader:
                 return
             self._alarm = False
         self._log.info("storage_alarm_cleared", bytes_uploaded=self._journal.uploaded_bytes)
+
+
+def _latest_per_number(listed: list[PartInfo]) -> list[PartInfo]:
+    """One entry per part number, the last listed, in order.
+
+    Uploading a part number again replaces it (S3 semantics), but a store may still list
+    the replaced upload (SeaweedFS does after a part upload cut short by a crash and redone
+    by ``bot recover``); completion uses the latest, so the check does too.
+    """
+    latest = {part.number: part for part in listed}
+    return [latest[number] for number in sorted(latest)]
