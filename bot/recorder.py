@@ -46,6 +46,11 @@ _FAILED_STOPS = {
         "Cloudflare (or the ICE servers in realtime.ice_servers) is reachable",
     ),
     "media_failed": (ExitCode.MEDIA, "the media thread failed; see media.thread_failed"),
+    "disk_limit": (
+        ExitCode.STORAGE,
+        "the spool reached its disk limit (storage.max_spool_bytes or storage.min_free_bytes); "
+        "the recording up to that point is kept",
+    ),
 }
 """Stop reasons that are failures, with their exit code and the line a person reads."""
 
@@ -200,6 +205,7 @@ class Recorder:
             "bytes_recorded": upload.bytes_spooled if upload else 0,
             "bytes_uploaded": upload.bytes_uploaded if upload else 0,
             "upload_alarm": upload.alarm if upload else False,
+            "disk_limit": upload.disk_limit if upload else None,
             "last_error": upload.last_error if upload else None,
         }
 
@@ -452,6 +458,8 @@ class Recorder:
                     return "connect_timeout"
                 if not pipeline.alive:
                     return "media_failed"
+                if self._uploader is not None and self._uploader.status().disk_limit:
+                    return "disk_limit"
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
                         self._stop.wait(), timeout=min(0.25, rec.max_duration - now)
