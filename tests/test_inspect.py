@@ -21,11 +21,11 @@ from bot.cli import main
 from bot.exitcodes import ExitCode
 from bot.media.inspect import inspect_recording
 from bot.media.timeline_png import (
-    GAP_COLORS,
     MEDIA,
     build_lanes,
     default_png_path,
     expected_size,
+    gap_color,
     render_timeline,
 )
 
@@ -170,16 +170,18 @@ def test_demo_recording_report_and_timeline(
     timeline = render_timeline(ins, png.with_suffix(".again.png"))
     assert (timeline.width, timeline.height) == (image.size[0], image.size[1])
     media = np.array(_rgb(MEDIA))
-    joining = np.array(_rgb(GAP_COLORS["no media yet"]))
-    for box in timeline.lanes:
-        lane = pixels[box.top : box.bottom, box.left : box.right].reshape(-1, 3).astype(int)
-        drawn = np.any(np.abs(lane - 255) > 30, axis=1).mean()
+    for lane, box in zip(lanes, timeline.lanes, strict=True):
+        assert lane.label == box.label
+        pixels_in = pixels[box.top : box.bottom, box.left : box.right].reshape(-1, 3).astype(int)
+        drawn = np.any(np.abs(pixels_in - 255) > 30, axis=1).mean()
         assert drawn > 0.002, f"lane {box.label!r} is empty"
-        if box.label.endswith("· video") or box.label == "mixed audio":
-            assert np.all(np.abs(lane - media) < 8, axis=1).mean() > 0.02, box.label
-        if "· " in box.label:
-            # Every participant joins after the recorder starts: the lane starts grey.
-            assert np.all(np.abs(lane - joining) < 8, axis=1).any(), box.label
+        if lane.media:
+            assert np.all(np.abs(pixels_in - media) < 8, axis=1).mean() > 0.02, box.label
+        # Every gap the manifest lists that is wider than a few pixels shows in its colour.
+        for gap in lane.gaps:
+            if gap.length > 0.02 * ins.duration:
+                color = np.array(_rgb(gap_color(gap.label)))
+                assert np.all(np.abs(pixels_in - color) < 8, axis=1).any(), (box.label, gap)
 
 
 @pytest.mark.slow

@@ -136,7 +136,7 @@ def _silent(spans: Sequence[Span]) -> tuple[tuple[Span, str], ...]:
     return tuple((s, SILENT) for s in spans)
 
 
-def _gap_color(reason: str) -> str:
+def gap_color(reason: str) -> str:
     for prefix in ("paused", "no media yet", "no media"):
         if reason.startswith(prefix):
             return GAP_COLORS[prefix]
@@ -211,7 +211,7 @@ def _draw_lanes(ax: Axes, lanes: Sequence[Lane], end: float) -> None:
             ax.broken_barh([(0.0, end)], (i - 0.4, 0.55), color=MEDIA)
         for gap in lane.gaps:
             ax.broken_barh(
-                [(gap.start, max(gap.length, 0.01))], (i - 0.4, 0.55), color=_gap_color(gap.label)
+                [(gap.start, max(gap.length, 0.01))], (i - 0.4, 0.55), color=gap_color(gap.label)
             )
         for span, color in lane.strips:
             ax.broken_barh([(span.start, max(span.length, 0.01))], (i + 0.2, 0.2), color=color)
