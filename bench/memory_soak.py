@@ -72,6 +72,9 @@ class Soak:
             f"RSS at {first_t:.0f} s: {first:.1f} MB",
             f"RSS at end ({last_t:.0f} s): {last:.1f} MB",
         ]
+        minutes = range(1, int(last_t // 60) + 1)
+        by_minute = "  ".join(f"{self.rss_at(60.0 * m)[1]:.0f}" for m in minutes)
+        lines.append(f"RSS MB at each minute: {by_minute}")
         if self.measurement is not None:
             m = self.measurement
             lines.append(f"peak RSS: {m.usage.peak_rss_mb:.1f} MB")
