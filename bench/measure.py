@@ -1,10 +1,11 @@
 """CPU seconds and peak memory of one child process, read from the kernel.
 
-``os.wait4`` returns the child's own rusage (user + system time of all its threads, and
-``ru_maxrss``, the peak resident set), so the figures cover exactly the process under
-test: not the SFU, the publishers or this harness. The wait runs in a thread so the event
-loop keeps serving the call while the child works. Each child is a ``subprocess.Popen``
-reaped here, never by asyncio's child watcher, which would take the rusage with it.
+``os.wait4`` returns the child's own rusage (user + system time of all its threads) and
+``/proc/<pid>/status`` its peak resident set (``VmHWM``), so the figures cover exactly
+the process under test: not the SFU, the publishers or this harness. The wait runs in
+a thread so the event loop keeps serving the call while the child works. Each child is
+a ``subprocess.Popen`` reaped here, never by asyncio's child watcher, which would take
+the rusage with it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pathlib import Path
 
 _KIB = 1024
 _MIB = 1024 * 1024
+HWM_INTERVAL = 0.1
+"""Seconds between readings of a measured child's peak RSS."""
 
 
 @dataclass(frozen=True)
@@ -52,50 +55,73 @@ class MeasuredProcess:
         self.pid = self._popen.pid
         self.stdout_path = stdout
         self.stderr_path = stderr
-        self._usage: Usage | None = None
+        self._reaping: asyncio.Future[Usage] | None = None
 
     def rss_mb(self) -> float | None:
         """The resident set now (``VmRSS``); None once the process is gone."""
+        kib = self._status_kib("VmRSS")
+        return None if kib is None else kib * _KIB / _MIB
+
+    def _status_kib(self, field: str) -> int | None:
         try:
             status = Path(f"/proc/{self.pid}/status").read_text(encoding="ascii")
         except (FileNotFoundError, ProcessLookupError):
             return None
         for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * _KIB / _MIB
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
         return None
 
     def terminate(self) -> None:
-        if self._usage is None:
+        if self._popen.returncode is None:
             self._popen.terminate()
 
     async def wait(self) -> Usage:
-        if self._usage is None:
-            self._usage = await asyncio.to_thread(self._reap)
-        return self._usage
+        """The usage once the child exits; one reaping thread however many waiters."""
+        if self._reaping is None:
+            self._reaping = asyncio.ensure_future(asyncio.to_thread(self._reap))
+        return await asyncio.shield(self._reaping)
 
     async def wait_or_stop(self, limit: float, grace: float = 30.0) -> tuple[Usage, bool]:
         """Wait up to ``limit`` seconds; then SIGTERM, and SIGKILL after ``grace``.
 
         Returns the usage and whether the process had to be stopped: a benchmark must
         end, and a contender that hangs is a finding to report, not a reason to wait on.
+        A cancelled benchmark kills the child rather than leave it running.
         """
-        reaping = asyncio.ensure_future(self.wait())
-        with contextlib.suppress(TimeoutError):
-            return await asyncio.wait_for(asyncio.shield(reaping), limit), False
-        self._popen.terminate()
-        with contextlib.suppress(TimeoutError):
-            return await asyncio.wait_for(asyncio.shield(reaping), grace), True
-        self._popen.kill()
-        return await reaping, True
+        try:
+            with contextlib.suppress(TimeoutError):
+                return await asyncio.wait_for(self.wait(), limit), False
+            self._popen.terminate()
+            with contextlib.suppress(TimeoutError):
+                return await asyncio.wait_for(self.wait(), grace), True
+            self._popen.kill()
+            return await self.wait(), True
+        except asyncio.CancelledError:
+            if self._popen.returncode is None:
+                self._popen.kill()
+            raise
 
     def _reap(self) -> Usage:
-        _, status, rusage = os.wait4(self.pid, 0)
+        """Poll until the child exits, keeping its ``VmHWM`` (peak RSS of its own image).
+
+        ``ru_maxrss`` cannot be used for the peak: Linux carries the high-water mark of
+        the image replaced by ``exec`` into it, and a child forked from this harness
+        would report the harness's own ~90 MB. ``VmHWM`` belongs to the new image; it
+        only grows, so the last reading before exit misses at most one interval's growth.
+        """
+        peak_kib = 0
+        while True:
+            pid, status, rusage = os.wait4(self.pid, os.WNOHANG)
+            if pid:
+                break
+            peak_kib = max(peak_kib, self._status_kib("VmHWM") or 0)
+            time.sleep(HWM_INTERVAL)
         exit_code = os.waitstatus_to_exitcode(status)
         self._popen.returncode = exit_code  # reaped here: Popen must not wait again
         return Usage(
             cpu_seconds=rusage.ru_utime + rusage.ru_stime,
-            peak_rss_mb=rusage.ru_maxrss * _KIB / _MIB,  # Linux reports KiB
+            peak_rss_mb=peak_kib * _KIB / _MIB,
             wall_seconds=time.monotonic() - self._started,
             exit_code=exit_code,
         )
