@@ -92,7 +92,6 @@ class MinOffset:
             self._window_start = arrival
 
 
-
 class ClockDomain:
     """One publisher's sender clock, shared by all the streams of its session."""
 
