@@ -223,3 +223,27 @@ def bound_decoder_queue(receiver: Any, kind: str) -> None:
     """
     limit = 60 if kind == "video" else 250
     receiver._RTCRtpReceiver__decoder_queue = _BoundedDecoderQueue(limit)
+
+
+class _DroppingFrameQueue(asyncio.Queue[Any]):
+    """The decoded-frame queue between aiortc's decoder thread and our reader, bounded.
+
+    The reader drains it as fast as the event loop runs; on a starved machine the oldest
+    decoded frames go instead of memory growing. ``None`` (end of track) always fits.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self._limit = limit
+        self.dropped = 0
+
+    async def put(self, item: Any) -> None:
+        while item is not None and self.qsize() >= self._limit:
+            self.get_nowait()
+            self.dropped += 1
+        self.put_nowait(item)
+
+
+def bound_frame_queue(receiver: Any, kind: str) -> None:
+    """Cap decoded frames waiting for the reader: 1 s of video, 5 s of audio."""
+    receiver.track._queue = _DroppingFrameQueue(30 if kind == "video" else 250)

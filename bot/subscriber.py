@@ -25,6 +25,7 @@ from bot.realtime import RealtimeClient, SessionDescription, TrackObject, TrackR
 from bot.receiver_hooks import (
     attach_clock,
     bound_decoder_queue,
+    bound_frame_queue,
     probe_ice_path,
     request_keyframe,
     route_by_mid,
@@ -182,6 +183,7 @@ class Subscriber:
         attach_clock(receiver, clock, on_packet)
         tolerate_loss(receiver, kind)
         bound_decoder_queue(receiver, kind)
+        bound_frame_queue(receiver, kind)
         route_by_mid(receiver.transport)
         return receiver, clock, kind, codec.mimeType if codec is not None else None
 

@@ -2,7 +2,12 @@
 
 from aiortc.rtp import RtpPacket
 
-from bot.receiver_hooks import _AudioPassThrough, _BoundedDecoderQueue, _LossTolerantJitterBuffer
+from bot.receiver_hooks import (
+    _AudioPassThrough,
+    _BoundedDecoderQueue,
+    _DroppingFrameQueue,
+    _LossTolerantJitterBuffer,
+)
 
 
 def packet(seq: int, timestamp: int) -> RtpPacket:
@@ -47,3 +52,12 @@ def test_decoder_queue_drops_the_oldest_frames_but_never_the_stop_sentinel() -> 
     items = [q.get_nowait() for _ in range(q.qsize())]
     assert items[:-1] == [("codec", 7), ("codec", 8), ("codec", 9)] and items[-1] is None
     assert q.dropped == 7
+
+
+async def test_frame_queue_keeps_the_newest_frames_and_the_end_marker() -> None:
+    q = _DroppingFrameQueue(2)
+    for i in range(5):
+        await q.put(i)
+    await q.put(None)
+    assert [q.get_nowait() for _ in range(q.qsize())] == [3, 4, None]
+    assert q.dropped == 3

@@ -29,7 +29,7 @@ from bot.media.writer import Mp4Writer
 
 log = structlog.get_logger("bot.media")
 
-VIDEO_QUEUE_SECONDS = 2.0
+VIDEO_QUEUE_SECONDS = 1.0
 AUDIO_QUEUE_SECONDS = 20.0
 
 
