@@ -337,12 +337,16 @@ class Recorder:
         dead_after = self.settings.realtime.transport_dead_after
         last_alive = time.monotonic()
         while True:
+            asked = time.monotonic()
             await asyncio.sleep(PROBE_INTERVAL)
             subscriber = self._subscriber
             assert subscriber is not None
             alive = await subscriber.probe(answer_within=PROBE_INTERVAL)
             now = time.monotonic()
-            if alive or (alive is None and not subscriber.failed.is_set()):
+            starved = now - asked > 3 * PROBE_INTERVAL
+            if alive or starved or (alive is None and not subscriber.failed.is_set()):
+                # A starved event loop cannot read the answer in time: that proves nothing
+                # about the path, and a rebuild would only add load.
                 last_alive = now
                 continue
             if now - last_alive < dead_after and not subscriber.failed.is_set():
@@ -523,6 +527,7 @@ class Recorder:
             output_audio_s=round(audio_s, 4),
             video_frames=media.video_frames,
             video_frames_dropped_in_queue=media.video_frames_dropped_in_queue,
+            video_frames_repeated=media.video_frames_repeated,
             audio_frames_dropped_in_queue=media.audio_frames_dropped_in_queue,
             slots=media.slots,
         )

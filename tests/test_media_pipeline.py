@@ -114,3 +114,33 @@ def test_pipeline_writes_a_fragmented_mp4_of_the_right_length(tmp_path: Path) ->
         assert abs(container.duration / av.time_base - 2.0) < 0.1
         assert [s.type for s in container.streams] == ["video", "audio", "audio"]
     assert path.read_bytes().count(b"moof") >= 2
+
+
+def test_a_thread_far_behind_repeats_pictures_to_catch_up(tmp_path: Path) -> None:
+    """Started 20 s late (a starved machine): it must catch up, not compose every frame."""
+    writer = Mp4Writer(
+        tmp_path / "late.mp4",
+        width=320,
+        height=180,
+        fps=30,
+        video_bitrate=300_000,
+        keyframe_seconds=1.0,
+        audio_codec="aac",
+        audio_bitrate=64_000,
+        speaker_titles=["c"],
+    )
+    pipeline = MediaPipeline(
+        writer,
+        [SlotInfo("c1", "clinician")],
+        width=320,
+        height=180,
+        fps=30,
+        origin_wall=time.time() - 20.0,
+        latency=0.05,
+    )
+    for i in range(500):
+        pipeline.submit(0, i / 25, gray(i % 250))
+    pipeline.start()
+    report = pipeline.finish(20.0)
+    assert report.video_frames == 600
+    assert report.video_frames_repeated > 300

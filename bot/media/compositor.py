@@ -74,15 +74,25 @@ class Compositor:
             del c.pending[0]
             c.frames_skipped += 1
 
-    def compose(self, tick: float, paused: bool = False) -> av.VideoFrame:
-        self._planes[0].fill(BLACK_Y)
-        self._planes[1].fill(BLACK_UV)
-        self._planes[2].fill(BLACK_UV)
+    def compose(self, tick: float, paused: bool = False, repeat: bool = False) -> av.VideoFrame:
+        """The output frame for ``tick``.
+
+        ``repeat``: the media thread is behind real time, so the cells only move on (stale
+        frames are consumed, gaps tracked) and the previous picture is sent again, which
+        costs no scaling and almost nothing to encode: the picture's frame rate degrades
+        instead of memory growing.
+        """
         half_period = 0.5 / self.fps
+        if not repeat:
+            self._planes[0].fill(BLACK_Y)
+            self._planes[1].fill(BLACK_UV)
+            self._planes[2].fill(BLACK_UV)
         for cell in self._cells:
-            self._advance(cell, tick, half_period)
+            self._advance(cell, tick, half_period, scale=not repeat)
             age = tick - cell.shown[0] if cell.shown is not None else float("inf")
             cell.gaps.update(tick, age < GAP_AFTER_SECONDS, paused)
+            if repeat:
+                continue
             if age <= FREEZE_SECONDS and not paused and cell.scaled is not None:
                 self._paste(*cell.scaled)
         return av.VideoFrame.from_ndarray(
@@ -104,7 +114,7 @@ class Compositor:
             cell.gaps.finish(end)
         return [c.gaps for c in self._cells]
 
-    def _advance(self, cell: _Cell, tick: float, half_period: float) -> None:
+    def _advance(self, cell: _Cell, tick: float, half_period: float, *, scale: bool) -> None:
         """Pick the pending frame nearest ``tick``; frames before it are consumed."""
         pending = cell.pending
         limit = bisect.bisect_right(pending, tick + half_period, key=lambda item: item[0])
@@ -118,7 +128,8 @@ class Compositor:
         del pending[: best + 1]
         cell.shown = (t, sequence)
         cell.frames_shown += 1
-        cell.scaled = self._scale(cell.rect, frame)
+        if scale:
+            cell.scaled = self._scale(cell.rect, frame)
 
     @staticmethod
     def _scale(rect: Rect, frame: av.VideoFrame) -> tuple[Rect, list[npt.NDArray[np.uint8]]]:

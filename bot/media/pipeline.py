@@ -30,6 +30,9 @@ from bot.media.writer import Mp4Writer
 log = structlog.get_logger("bot.media")
 
 VIDEO_QUEUE_SECONDS = 1.0
+CATCH_UP_SECONDS = 1.0
+"""Further behind real time than this, the thread repeats the last picture (cheap to
+encode) instead of composing new ones until it has caught up."""
 AUDIO_QUEUE_SECONDS = 20.0
 
 
@@ -49,6 +52,8 @@ class MediaReport:
     video_frames: int = 0
     audio_samples: int = 0
     video_frames_dropped_in_queue: int = 0
+    video_frames_repeated: int = 0
+    """Output frames that repeated the previous picture because the thread was behind."""
     audio_frames_dropped_in_queue: int = 0
     gaps: list[Gap] = field(default_factory=list)
     slots: list[dict[str, Any]] = field(default_factory=list)
@@ -152,11 +157,19 @@ class MediaPipeline:
             if final and end is not None:
                 horizon = end
             self._drain()
-            while self._writer.video_frames * period <= horizon and (
+            # At most a second of output per pass, so the inputs are drained between passes
+            # even when the thread is far behind.
+            pass_end = min(horizon, self._writer.video_frames * period + 1.0)
+            while self._writer.video_frames * period <= pass_end and (
                 end is None or self._writer.video_frames * period < end
             ):
                 tick = self._writer.video_frames * period
-                self._writer.write_video(self._compositor.compose(tick, self._is_paused(tick)))
+                behind = now - self._latency - tick > CATCH_UP_SECONDS
+                self.report.video_frames_repeated += behind
+                frame = self._compositor.compose(tick, self._is_paused(tick), repeat=behind)
+                self._writer.write_video(frame)
+            horizon = min(horizon, pass_end + period)
+            final = final and horizon >= (end or 0.0)
             # A chunk is written once it lies wholly before the horizon; at the end, the
             # last one may run up to one audio frame past it.
             audio_horizon = horizon * SAMPLE_RATE
