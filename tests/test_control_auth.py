@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,39 +91,49 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
 
 
 REFUSALS = [
-    ("missing", {}, 401, "missing bearer token"),
-    ("not bearer", {"Authorization": "Basic b3JjaDpwdw=="}, 401, "missing bearer token"),
-    ("garbage", bearer("not.a.jwt"), 401, "malformed token"),
-    ("expired", hs(exp=int(time.time()) - 600, iat=int(time.time()) - 700), 401, "token expired"),
+    ("missing", lambda: {}, 401, "missing bearer token"),
+    ("not bearer", lambda: {"Authorization": "Basic b3JjaDpwdw=="}, 401, "missing bearer token"),
+    ("garbage", lambda: bearer("not.a.jwt"), 401, "malformed token"),
+    (
+        "expired",
+        lambda: hs(exp=int(time.time()) - 600, iat=int(time.time()) - 700),
+        401,
+        "token expired",
+    ),
     (
         "wrong signature",
-        bearer(jwt.encode(claims(), "x" * 40, algorithm="HS256")),
+        lambda: bearer(jwt.encode(claims(), "x" * 40, algorithm="HS256")),
         401,
         "bad signature",
     ),
-    ("wrong audience", hs(aud="someone-else"), 401, "wrong audience"),
-    ("no exp", hs(exp=None), 401, "missing claim 'exp'"),
+    ("wrong audience", lambda: hs(aud="someone-else"), 401, "wrong audience"),
+    ("no exp", lambda: hs(exp=None), 401, "missing claim 'exp'"),
     (
         "not yet valid",
-        hs(nbf=int(time.time()) + 600),
+        lambda: hs(nbf=int(time.time()) + 600),
         401,
         "token not yet valid (nbf or iat in the future)",
     ),
     (
         "alg none",
-        bearer(jwt.encode(claims(), None, algorithm="none")),
+        lambda: bearer(jwt.encode(claims(), None, algorithm="none")),
         401,
         "signing algorithm not allowed",
     ),
     (
         "e-mail subject",
-        hs(sub="jane.doe@example.org"),
+        lambda: hs(sub="jane.doe@example.org"),
         401,
         "sub must be an opaque id (1-128 of [A-Za-z0-9_.:-])",
     ),
-    ("wrong consultation", hs(consultation_id="c-other"), 403, "token is for another consultation"),
-    ("unknown role", hs(role="admin"), 403, "no known role in claim 'role'"),
-    ("patient stops", hs(role="patient", sub="pat-1"), 403, "role 'patient' may not stop"),
+    (
+        "wrong consultation",
+        lambda: hs(consultation_id="c-other"),
+        403,
+        "token is for another consultation",
+    ),
+    ("unknown role", lambda: hs(role="admin"), 403, "no known role in claim 'role'"),
+    ("patient stops", lambda: hs(role="patient", sub="pat-1"), 403, "role 'patient' may not stop"),
 ]
 
 
@@ -131,9 +141,15 @@ REFUSALS = [
     ("case", "headers", "status", "reason"), REFUSALS, ids=[r[0] for r in REFUSALS]
 )
 async def test_refused_and_audited(
-    served: Served, case: str, headers: dict[str, str], status: int, reason: str
+    served: Served,
+    case: str,
+    headers: Callable[[], dict[str, str]],
+    status: int,
+    reason: str,
 ) -> None:
-    response = await served.http.post("/v1/stop", headers=headers)
+    # Tokens are minted now, not at collection: a long suite would let them expire.
+    sent = headers()
+    response = await served.http.post("/v1/stop", headers=sent)
     assert response.status_code == status, case
     body = response.json()
     assert body == {"error": "unauthorized" if status == 401 else "forbidden", "reason": reason}
@@ -143,7 +159,7 @@ async def test_refused_and_audited(
     assert event["event"] == "control.refused"
     assert event["action"] == "stop" and event["status"] == status and event["reason"] == reason
     # 401: the token is not trusted, so neither is its subject; 403: it is.
-    token = headers.get("Authorization", "")[7:]
+    token = sent.get("Authorization", "")[7:]
     subject = (
         jwt.decode(token, options={"verify_signature": False})["sub"] if status == 403 else None
     )
