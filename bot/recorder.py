@@ -154,7 +154,9 @@ class Recorder:
         assert self._subscriber is not None, "the recorder is not running"
         if participant_id not in self._participants:
             raise KeyError(participant_id)
-        self._participants.pop(participant_id)
+        _, slot = self._participants.pop(participant_id)
+        if self._pipeline is not None:
+            self._pipeline.cut(slot, self._pipeline.now())
         await self._subscriber.drop(participant_id)
         log.info("recorder.participant_dropped", participant=participant_id)
 

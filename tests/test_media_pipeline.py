@@ -144,3 +144,15 @@ def test_a_thread_far_behind_repeats_pictures_to_catch_up(tmp_path: Path) -> Non
     report = pipeline.finish(20.0)
     assert report.video_frames == 600
     assert report.video_frames_repeated > 300
+
+
+def test_a_dropped_participant_goes_black_at_once_and_comes_back() -> None:
+    comp = Compositor(64, 36, 10)
+    comp.add_cell(Rect(0, 0, 64, 36), GapTracker("p", "video"))
+    comp.push(0, 0.0, gray(200))
+    assert luma_at(comp.compose(0.0), 30, 18) > 150
+    comp.cut(0, 0.15)
+    assert luma_at(comp.compose(0.1), 30, 18) > 150  # before the drop: still there
+    assert luma_at(comp.compose(0.2), 30, 18) < 30  # after it: black, not frozen
+    comp.push(0, 0.3, gray(120))  # back, under a new session
+    assert abs(luma_at(comp.compose(0.3), 30, 18) - 120) < 8

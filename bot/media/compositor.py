@@ -35,6 +35,8 @@ class _Cell:
     gaps: GapTracker
     pending: list[tuple[float, int, av.VideoFrame]] = field(default_factory=list)
     shown: tuple[float, int] | None = None
+    cut: float | None = None
+    """The participant left at this timeline second: no frozen picture past it."""
     scaled: tuple[Rect, list[npt.NDArray[np.uint8]]] | None = None
     frames_in: int = 0
     frames_shown: int = 0
@@ -61,6 +63,9 @@ class Compositor:
     def add_cell(self, rect: Rect, gaps: GapTracker) -> int:
         self._cells.append(_Cell(rect, gaps))
         return len(self._cells) - 1
+
+    def cut(self, cell: int, at: float) -> None:
+        self._cells[cell].cut = at
 
     def label(self, cell: int, participant_id: str) -> None:
         self._cells[cell].gaps.participant = participant_id
@@ -90,6 +95,8 @@ class Compositor:
         for cell in self._cells:
             self._advance(cell, tick, half_period, scale=not repeat)
             age = tick - cell.shown[0] if cell.shown is not None else float("inf")
+            if cell.cut is not None and cell.shown is not None and cell.shown[0] < cell.cut <= tick:
+                age = float("inf")  # dropped on purpose: black at once, not a frozen picture
             cell.gaps.update(tick, age < GAP_AFTER_SECONDS, paused)
             if repeat:
                 continue

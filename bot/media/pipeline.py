@@ -196,6 +196,11 @@ class MediaPipeline:
         self._compositor.label(slot, info.participant_id)
         self._mixer.label(slot, info.participant_id)
 
+    def cut(self, slot: int, at: float) -> None:
+        """A participant was dropped at timeline second ``at``: its cell is black from
+        there (no frozen last picture), until frames from after ``at`` arrive."""
+        self._compositor.cut(slot, at)
+
     @property
     def paused(self) -> bool:
         return bool(self._pauses) and self._pauses[-1][1] is None
