@@ -61,6 +61,9 @@ class Layout:
     init_end: int
     first_fragment_end: int
     last_fragment: tuple[int, int]
+    end_span: tuple[int, int]
+    """The last two complete fragments: what the end probe decodes. The last one alone
+    may hold only an encoder flush, which decodes to nothing without what came before."""
     complete_end: int
 
 
@@ -80,7 +83,8 @@ def fragment_layout(path: Path, size: int) -> Layout:
     ]
     if not fragments:
         raise StorageError("recording has no complete fragment", kind="integrity", permanent=True)
-    return Layout(moov.end, fragments[0][1], fragments[-1], boxes[-1].end)
+    end_span = (fragments[max(0, len(fragments) - 2)][0], fragments[-1][1])
+    return Layout(moov.end, fragments[0][1], fragments[-1], end_span, boxes[-1].end)
 
 
 @dataclass(frozen=True)
@@ -162,7 +166,7 @@ def verify_object(
     layout = fragment_layout(media_path, size)
     with media_path.open("rb") as src:
         local_head = src.read(layout.first_fragment_end)
-        last_start, last_end = layout.last_fragment
+        last_start, last_end = layout.end_span
         src.seek(last_start)
         local_tail = src.read(last_end - last_start)
     remote_head = store.read_range(key, 0, layout.first_fragment_end)
