@@ -48,7 +48,12 @@ def test_compositor_shows_nearest_frame_and_survives_resolution_changes() -> Non
     assert abs(luma_at(comp.compose(0.0), 160, 90) - 60) < 8
     assert abs(luma_at(comp.compose(1 / 30), 160, 90) - 200) < 8  # 0.040 nearest to 0.033
     assert abs(luma_at(comp.compose(2 / 30), 160, 90) - 120) < 8
-    assert comp.stats()[0] == {"frames_in": 3, "frames_shown": 3, "frames_skipped": 0}
+    assert comp.stats()[0] == {
+        "frames_in": 3,
+        "frames_shown": 3,
+        "frames_skipped": 0,
+        "frames_late": 0,
+    }
 
 
 def test_compositor_freezes_then_goes_black_and_reports_the_gap() -> None:
@@ -156,3 +161,15 @@ def test_a_dropped_participant_goes_black_at_once_and_comes_back() -> None:
     assert luma_at(comp.compose(0.2), 30, 18) < 30  # after it: black, not frozen
     comp.push(0, 0.3, gray(120))  # back, under a new session
     assert abs(luma_at(comp.compose(0.3), 30, 18) - 120) < 8
+
+
+def test_a_frame_arriving_after_its_moment_is_dropped_not_shown_late() -> None:
+    comp = Compositor(64, 36, 10)
+    comp.add_cell(Rect(0, 0, 64, 36), GapTracker("p", "video"))
+    comp.push(0, 0.0, gray(200))
+    comp.compose(0.0)
+    comp.compose(0.1)
+    comp.compose(0.2)
+    comp.push(0, 0.1, gray(60))  # its moment (0.1) has been composed already
+    assert luma_at(comp.compose(0.3), 30, 18) > 150  # frozen, not the late frame
+    assert comp.stats()[0]["frames_late"] == 1

@@ -41,6 +41,7 @@ class _Cell:
     frames_in: int = 0
     frames_shown: int = 0
     frames_skipped: int = 0
+    frames_late: int = 0
     sequence: int = 0
 
 
@@ -112,6 +113,7 @@ class Compositor:
                 "frames_in": c.frames_in,
                 "frames_shown": c.frames_shown,
                 "frames_skipped": c.frames_skipped,
+                "frames_late": c.frames_late,
             }
             for c in self._cells
         ]
@@ -122,7 +124,12 @@ class Compositor:
         return [c.gaps for c in self._cells]
 
     def _advance(self, cell: _Cell, tick: float, half_period: float, *, scale: bool) -> None:
-        """Pick the pending frame nearest ``tick``; frames before it are consumed."""
+        """Pick the pending frame nearest ``tick``; frames before it are consumed.
+
+        A frame that arrives after its moment has been composed (a retransmission, a
+        starved decoder) is dropped, never shown late: the picture freezes briefly
+        instead of falling out of sync with the sound.
+        """
         pending = cell.pending
         limit = bisect.bisect_right(pending, tick + half_period, key=lambda item: item[0])
         if limit == 0:
@@ -131,6 +138,10 @@ class Compositor:
         if best > 0 and tick - pending[best - 1][0] < pending[best][0] - tick:
             best -= 1
         t, sequence, frame = pending[best]
+        if t < tick - 3 * half_period:
+            cell.frames_late += limit
+            del pending[:limit]
+            return
         cell.frames_skipped += best
         del pending[: best + 1]
         cell.shown = (t, sequence)
