@@ -133,7 +133,9 @@ class RecordingSettings(_Section):
     audio_codec: Literal["aac", "opus"] = "aac"
     audio_bitrate: int = Field(96_000, ge=16_000)
     keyframe_seconds: float = Field(1.0, ge=0.5, le=2.0)
-    latency: float = Field(0.5, ge=0.1, le=5.0)
+    # How far the media thread trails real time, so late packets (retransmissions after
+    # loss) still land in place; a recorder is not interactive, so a second costs nothing.
+    latency: float = Field(1.0, ge=0.1, le=5.0)
     max_duration: float = Field(4 * 3600, gt=0)
     silence_timeout: float = Field(60.0, gt=0)
     connect_timeout: float = Field(20.0, gt=0)

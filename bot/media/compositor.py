@@ -24,9 +24,10 @@ FREEZE_SECONDS = 1.0
 """How long a cell keeps its last picture after its frames stop before turning black."""
 GAP_AFTER_SECONDS = 0.5
 """A cell whose newest frame is older than this is in a gap (1 fps "muted" video is one)."""
-MAX_PENDING = 45
-"""Frames waiting per cell (1.5 s at 30 fps; the media thread trails real time by
-``latency``); beyond it the oldest go: a starved thread or a mapping far in the future."""
+MAX_PENDING = 90
+"""Frames waiting per cell (3 s at 30 fps; the media thread trails real time by
+``latency``, 1 s by default); beyond it the oldest go: a starved thread or a mapping far
+in the future."""
 
 
 @dataclass
