@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +16,9 @@ from pathlib import Path
 import structlog
 
 from bench.measure import MeasuredProcess, Usage, media_duration, video_packets
-from bot.config import Participant, RecordingSettings
+from bot.config import RecordingSettings
 from bot.media.layout import grid
-from bot.testbed.stack import LocalCall, start_local_sfu
+from bot.testbed.stack import LocalCall, participant_flag, start_local_sfu
 
 log = structlog.get_logger("bot.bench")
 
@@ -49,27 +48,6 @@ class Measurement:
         return self.usage.cpu_seconds / self.media_seconds
 
 
-def call_env(call: LocalCall, workdir: Path) -> dict[str, str]:
-    """The recorder's environment: this call's SFU, local storage under ``workdir``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BOT_")}
-    env.update(
-        BOT_REALTIME_BASE_URL=call.base_url,
-        BOT_REALTIME_APP_ID=call.app_id,
-        BOT_REALTIME_APP_SECRET=call.app_secret,
-        BOT_REALTIME_ICE_SERVERS="",
-        BOT_STORAGE_BACKEND="local",
-        BOT_STORAGE_SPOOL_DIR=str(workdir / "spool"),
-        BOT_STORAGE_LOCAL_DIR=str(workdir / "recordings"),
-        BOT_LOGGING_FORMAT="json",
-    )
-    return env
-
-
-def participant_flag(participant: Participant) -> str:
-    tracks = ",".join(str(t) for t in participant.tracks)
-    return f"{participant.id}:{participant.role}={tracks}"
-
-
 def start_recorder(call: LocalCall, workdir: Path, seconds: float) -> MeasuredProcess:
     workdir.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "bot", "record", "--consultation-id", "bench"]
@@ -78,7 +56,7 @@ def start_recorder(call: LocalCall, workdir: Path, seconds: float) -> MeasuredPr
     argv += ["--max-duration", f"{seconds:g}"]
     return MeasuredProcess(
         argv,
-        env=call_env(call, workdir),
+        env=call.recorder_env(workdir),
         stdout=workdir / "recorder.out",
         stderr=workdir / "recorder.err",
     )
@@ -92,7 +70,7 @@ async def finish_recorder(process: MeasuredProcess, workdir: Path, seconds: floa
             f"recorder still running {STOP_GRACE:g} s after its {seconds:g} s max duration; "
             "stopped it:\n" + process.stderr_tail()
         )
-    outputs = sorted((workdir / "recordings").rglob("*.mp4"))
+    outputs = sorted((workdir / "out").rglob("*.mp4"))
     if usage.exit_code != 0 or len(outputs) != 1:
         raise BenchError(
             f"recorder exited {usage.exit_code} with {len(outputs)} recordings:\n"
@@ -128,7 +106,7 @@ async def run_aiortc_baseline(call: LocalCall, workdir: Path, seconds: float) ->
     log.info("bench.aiortc_started", seconds=seconds)
     process = MeasuredProcess(
         argv,
-        env=call_env(call, workdir),
+        env=call.recorder_env(workdir),
         stdout=workdir / "aiortc.out",
         stderr=workdir / "aiortc.err",
     )

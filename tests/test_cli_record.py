@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bot.exitcodes import ExitCode
-from bot.testbed.stack import LocalCall, start_local_sfu
+from bot.testbed.stack import LocalCall, participant_flag, start_local_sfu
 from tests.e2e import ffprobe
 
 
@@ -27,23 +26,11 @@ async def call() -> AsyncIterator[LocalCall]:
 
 
 def _env(call: LocalCall, tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BOT_")}
-    env.update(
-        BOT_REALTIME_BASE_URL=call.base_url,
-        BOT_REALTIME_APP_ID=call.app_id,
-        BOT_REALTIME_APP_SECRET=call.app_secret,
-        BOT_REALTIME_ICE_SERVERS="",
-        BOT_LOGGING_FORMAT="json",
-        BOT_STORAGE_BACKEND="local",
-        BOT_STORAGE_SPOOL_DIR=str(tmp_path / "spool"),
-    )
-    env.update(extra)
-    return env
+    return call.recorder_env(tmp_path, **extra)
 
 
 def _participant_flag(call: LocalCall) -> str:
-    tracks = ",".join(str(t) for t in call.participants[0].tracks)
-    return f"c1:clinician={tracks}"
+    return participant_flag(call.participants[0])
 
 
 async def _run(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,20 +25,10 @@ async def call() -> AsyncIterator[LocalCall]:
 
 
 def _env(call: LocalCall, tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BOT_")}
-    env.update(
-        BOT_REALTIME_BASE_URL=call.base_url,
-        BOT_REALTIME_APP_ID=call.app_id,
-        BOT_REALTIME_APP_SECRET=call.app_secret,
-        BOT_REALTIME_ICE_SERVERS="",
-        BOT_LOGGING_FORMAT="json",
-        BOT_STORAGE_SPOOL_DIR=str(tmp_path / "spool"),
-        BOT_STORAGE_LOCAL_DIR=str(tmp_path / "verified"),
-        BOT_RECORDING_FPS="10",
-        BOT_RECORDING_VIDEO_PRESET="ultrafast",
+    return call.recorder_env(
+        tmp_path,
+        **{"BOT_RECORDING_FPS": "10", "BOT_RECORDING_VIDEO_PRESET": "ultrafast", **extra},
     )
-    env.update(extra)
-    return env
 
 
 async def _record(call: LocalCall, env: dict[str, str], tracks: str | None = None) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,7 +21,7 @@ import pytest
 
 from bot.testbed import netns
 from bot.testbed.analysis import RecordingReport, abs_percentile, analyze_recording
-from bot.testbed.stack import LocalCall, start_local_sfu
+from bot.testbed.stack import LocalCall, participant_flag, start_local_sfu
 from tests.e2e import slots
 
 pytestmark = [
@@ -62,20 +61,10 @@ async def record_through(
     seconds: float,
     faults: Callable[[], Awaitable[None]],
 ) -> Run:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BOT_")}
-    env.update(
-        BOT_REALTIME_BASE_URL=call.base_url,
-        BOT_REALTIME_APP_ID=call.app_id,
-        BOT_REALTIME_APP_SECRET=call.app_secret,
-        BOT_REALTIME_ICE_SERVERS="",
-        BOT_LOGGING_FORMAT="json",
-        BOT_STORAGE_BACKEND="local",
-        BOT_STORAGE_SPOOL_DIR=str(tmp_path / "spool"),
-        BOT_STORAGE_LOCAL_DIR=str(tmp_path / "out"),
-    )
+    env = call.recorder_env(tmp_path)
     args = ["record", "--consultation-id", "c-net", "--max-duration", str(seconds)]
     for p in call.participants:
-        args += ["--participant", f"{p.id}:{p.role}=" + ",".join(str(t) for t in p.tracks)]
+        args += ["--participant", participant_flag(p)]
     process = await asyncio.create_subprocess_exec(
         *net.exec_prefix,
         sys.executable,
@@ -94,7 +83,7 @@ async def record_through(
         assert line, b"".join(seen).decode()[-3000:]
         seen.append(line)
     fault_task = asyncio.create_task(faults())
-    out, err = await asyncio.wait_for(process.communicate(), timeout=seconds + 180)
+    _, err = await asyncio.wait_for(process.communicate(), timeout=seconds + 180)
     await fault_task
     stderr = b"".join(seen).decode() + err.decode()
     assert process.returncode is not None

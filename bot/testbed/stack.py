@@ -13,6 +13,7 @@ import secrets
 import socket
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
@@ -93,9 +94,36 @@ class LocalCall:
         self.participants.append(participant)
         return participant
 
+    def recorder_env(self, workdir: Path, **extra: str) -> dict[str, str]:
+        """The environment of a ``bot record`` process against this call.
+
+        Storage is the local backend under ``workdir`` (``spool/``, ``out/``); logs are
+        JSON; ``extra`` (``BOT_*`` variables) wins. Inherited ``BOT_*`` variables are
+        dropped so the caller's shell cannot leak into a test.
+        """
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BOT_")}
+        env.update(
+            BOT_REALTIME_BASE_URL=self.base_url,
+            BOT_REALTIME_APP_ID=self.app_id,
+            BOT_REALTIME_APP_SECRET=self.app_secret,
+            BOT_REALTIME_ICE_SERVERS="",
+            BOT_LOGGING_FORMAT="json",
+            BOT_STORAGE_BACKEND="local",
+            BOT_STORAGE_SPOOL_DIR=str(workdir / "spool"),
+            BOT_STORAGE_LOCAL_DIR=str(workdir / "out"),
+        )
+        env.update(extra)
+        return env
+
     async def close(self) -> None:
         for process in reversed(self._processes):
             await _stop(process)
+
+
+def participant_flag(participant: Participant) -> str:
+    """``--participant ID:ROLE=SESSION/TRACK,...`` for ``bot record``."""
+    tracks = ",".join(str(t) for t in participant.tracks)
+    return f"{participant.id}:{participant.role}={tracks}"
 
 
 async def start_local_sfu(
