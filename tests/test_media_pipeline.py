@@ -173,3 +173,13 @@ def test_a_frame_arriving_after_its_moment_is_dropped_not_shown_late() -> None:
     comp.push(0, 0.1, gray(60))  # its moment (0.1) has been composed already
     assert luma_at(comp.compose(0.3), 30, 18) > 150  # frozen, not the late frame
     assert comp.stats()[0]["frames_late"] == 1
+
+
+def test_a_frame_that_already_fits_its_cell_is_copied_as_is() -> None:
+    comp = Compositor(64, 36, 10)
+    comp.add_cell(Rect(0, 0, 64, 36), GapTracker("p", "video"))
+    planes = np.full((36 * 3 // 2, 64), 128, np.uint8)
+    planes[:36] = 90
+    comp.push(0, 0.0, av.VideoFrame.from_ndarray(planes, format="yuv420p"))
+    out = comp.compose(0.0).to_ndarray()
+    assert np.array_equal(out, planes)

@@ -153,7 +153,13 @@ class Compositor:
     @staticmethod
     def _scale(rect: Rect, frame: av.VideoFrame) -> tuple[Rect, list[npt.NDArray[np.uint8]]]:
         target = rect.fit(frame.width, frame.height)
-        scaled = frame.reformat(width=target.width, height=target.height, format="yuv420p")
+        same = (frame.width, frame.height, frame.format.name) == (
+            target.width,
+            target.height,
+            "yuv420p",
+        )
+        # A frame that already fits its cell is copied as is: no swscale pass.
+        scaled = frame if same else frame.reformat(target.width, target.height, "yuv420p")
         planes = []
         for plane in scaled.planes:
             data = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(
