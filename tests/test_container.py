@@ -31,7 +31,9 @@ IMAGE = "localhost/consultation-recorder:test"
 BUILD_TIMEOUT = 1800.0
 RUN_TIMEOUT = 240.0
 
-pytestmark = pytest.mark.slow
+# A fresh image build (base image + pip inside) takes ~11 min on 2 cores: longer than the
+# suite's default per-test timeout, which also covers the module fixture that builds it.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(BUILD_TIMEOUT + 600)]
 
 _MISSING = [tool for tool in ("podman", "debootstrap", "runc") if shutil.which(tool) is None]
 
