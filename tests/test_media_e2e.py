@@ -28,7 +28,7 @@ from bot.config import (
 from bot.media.gaps import Gap
 from bot.realtime import RealtimeClient, SessionDescription, TrackObject
 from bot.recorder import Recorder, RecordingResult
-from bot.testbed.analysis import analyze_recording, abs_percentile
+from bot.testbed.analysis import abs_percentile, analyze_recording
 from bot.testbed.participant import SyntheticParticipant
 from bot.testbed.sfu import LocalSfu
 from bot.testbed.signal import render_i420
