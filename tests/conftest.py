@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from bot.testbed.s3 import LocalS3
 from bot.testbed.sfu import LocalSfu
+from bot.testbed.stack import LocalCall, start_local_sfu
 
 # --- local SFU (bot.testbed.sfu) ------------------------------------------------------
 
@@ -51,3 +53,25 @@ async def sfu(sfu_factory: SfuFactory) -> LocalSfu:
 
 
 # --- end local SFU ---------------------------------------------------------------------
+
+
+# --- a local call with two synthetic participants, and a local S3 store -----------------
+
+
+@pytest.fixture
+async def two_party_call() -> AsyncIterator[LocalCall]:
+    """The local SFU with a clinician (c1) and a patient (p2) publishing, each a process."""
+    call = await start_local_sfu()
+    try:
+        await call.publish("clinician", 1, participant_id="c1")
+        await call.publish("patient", 2, participant_id="p2")
+        yield call
+    finally:
+        await call.close()
+
+
+@pytest.fixture
+async def s3() -> AsyncIterator[LocalS3]:
+    """A SeaweedFS store on free loopback ports, removed afterwards."""
+    async with LocalS3() as store:
+        yield store

@@ -15,7 +15,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -28,7 +28,7 @@ from bot.storage.spool import Spool
 from bot.storage.verify import decode_probe, fragment_layout
 from bot.testbed.proxy import ThrottlingProxy
 from bot.testbed.s3 import LocalS3
-from bot.testbed.stack import LocalCall, start_local_sfu
+from bot.testbed.stack import LocalCall
 from tests.faults import wait_until
 
 pytestmark = pytest.mark.slow
@@ -61,20 +61,8 @@ asyncio.run(main())
 
 
 @pytest.fixture
-async def call() -> AsyncIterator[LocalCall]:
-    call = await start_local_sfu()
-    try:
-        await call.publish("clinician", 1, participant_id="c1")
-        await call.publish("patient", 2, participant_id="p2")
-        yield call
-    finally:
-        await call.close()
-
-
-@pytest.fixture
-async def s3() -> AsyncIterator[LocalS3]:
-    async with LocalS3() as store:
-        yield store
+def call(two_party_call: LocalCall) -> LocalCall:
+    return two_party_call
 
 
 @pytest.fixture

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from bot.exitcodes import ExitCode
-from bot.testbed.stack import LocalCall, start_local_sfu
+from bot.testbed.stack import LocalCall
 
 pytestmark = pytest.mark.slow
 
@@ -20,14 +19,8 @@ PEAK_RSS_CAP = 700 * 1024 * 1024
 
 
 @pytest.fixture
-async def call() -> AsyncIterator[LocalCall]:
-    call = await start_local_sfu()
-    try:
-        await call.publish("clinician", 1, participant_id="c1")
-        await call.publish("patient", 2, participant_id="p2")
-        yield call
-    finally:
-        await call.close()
+def call(two_party_call: LocalCall) -> LocalCall:
+    return two_party_call
 
 
 def _vm(pid: int, field: str) -> int:

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import os
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,7 +24,7 @@ from bot.recorder import Recorder, RecordingResult
 from bot.storage.verify import fragment_layout
 from bot.testbed.proxy import ThrottlingProxy
 from bot.testbed.s3 import LocalS3
-from bot.testbed.stack import LocalCall, start_local_sfu
+from bot.testbed.stack import LocalCall
 from tests.e2e import ffprobe, recorder_settings
 from tests.faults import SMALL_PART, small_part_settings, wait_until
 
@@ -32,20 +32,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-async def call() -> AsyncIterator[LocalCall]:
-    call = await start_local_sfu()
-    try:
-        await call.publish("clinician", 1, participant_id="c1")
-        await call.publish("patient", 2, participant_id="p2")
-        yield call
-    finally:
-        await call.close()
-
-
-@pytest.fixture
-async def s3() -> AsyncIterator[LocalS3]:
-    async with LocalS3() as store:
-        yield store
+def call(two_party_call: LocalCall) -> LocalCall:
+    return two_party_call
 
 
 @pytest.fixture
