@@ -49,17 +49,3 @@ def ffprobe(path: Path) -> dict[str, Any]:
     ).stdout
     data: dict[str, Any] = json.loads(out)
     return data
-
-
-def top_level_boxes(path: Path) -> list[str]:
-    boxes = []
-    with path.open("rb") as f:
-        while len(header := f.read(8)) == 8:
-            size = int.from_bytes(header[:4], "big")
-            boxes.append(header[4:8].decode("latin-1"))
-            if size == 1:
-                size = int.from_bytes(f.read(8), "big") - 8
-            if size < 8:
-                break
-            f.seek(size - 8, 1)
-    return boxes

@@ -25,6 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bot.manifest import Manifest
+from bot.media.boxes import top_level_boxes
 from bot.media.layout import Rect, grid
 
 MIN_SPAN_S: Final = 0.5
@@ -134,7 +135,7 @@ def summarize(path: Path) -> str:
                 label = stream.metadata.get("handler_name", "")
                 streams.append(f"audio {stream.codec_context.name} {label}".rstrip())
     size = path.stat().st_size
-    fragments = _count_boxes(path, b"moof")
+    fragments = sum(box.kind == b"moof" for box in top_level_boxes(path))
     return f"{path}: {duration:.2f}s, {size / 1e6:.2f} MB, {fragments} fragments; " + "; ".join(
         streams
     )
@@ -160,7 +161,7 @@ def inspect_recording(path: Path, manifest_path: Path | None = None) -> Inspecti
         path=path,
         size=path.stat().st_size,
         duration=scan.duration,
-        fragments=_count_boxes(path, b"moof"),
+        fragments=sum(box.kind == b"moof" for box in top_level_boxes(path)),
         width=scan.width,
         height=scan.height,
         streams=scan.streams,
@@ -517,22 +518,3 @@ def _manifest_lines(m: Manifest, path: Path | None, part_ends: Sequence[float]) 
     for i, part in enumerate(sorted(storage.parts, key=lambda p: p.number)):
         at = f", ends at {part_ends[i]:.2f} s of media" if i < len(part_ends) else ""
         yield f"      part {part.number}: {part.size} bytes{at}"
-
-
-def _count_boxes(path: Path, box: bytes) -> int:
-    """Count top-level MP4 boxes of one type without loading the file."""
-    count = 0
-    with path.open("rb") as f:
-        while header := f.read(8):
-            if len(header) < 8:
-                break
-            size = int.from_bytes(header[:4], "big")
-            if size == 1:
-                size = int.from_bytes(f.read(8), "big")
-                f.seek(size - 16, 1)
-            elif size == 0:
-                break
-            else:
-                f.seek(size - 8, 1)
-            count += header[4:8] == box
-    return count

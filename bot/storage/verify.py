@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
-import struct
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,39 +20,10 @@ from pathlib import Path
 import av
 
 from bot.manifest import Verification
+from bot.media.boxes import top_level_boxes
 from bot.storage.errors import StorageError
 from bot.storage.journal import PartRecord
 from bot.storage.stores import ObjectStore
-
-
-@dataclass(frozen=True)
-class Box:
-    kind: bytes
-    start: int
-    end: int
-
-
-def top_level_boxes(path: Path, size: int) -> list[Box]:
-    """Walk the MP4's top-level boxes by their headers (a seek per box, not a full read).
-
-    A box cut short by a crash is left out: the file's usable part ends before it.
-    """
-    boxes = []
-    with path.open("rb") as src:
-        offset = 0
-        while offset + 8 <= size:
-            src.seek(offset)
-            header = src.read(16)
-            length, kind = struct.unpack(">I4s", header[:8])
-            if length == 1 and len(header) == 16:
-                length = struct.unpack(">Q", header[8:16])[0]
-            elif length == 0:
-                length = size - offset
-            if length < 8 or offset + length > size:
-                break
-            boxes.append(Box(kind, offset, offset + length))
-            offset += length
-    return boxes
 
 
 @dataclass(frozen=True)

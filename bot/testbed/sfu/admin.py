@@ -16,13 +16,13 @@ An unknown session or track is 404 ``not_found``; a bad body 400/406 as on the A
 from __future__ import annotations
 
 import hmac
-import json
 from typing import Annotated, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
-from bot.testbed.sfu.errors import ApiError, decoding_error, invalid_params
+from bot.testbed.sfu.bodies import parse_body
+from bot.testbed.sfu.errors import ApiError, invalid_params
 from bot.testbed.sfu.faults import FaultInjector, Operation, TrackErrorCode
 
 _FAULTS = web.AppKey("faults", FaultInjector)
@@ -62,24 +62,16 @@ class TrackAction(_Action):
     trackName: str = Field(min_length=1)
 
 
-_FAULT_BODY: TypeAdapter[FailRequests | FailTrack | ExpireSession | TrackAction] = TypeAdapter(
-    Annotated[FailRequests | FailTrack | ExpireSession | TrackAction, Field(discriminator="action")]
-)
+class _FaultBody(RootModel[FailRequests | FailTrack | ExpireSession | TrackAction]):
+    """One fault, chosen by its ``action``."""
+
+    root: Annotated[
+        FailRequests | FailTrack | ExpireSession | TrackAction, Field(discriminator="action")
+    ]
 
 
 def _parse(raw: bytes) -> FailRequests | FailTrack | ExpireSession | TrackAction:
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise decoding_error("request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise decoding_error("request body must be a JSON object")
-    try:
-        return _FAULT_BODY.validate_python(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(body)"
-        raise invalid_params(f"{where}: {first['msg']}") from None
+    return parse_body(raw, _FaultBody).root
 
 
 def add_admin_routes(app: web.Application, faults: FaultInjector, app_secret: str) -> None:
