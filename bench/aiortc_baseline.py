@@ -53,11 +53,18 @@ async def record_with_media_recorder(
         return SessionDescription(type="answer", sdp=pc.localDescription.sdp)
 
     try:
-        objects = [
-            TrackObject(location="remote", sessionId=r.session_id, trackName=r.track_name)
-            for r in refs
-        ]
-        await client.pull_tracks(session.sessionId, objects, answer)
+        # One pull per publisher, as the recorder does: with both video tracks in one pull,
+        # plain aiortc decoded no video at all from the local SFU (seen while
+        # benchmarking; not investigated further, the recorder pulls per publisher).
+        publishers: dict[str, list[TrackRef]] = {}
+        for ref in refs:
+            publishers.setdefault(ref.session_id, []).append(ref)
+        for group in publishers.values():
+            objects = [
+                TrackObject(location="remote", sessionId=r.session_id, trackName=r.track_name)
+                for r in group
+            ]
+            await client.pull_tracks(session.sessionId, objects, answer)
         await recorder.start()
         await asyncio.wait_for(connected.wait(), CONNECT_TIMEOUT)
         started = loop.time()

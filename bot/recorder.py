@@ -420,6 +420,7 @@ class Recorder:
             audio_bitrate=rec.audio_bitrate,
             speaker_titles=[slot.role for slot in self.slots],
             preset=rec.video_preset,
+            encoder_threads=rec.encoder_threads,
             on_fragment=uploader.poke,
         )
         return spool, uploader, writer

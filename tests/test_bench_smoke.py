@@ -21,7 +21,7 @@ from bench.memory_soak import Soak
 _NUMBER = r"(-?\d+(?:\.\d+)?)"
 REPO = Path(__file__).resolve().parents[1]
 """``bench`` is not an installed package: run it from the repository root."""
-_CONTENDERS = ("recorder", "aiortc MediaRecorder", "ffmpeg composite")
+_CONTENDERS = ("recorder", "aiortc MediaRecorder", "ffmpeg composite", "ffmpeg, x264 auto threads")
 
 
 @pytest.mark.slow

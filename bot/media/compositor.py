@@ -39,6 +39,8 @@ class _Cell:
     cut: float | None = None
     """The participant left at this timeline second: no frozen picture past it."""
     scaled: tuple[Rect, list[npt.NDArray[np.uint8]]] | None = None
+    painted: tuple[Rect, list[npt.NDArray[np.uint8]]] | None = None
+    """The picture the output frame shows in this cell; None: the cell is all black."""
     frames_in: int = 0
     frames_shown: int = 0
     frames_skipped: int = 0
@@ -54,13 +56,17 @@ class Compositor:
         self.height = height
         self.fps = fps
         self._cells: list[_Cell] = []
-        self._canvas = np.empty(width * height * 3 // 2, dtype=np.uint8)
-        luma = width * height
+        # One output frame, painted in place and handed to the encoder every tick: x264
+        # copies it in, so a fresh 1.4 MB frame per tick would be allocated and filled
+        # for nothing. Only what changed is repainted.
+        self._frame = av.VideoFrame(width, height, "yuv420p")
         self._planes = [
-            self._canvas[:luma].reshape(height, width),
-            self._canvas[luma : luma * 5 // 4].reshape(height // 2, width // 2),
-            self._canvas[luma * 5 // 4 :].reshape(height // 2, width // 2),
+            np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(plane.height, plane.line_size)[
+                :, : plane.width
+            ]
+            for plane in self._frame.planes
         ]
+        self._fill_black(Rect(0, 0, width, height))
 
     def add_cell(self, rect: Rect, gaps: GapTracker) -> int:
         self._cells.append(_Cell(rect, gaps))
@@ -82,7 +88,8 @@ class Compositor:
             c.frames_skipped += 1
 
     def compose(self, tick: float, paused: bool = False, repeat: bool = False) -> av.VideoFrame:
-        """The output frame for ``tick``.
+        """The output frame for ``tick``: the same frame object every call, so it must be
+        encoded (or copied) before the next call.
 
         ``repeat``: the media thread is behind real time, so the cells only move on (stale
         frames are consumed, gaps tracked) and the previous picture is sent again, which
@@ -90,10 +97,6 @@ class Compositor:
         instead of memory growing.
         """
         half_period = 0.5 / self.fps
-        if not repeat:
-            self._planes[0].fill(BLACK_Y)
-            self._planes[1].fill(BLACK_UV)
-            self._planes[2].fill(BLACK_UV)
         for cell in self._cells:
             self._advance(cell, tick, half_period, scale=not repeat)
             age = tick - cell.shown[0] if cell.shown is not None else float("inf")
@@ -103,10 +106,11 @@ class Compositor:
             if repeat:
                 continue
             if age <= FREEZE_SECONDS and not paused and cell.scaled is not None:
-                self._paste(*cell.scaled)
-        return av.VideoFrame.from_ndarray(
-            self._canvas.reshape(self.height * 3 // 2, self.width), format="yuv420p"
-        )
+                self._paint(cell, cell.scaled)
+            elif cell.painted is not None:
+                self._fill_black(cell.rect)
+                cell.painted = None
+        return self._frame
 
     def stats(self) -> list[dict[str, int]]:
         return [
@@ -158,19 +162,33 @@ class Compositor:
             target.height,
             "yuv420p",
         )
-        # A frame that already fits its cell is copied as is: no swscale pass.
+        # A frame that already fits its cell is used as is: no swscale pass. The views
+        # keep the decoded frame alive; decoders hand out a new frame every time.
         scaled = frame if same else frame.reformat(target.width, target.height, "yuv420p")
-        planes = []
-        for plane in scaled.planes:
-            data = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(
-                plane.height, plane.line_size
-            )
-            planes.append(data[:, : plane.width].copy())
+        planes = [
+            np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(plane.height, plane.line_size)[
+                :, : plane.width
+            ]
+            for plane in scaled.planes
+        ]
         return target, planes
 
-    def _paste(self, rect: Rect, planes: list[npt.NDArray[np.uint8]]) -> None:
+    def _paint(self, cell: _Cell, picture: tuple[Rect, list[npt.NDArray[np.uint8]]]) -> None:
+        if cell.painted is picture:
+            return  # a frozen picture, or the same frame nearest two ticks
+        rect, planes = picture
+        if cell.painted is None or cell.painted[0] != rect:
+            self._fill_black(cell.rect)  # letterbox bars of a new size or position
+        cell.painted = picture
         y, u, v = self._planes
         y[rect.y : rect.y + rect.height, rect.x : rect.x + rect.width] = planes[0]
         cx, cy, cw, ch = rect.x // 2, rect.y // 2, rect.width // 2, rect.height // 2
         u[cy : cy + ch, cx : cx + cw] = planes[1]
         v[cy : cy + ch, cx : cx + cw] = planes[2]
+
+    def _fill_black(self, rect: Rect) -> None:
+        y, u, v = self._planes
+        y[rect.y : rect.y + rect.height, rect.x : rect.x + rect.width] = BLACK_Y
+        cx, cy, cw, ch = rect.x // 2, rect.y // 2, rect.width // 2, rect.height // 2
+        u[cy : cy + ch, cx : cx + cw] = BLACK_UV
+        v[cy : cy + ch, cx : cx + cw] = BLACK_UV

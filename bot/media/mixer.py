@@ -8,6 +8,7 @@ step) becomes silence or a trimmed overlap instead of a drift.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 import av
@@ -65,26 +66,35 @@ class Mixer:
     def pull(self, size: int, paused: bool = False) -> tuple[Samples, list[Samples]]:
         """The next ``size`` samples of the mix and of each voice (silence where none)."""
         start, end = self.cursor, self.cursor + size
+        mix = np.zeros(size, dtype=np.float32)
         voices = []
         for v in self._voices:
             chunk = np.zeros(size, dtype=np.float32)
             has_media = False
+            # Segments are sorted by position, so only the front ones reach this chunk;
+            # those running past its end stay for the next.
+            segments = v.segments
+            taken = 0
             keep = []
-            for position, samples in v.segments:
+            for position, samples in segments:
+                if position >= end:
+                    break
+                taken += 1
                 a, b = max(start, position), min(end, position + samples.size)
                 if a < b:
                     chunk[a - start : b - start] = samples[a - position : b - position]
                     has_media = True
                 if position + samples.size > end:
                     keep.append((position, samples))
-            v.segments = keep
+            segments[:taken] = keep
             v.gaps.update(start / SAMPLE_RATE, has_media, paused)
             if paused:
                 chunk[:] = 0
+            mix += chunk
             voices.append(chunk)
-        mix = np.clip(np.sum(voices, axis=0), -1.0, 1.0) if voices else np.zeros(size, np.float32)
+        np.clip(mix, -1.0, 1.0, out=mix)
         self.cursor = end
-        return mix.astype(np.float32, copy=False), voices
+        return mix, voices
 
     def stats(self) -> list[dict[str, int]]:
         return [
@@ -118,4 +128,4 @@ class Mixer:
             v.samples_ahead += samples.size
             return
         if samples.size:
-            v.segments.append((position, samples))
+            bisect.insort(v.segments, (position, samples), key=lambda segment: segment[0])
