@@ -125,24 +125,58 @@ async def probe_ice_path(dtls_transport: Any, answer_within: float) -> bool | No
 
 
 class _AudioPassThrough:
-    """Every audio packet is a whole frame (Opus, G.711): hand it on at once, in order.
+    """Every audio packet is a whole frame (Opus, G.711): hand it on at once.
 
     aiortc's audio jitter buffer holds four frames back and, when a packet is lost for
-    good, stalls until 16 later packets have arrived (320 ms of silence per loss). Jitter
-    is absorbed downstream instead, where frames are placed by timestamp; a late packet
-    that would go backwards is dropped.
+    good, stalls until 16 later packets have arrived (320 ms of silence per loss). Packets
+    reach this one already in order (``_AudioReorder``); jitter is absorbed downstream,
+    where frames are placed by timestamp.
     """
 
     capacity = 16
 
-    def __init__(self) -> None:
-        self._last: int | None = None
-
     def add(self, packet: Any) -> tuple[bool, JitterFrame | None]:
-        if self._last is not None and uint16_add(self._last, -packet.sequence_number) < 0x8000:
-            return False, None  # a duplicate or a packet overtaken by later ones
-        self._last = packet.sequence_number
         return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)
+
+
+class _AudioReorder:
+    """Puts audio packets back in sequence order before they are decoded.
+
+    Jitter larger than the packet interval (20 ms) reorders packets on real networks. A
+    packet that arrives ahead of a missing one waits until the missing one comes, or until
+    ``wait`` packets are waiting (about ``wait`` x 20 ms): then the missing one is given
+    up and arrives, if ever, too late to be used. Opus decodes best in order, and the
+    mixer would otherwise see time run backwards.
+    """
+
+    def __init__(self, wait: int = 8) -> None:
+        self._wait = wait
+        self._next: int | None = None
+        self._held: dict[int, Any] = {}
+        self.given_up = 0
+        self.too_late = 0
+
+    def push(self, packet: Any) -> list[Any]:
+        """The packets that can go on now, in order (none, this one, or several)."""
+        seq: int = packet.sequence_number
+        if self._next is None:
+            self._next = seq
+        if 0 < uint16_add(self._next, -seq) < 0x8000:  # before the next one expected
+            self.too_late += 1
+            return []
+        self._held[seq] = packet
+        ready = []
+        while self._held:
+            while self._next in self._held:
+                ready.append(self._held.pop(self._next))
+                self._next = uint16_add(self._next, 1)
+            if len(self._held) <= self._wait:
+                break
+            expected = self._next
+            skip_to = min(self._held, key=lambda s: uint16_add(s, -expected))
+            self.given_up += uint16_add(skip_to, -expected)
+            self._next = skip_to
+        return ready
 
 
 class _LossTolerantJitterBuffer(JitterBuffer):
@@ -185,10 +219,22 @@ class _LossTolerantJitterBuffer(JitterBuffer):
 def tolerate_loss(receiver: Any, kind: str) -> None:
     """Swap the receiver's jitter buffer for one that gives up on lost packets sooner.
 
-    Retransmissions (NACK, video only) get ``48`` packets' time, a few round trips.
+    Retransmissions (NACK, video only) get ``48`` packets' time, a few round trips. Audio
+    is put back in order first (``_AudioReorder``). Install before ``attach_clock``, so
+    that packets are timed when they arrive, not when they leave the reordering.
     """
-    buffer: Any = _AudioPassThrough() if kind == "audio" else _LossTolerantJitterBuffer(512, 48)
-    receiver._RTCRtpReceiver__jitter_buffer = buffer
+    if kind != "audio":
+        receiver._RTCRtpReceiver__jitter_buffer = _LossTolerantJitterBuffer(512, 48)
+        return
+    receiver._RTCRtpReceiver__jitter_buffer = _AudioPassThrough()
+    reorder = _AudioReorder()
+    handle_rtp: Callable[..., Awaitable[None]] = receiver._handle_rtp_packet
+
+    async def in_order(packet: Any, arrival_time_ms: int) -> None:
+        for ready in reorder.push(packet):
+            await handle_rtp(ready, arrival_time_ms=arrival_time_ms)
+
+    receiver._handle_rtp_packet = in_order
 
 
 class _BoundedDecoderQueue(queue.Queue[Any]):

@@ -61,8 +61,9 @@ class PulledTrack:
     reader: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
-class TrackFailure(Exception):
-    """A track could not be pulled; the others keep recording."""
+REPULL_CODES = frozenset({"not_found_track_error", "empty_track_error"})
+"""Per-track errors that can pass: the publisher's track is not there yet, or has no
+media yet (a publisher still connecting, or reconnecting)."""
 
 
 class Subscriber:
@@ -87,6 +88,9 @@ class Subscriber:
         self.tracks: list[PulledTrack] = []
         """Every track ever pulled, dropped ones included (the manifest lists them)."""
         self.failures: list[TrackResult] = []
+        self.unpulled: dict[TrackRef, tuple[Participant, int]] = {}
+        """Tracks whose pull failed in a way that can pass (``REPULL_CODES``): the recorder
+        pulls them again while it records."""
         self._tracks_by_receiver: dict[int, PulledTrack] = {}
         self.connected = asyncio.Event()
         self.failed = asyncio.Event()
@@ -144,7 +148,10 @@ class Subscriber:
                     error=item.errorDescription,
                 )
                 self.failures.append(item)
+                if item.errorCode in REPULL_CODES:
+                    self.unpulled[ref] = (participant, slot)
                 continue
+            self.unpulled.pop(ref, None)
             receiver, clock, kind, codec = hooked[mid]
             self._domains.setdefault(ref.session_id, ClockDomain(ref.session_id)).attach(clock)
             track = PulledTrack(ref, participant, slot, mid, kind, clock, receiver)
@@ -180,8 +187,8 @@ class Subscriber:
             track.packets += 1
             track.last_packet = now
 
-        attach_clock(receiver, clock, on_packet)
         tolerate_loss(receiver, kind)
+        attach_clock(receiver, clock, on_packet)
         bound_decoder_queue(receiver, kind)
         bound_frame_queue(receiver, kind)
         route_by_mid(receiver.transport)
@@ -191,6 +198,9 @@ class Subscriber:
         """Close a participant's tracks on our session (Cloudflare ``tracks/close``)."""
         assert self.session_id is not None
         leaving = [t for t in self.tracks if t.active and t.participant.id == participant_id]
+        for ref, (participant, _) in list(self.unpulled.items()):
+            if participant.id == participant_id:
+                del self.unpulled[ref]
         for track in leaving:
             track.active = False
             if track.reader is not None:
