@@ -128,6 +128,57 @@ async def test_recording_survives_packet_loss(setup, tmp_path: Path, percent: in
     assert not long_gaps
 
 
+async def test_recording_through_jitter_and_reordering(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """50 ms +- 30 ms of jitter (wider than the 20 ms between audio packets, so packets
+    swap places) and 5% of packets sent ahead of the waiting ones, on everything the SFU
+    sends the recorder, from before the recorder joins to the end."""
+    net, call = setup
+    await call.inject_fault(
+        {"action": "impair_downlink", "delayMs": 50, "jitterMs": 30, "reorder": 0.05}
+    )
+
+    async def nothing_more() -> None:
+        return None
+
+    try:
+        run = await record_through(net, call, tmp_path, 12.0, nothing_more)
+    finally:
+        await call.inject_fault({"action": "impair_downlink"})
+    figures("jitter 50+-30 ms, reorder 5%", run)
+    assert run.code == 0, run.stderr[-2000:]
+    assert set(run.report.participants) == {1, 2}
+    for participant in run.report.participants.values():
+        assert len(participant.missing_frames()) < 0.02 * participant.frames_seen
+        offsets = participant.av_offsets()
+        assert offsets and abs_percentile(offsets, 95) < 0.020
+    # Reordered audio is put back in order: no silence inside the recording.
+    assert not [g for g in run.gaps("audio") if g["start"] > 1.5 and g["end"] < 11.5]
+    print(f"[jitter] mixer: {[slot['audio'] for slot in run.manifest['sync']['slots']]}")
+
+
+async def test_recording_through_corrupt_rtp(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """2% of the RTP payloads garbled (before encryption, so they decrypt fine and reach
+    the depacketizers and decoders): undecodable frames are skipped, a keyframe is asked
+    for, and the recording goes on."""
+    net, call = setup
+    await call.inject_fault({"action": "impair_downlink", "corrupt": 0.02})
+
+    async def nothing_more() -> None:
+        return None
+
+    try:
+        run = await record_through(net, call, tmp_path, 12.0, nothing_more)
+    finally:
+        await call.inject_fault({"action": "impair_downlink"})
+    figures("corrupt RTP 2%", run)
+    assert run.code == 0, run.stderr[-2000:]
+    assert set(run.report.participants) == {1, 2}
+    for participant in run.report.participants.values():
+        assert participant.frames_seen > 6 * 30  # most of the picture, to the end
+        assert participant.frame_indices[-1] - participant.frame_indices[0] > 8 * 25
+    assert not [g for g in run.gaps("audio") if g["start"] > 1.5 and g["end"] < 11.5]
+
+
 @pytest.mark.parametrize("outage", [10.0, 35.0])
 async def test_recording_continues_through_an_outage(setup, tmp_path: Path, outage: float) -> None:  # type: ignore[no-untyped-def]
     """10 s: ICE survives, the watchdog's probe sees the path return. 35 s: ICE consent

@@ -4,6 +4,7 @@ give up with an error that says what happened."""
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,8 @@ import httpx
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bot.realtime import RealtimeClient, SessionDescription, TrackObject
 from bot.realtime.errors import (
@@ -21,6 +24,7 @@ from bot.realtime.errors import (
     TransientError,
 )
 from bot.testbed.sfu import LocalSfu
+from bot.testbed.sfu.faults import Impairment
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -283,3 +287,45 @@ async def test_admin_route_needs_the_secret_and_applies_faults(
         )
         cleared = await http.delete(admin, headers=auth)
         assert cleared.json() == {"pending": 0}
+
+
+# -- the downlink impairment --------------------------------------------------------
+
+
+@given(
+    st.floats(0.0, 0.2),
+    st.floats(0.0, 1.0),
+    st.floats(0.0, 1.0),
+    st.integers(0, 2**32 - 1),
+)
+def test_downlink_holds_stay_within_delay_plus_minus_jitter(
+    delay: float, jitter_share: float, reorder: float, seed: int
+) -> None:
+    impairment = Impairment(delay, delay * jitter_share, reorder)
+    rng = random.Random(seed)
+    holds = [impairment.hold(rng) for _ in range(200)]
+    low, high = delay - delay * jitter_share, delay + delay * jitter_share
+    assert all(h == 0.0 or low - 1e-9 <= h <= high + 1e-9 for h in holds)
+    if reorder == 0.0 and low > 0:
+        assert min(holds) > 0  # only the reorder share leaves at once
+
+
+def test_corrupt_share_garbles_copies_and_leaves_the_rest_alone() -> None:
+    impairment = Impairment(corrupt=0.25)
+    rng = random.Random(7)
+    payload = bytes(range(200))
+    out = [impairment.mangle(payload, rng) for _ in range(2000)]
+    garbled = sum(o != payload for o in out)
+    assert 0.2 * 2000 < garbled < 0.3 * 2000
+    assert all(len(o) == len(payload) for o in out) and payload == bytes(range(200))
+
+
+async def test_impairment_is_set_and_cleared_and_refuses_nonsense(sfu: LocalSfu) -> None:
+    sfu.faults.impair_downlink(0.05, 0.03, 0.05)
+    assert sfu.faults.downlink == Impairment(0.05, 0.03, 0.05)
+    with pytest.raises(ValueError, match="jitter must not exceed"):
+        sfu.faults.impair_downlink(0.01, 0.03)
+    with pytest.raises(ValueError, match="reorder and corrupt"):
+        sfu.faults.impair_downlink(corrupt=1.5)
+    sfu.faults.impair_downlink()
+    assert sfu.faults.downlink is None

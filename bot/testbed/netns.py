@@ -4,7 +4,8 @@ The SFU and the publishers stay in the host namespace on the veth's host address
 recorder runs in the namespace, so everything it exchanges with the SFU (API calls, ICE,
 media) crosses the veth, where nftables rules inject faults: random UDP loss and total
 outages. (This machine's kernel has no ``sch_netem``; delay, jitter and reordering are
-injected in user space by ``bot.testbed.impair`` instead.) Needs root.
+injected by the local SFU on its way out instead: ``impair_downlink`` in
+``bot.testbed.sfu.faults``.) Needs root.
 """
 
 from __future__ import annotations

@@ -115,6 +115,15 @@ class LocalCall:
         env.update(extra)
         return env
 
+    async def inject_fault(self, body: dict[str, object]) -> None:
+        """``POST /admin/faults`` on this call's SFU (see ``bot.testbed.sfu.admin``)."""
+        admin = self.base_url.removesuffix("/v1") + "/admin/faults"
+        async with httpx.AsyncClient(timeout=10.0) as http:
+            response = await http.post(
+                admin, json=body, headers={"Authorization": f"Bearer {self.app_secret}"}
+            )
+        response.raise_for_status()
+
     async def close(self) -> None:
         for process in reversed(self._processes):
             await _stop(process)

@@ -9,6 +9,8 @@ Bodies (JSON), one action each, answered ``200 {"pending": N}``:
   "sessionId": "...", "times": 1}``
 - ``{"action": "expire_session", "sessionId": "..."}``
 - ``{"action": "stop_forwarding" | "collect_track", "sessionId": "...", "trackName": "..."}``
+- ``{"action": "impair_downlink", "delayMs": 50, "jitterMs": 30, "reorder": 0.05,
+  "corrupt": 0.01}`` (all zero: a clean downlink again)
 
 An unknown session or track is 404 ``not_found``; a bad body 400/406 as on the API.
 """
@@ -62,15 +64,24 @@ class TrackAction(_Action):
     trackName: str = Field(min_length=1)
 
 
-class _FaultBody(RootModel[FailRequests | FailTrack | ExpireSession | TrackAction]):
+class ImpairDownlink(_Action):
+    action: Literal["impair_downlink"]
+    delayMs: float = Field(0.0, ge=0, le=5000)
+    jitterMs: float = Field(0.0, ge=0, le=5000)
+    reorder: float = Field(0.0, ge=0, le=1)
+    corrupt: float = Field(0.0, ge=0, le=1)
+
+
+_Fault = FailRequests | FailTrack | ExpireSession | TrackAction | ImpairDownlink
+
+
+class _FaultBody(RootModel[_Fault]):
     """One fault, chosen by its ``action``."""
 
-    root: Annotated[
-        FailRequests | FailTrack | ExpireSession | TrackAction, Field(discriminator="action")
-    ]
+    root: Annotated[_Fault, Field(discriminator="action")]
 
 
-def _parse(raw: bytes) -> FailRequests | FailTrack | ExpireSession | TrackAction:
+def _parse(raw: bytes) -> _Fault:
     return parse_body(raw, _FaultBody).root
 
 
@@ -113,6 +124,10 @@ async def _add_fault(request: web.Request) -> web.Response:
                 faults.stop_forwarding(body.sessionId, body.trackName)
             case TrackAction():
                 faults.collect_track(body.sessionId, body.trackName)
+            case ImpairDownlink():
+                faults.impair_downlink(
+                    body.delayMs / 1000, body.jitterMs / 1000, body.reorder, body.corrupt
+                )
     except LookupError as exc:
         raise ApiError(404, "not_found", str(exc)) from None
     except ValueError as exc:

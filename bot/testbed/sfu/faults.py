@@ -1,10 +1,12 @@
 """Misbehaviour on demand: the faults a test can make the local SFU show.
 
-Two sorts. *Rules* answer the next N matching calls differently: an HTTP status with an
+Three sorts. *Rules* answer the next N matching calls differently: an HTTP status with an
 ``errorCode`` instead of running the call (429, 500/503, ``retryable_transient_error``,
 406, 410, 425), or one pulled track failing inside an HTTP 200 (``not_found_track_error``,
 ``empty_track_error``). *Actions* change the call's state now: expire a session, stop
-forwarding a track's packets (its publisher left), garbage-collect a track.
+forwarding a track's packets (its publisher left), garbage-collect a track. A *downlink
+impairment* delays, jitters and reorders every packet the SFU sends to subscribers, as
+netem would on the subscriber's link (this machine's kernel has no ``sch_netem``).
 
 Tests reach this through ``LocalSfu.faults`` in-process, or ``POST /admin/faults`` (bearer
 app secret) when the SFU runs in another process.
@@ -12,6 +14,7 @@ app secret) when the SFU runs in another process.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -67,6 +70,38 @@ class TrackFailure:
     description: str
 
 
+@dataclass(frozen=True)
+class Impairment:
+    """netem's ``delay D J reorder R``: each packet waits ``delay_s`` +- ``jitter_s``
+    (uniform), except a ``reorder`` share sent at once, overtaking those waiting. Jitter
+    wider than the packet interval reorders packets too, as on a real link.
+
+    ``corrupt``: the share of RTP packets whose payload gets random bytes overwritten
+    before encryption, as a broken publisher or middlebox would send them (netem's
+    ``corrupt`` would hit the SRTP ciphertext, which the receiver just drops as loss).
+    """
+
+    delay_s: float = 0.0
+    jitter_s: float = 0.0
+    reorder: float = 0.0
+    corrupt: float = 0.0
+
+    def hold(self, rng: random.Random) -> float:
+        """How long one packet waits before it is sent."""
+        if self.reorder and rng.random() < self.reorder:
+            return 0.0
+        return max(0.0, self.delay_s + rng.uniform(-self.jitter_s, self.jitter_s))
+
+    def mangle(self, payload: bytes, rng: random.Random) -> bytes:
+        """The payload, or (for a ``corrupt`` share) a copy with a few bytes garbled."""
+        if not payload or not self.corrupt or rng.random() >= self.corrupt:
+            return payload
+        garbled = bytearray(payload)
+        for _ in range(1 + len(garbled) // 64):
+            garbled[rng.randrange(len(garbled))] = rng.randrange(256)
+        return bytes(garbled)
+
+
 class FaultTarget(Protocol):
     """What actions operate on (the session registry); each says whether it found its
     session or track."""
@@ -85,6 +120,8 @@ class FaultInjector:
         self._target = target
         self._http: list[HttpFault] = []
         self._tracks: list[TrackFault] = []
+        self.downlink: Impairment | None = None
+        """What happens to every packet on its way to subscribers (None: nothing)."""
 
     # -- rules -----------------------------------------------------------------------
 
@@ -121,10 +158,35 @@ class FaultInjector:
             raise ValueError("times must be at least 1")
         self._tracks.append(TrackFault(track_name, error_code, session_id, times))
 
+    def impair_downlink(
+        self,
+        delay_s: float = 0.0,
+        jitter_s: float = 0.0,
+        reorder: float = 0.0,
+        corrupt: float = 0.0,
+    ) -> None:
+        """Delay, jitter, reorder and corrupt what subscribers receive from now on (see
+        ``Impairment``); all zero: a clean downlink again."""
+        if delay_s < 0 or jitter_s < 0 or not (0 <= reorder <= 1 and 0 <= corrupt <= 1):
+            raise ValueError("delay and jitter must be >= 0, reorder and corrupt in [0, 1]")
+        if jitter_s > delay_s:
+            raise ValueError("jitter must not exceed the delay (a packet cannot leave early)")
+        impaired = delay_s > 0 or reorder > 0 or corrupt > 0
+        self.downlink = Impairment(delay_s, jitter_s, reorder, corrupt) if impaired else None
+        log.info(
+            "sfu.downlink_impaired",
+            delay_s=delay_s,
+            jitter_s=jitter_s,
+            reorder=reorder,
+            corrupt=corrupt,
+        )
+
     def clear(self) -> None:
-        """Drop every pending rule (actions already taken stay taken)."""
+        """Drop every pending rule and the downlink impairment (actions already taken stay
+        taken)."""
         self._http.clear()
         self._tracks.clear()
+        self.downlink = None
 
     @property
     def pending(self) -> int:

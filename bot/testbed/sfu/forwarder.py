@@ -10,9 +10,11 @@ when relayed with the same NTP/RTP pair.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 import structlog
 from aiortc import RTCRtpReceiver, RTCRtpSender
@@ -35,6 +37,7 @@ from aiortc.rtp import (
 from aiortc.utils import uint16_gt
 
 from bot.testbed.sfu import aiortc_hooks
+from bot.testbed.sfu.faults import Impairment
 
 log = structlog.get_logger("bot.sfu")
 
@@ -144,9 +147,17 @@ class PublishedTrack:
 class Subscription:
     """One pulled track on a subscriber's session: an outlet for a ``PublishedTrack``."""
 
-    def __init__(self, sender: RTCRtpSender, source: PublishedTrack) -> None:
+    def __init__(
+        self,
+        sender: RTCRtpSender,
+        source: PublishedTrack,
+        downlink: Callable[[], Impairment | None] = lambda: None,
+    ) -> None:
         self.source = source
         self.closed = False
+        self._downlink = downlink
+        self._random = random.Random()
+        self._held: set[asyncio.Task[None]] = set()
         self.preferred_rid: str | None = None
         self._sender = sender
         self._ssrc = aiortc_hooks.sender_ssrc(sender)
@@ -181,13 +192,17 @@ class Subscription:
             # A new subscriber (or a new source) needs a keyframe to start decoding.
             await self.source.request_keyframe()
         seq = (packet.sequence_number + self._seq_offset) & 0xFFFF
+        impairment = self._downlink()
+        payload = packet.payload
+        if impairment is not None:
+            payload = impairment.mangle(payload, self._random)
         out = RtpPacket(
             payload_type=self._payload_type,
             marker=packet.marker,
             sequence_number=seq,
             timestamp=packet.timestamp,
             ssrc=self._ssrc,
-            payload=packet.payload,
+            payload=payload,
         )
         out.padding_size = packet.padding_size
         out.extensions.mid = self._mid
@@ -235,6 +250,19 @@ class Subscription:
             await self.source.request_keyframe()
 
     async def _send(self, data: bytes) -> None:
+        impairment = self._downlink()
+        hold = impairment.hold(self._random) if impairment is not None else 0.0
+        if hold > 0:
+            asyncio.get_running_loop().call_later(hold, self._send_held, data)
+            return
+        await self._transmit(data)
+
+    def _send_held(self, data: bytes) -> None:
+        task = asyncio.ensure_future(self._transmit(data))
+        self._held.add(task)
+        task.add_done_callback(self._held.discard)
+
+    async def _transmit(self, data: bytes) -> None:
         try:
             await aiortc_hooks.send_datagram(self._sender, data)
         except ConnectionError:

@@ -8,7 +8,7 @@ import secrets
 import structlog
 
 from bot.testbed.sfu.errors import session_gone
-from bot.testbed.sfu.faults import FaultInjector, TrackFailure
+from bot.testbed.sfu.faults import FaultInjector, Impairment, TrackFailure
 from bot.testbed.sfu.forwarder import PublishedTrack
 from bot.testbed.sfu.session import SfuSession
 
@@ -73,6 +73,9 @@ class SessionRegistry:
 
     def pull_fault(self, session_id: str, track_name: str) -> TrackFailure | None:
         return self.faults.take_track(session_id, track_name)
+
+    def downlink(self) -> Impairment | None:
+        return self.faults.downlink
 
     # -- fault actions (``FaultTarget``) -------------------------------------------------
 

@@ -35,7 +35,7 @@ from bot.testbed.sfu.errors import (
     session_gone,
     session_not_ready,
 )
-from bot.testbed.sfu.faults import TrackFailure
+from bot.testbed.sfu.faults import Impairment, TrackFailure
 from bot.testbed.sfu.forwarder import PublishedTrack, Subscription
 
 log = structlog.get_logger("bot.sfu")
@@ -54,6 +54,10 @@ class TrackDirectory(Protocol):
 
     def pull_fault(self, session_id: str, track_name: str) -> TrackFailure | None:
         """An injected per-track failure for this pull, if a test asked for one."""
+        ...
+
+    def downlink(self) -> Impairment | None:
+        """What a test makes the link to subscribers do to packets, if anything."""
         ...
 
 
@@ -335,7 +339,7 @@ class SfuSession:
                 )
             ]
         )
-        return transceiver, Subscription(transceiver.sender, source)
+        return transceiver, Subscription(transceiver.sender, source, self._directory.downlink)
 
     async def renegotiate(self, answer: SessionDescription) -> None:
         if not self.awaiting_answer:
