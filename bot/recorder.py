@@ -23,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from bot.config import ConfigError, Participant, Settings
+from bot.config import ConfigError, Participant, Settings, TrackRef
 from bot.exitcodes import ExitCode
 from bot.manifest import AudioInfo, Gap, Manifest, ParticipantEntry, TrackEntry, VideoInfo
 from bot.media.pipeline import MediaPipeline, MediaReport, SlotInfo
@@ -38,6 +38,8 @@ DEFAULT_LAYOUT = ("clinician", "patient")
 
 PROBE_INTERVAL = 0.5
 REBUILD_BACKOFF_MAX = 2.0
+REPULL_FIRST = 1.0
+REPULL_BACKOFF_MAX = 10.0
 
 _FAILED_STOPS = {
     "connect_timeout": (
@@ -282,6 +284,7 @@ class Recorder:
             ExitCode.OK, self.recording_id, object_key=object_key, started_at=started_at
         )
         watchdog = asyncio.create_task(self._watch_transport(), name="transport-watchdog")
+        repull = asyncio.create_task(self._repull_tracks(), name="repull-tracks")
         try:
             result.stop_reason = await self._wait_for_stop()
             failure = _FAILED_STOPS.get(result.stop_reason)
@@ -294,6 +297,7 @@ class Recorder:
         finally:
             end = pipeline.now()
             watchdog.cancel()
+            repull.cancel()
             # Frames up to ``end`` still in flight arrive while the pipeline finishes.
             result.media = await asyncio.to_thread(pipeline.finish, end)
             await self._subscriber.close()
@@ -356,6 +360,41 @@ class Recorder:
             log.warning("recorder.transport_dead", silent_s=round(now - last_alive, 2))
             await self._rebuild()
             last_alive = time.monotonic()
+
+    async def _repull_tracks(self) -> None:
+        """Pull again, with backoff, tracks whose pull failed in a way that can pass.
+
+        A recorder is often started with the app's references while a publisher is still
+        connecting: Cloudflare then answers ``not_found_track_error`` or
+        ``empty_track_error`` for that track. It is asked for again (1 s, 2 s, 4 s ... at
+        most every ``REPULL_BACKOFF_MAX`` s) for as long as the recording runs, and joins
+        the timeline where it arrives; until then its cell is a reported gap.
+        """
+        delay = REPULL_FIRST
+        while True:
+            await asyncio.sleep(delay)
+            subscriber = self._subscriber
+            assert subscriber is not None
+            waiting: dict[str, tuple[Participant, int, list[TrackRef]]] = {}
+            for ref, (participant, slot) in subscriber.unpulled.items():
+                waiting.setdefault(participant.id, (participant, slot, []))[2].append(ref)
+            if not waiting:
+                delay = REPULL_FIRST
+                continue
+            for participant, slot, refs in waiting.values():
+                retry = participant.model_copy(update={"tracks": tuple(refs)})
+                try:
+                    failures = await subscriber.pull(retry, slot)
+                except RealtimeError as exc:
+                    log.info("recorder.repull_failed", participant=participant.id, error=str(exc))
+                    continue
+                log.info(
+                    "recorder.tracks_repulled",
+                    participant=participant.id,
+                    pulled=len(refs) - len(failures),
+                    still_missing=len(failures),
+                )
+            delay = min(2 * delay, REPULL_BACKOFF_MAX)
 
     async def _rebuild(self) -> None:
         """A new Cloudflare session pulling the same tracks; the recording goes on.

@@ -1,0 +1,60 @@
+"""Per-track errors while recording: a track Cloudflare says is not there yet.
+
+The recorder starts with the app's references while a publisher is still connecting, so
+one track's pull fails with ``not_found_track_error`` (injected on the local SFU, which
+runs as its own process). The recorder keeps recording the rest, pulls that track again
+with backoff, and places it on the timeline where it arrives, with the gap reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import structlog
+
+from bot.exitcodes import ExitCode
+from bot.recorder import Recorder
+from bot.testbed.analysis import analyze_recording
+from bot.testbed.stack import LocalCall
+from tests.e2e import recorder_settings, slots
+
+pytestmark = pytest.mark.slow
+
+
+async def test_a_track_not_found_at_first_is_pulled_again_and_joins_the_timeline(
+    two_party_call: LocalCall, tmp_path: Path
+) -> None:
+    call = two_party_call
+    patient = call.participants[1]
+    video = next(ref for ref in patient.tracks if ref.track_name == "video")
+    # The first pull and the first two pulls again fail: back at about 1 + 2 + 4 = 7 s.
+    await call.inject_fault(
+        {
+            "action": "fail_track",
+            "trackName": video.track_name,
+            "sessionId": video.session_id,  # the publisher's session: the patient's only
+            "errorCode": "not_found_track_error",
+            "times": 3,
+        }
+    )
+    recorder = Recorder(recorder_settings(call, tmp_path, max_duration=14))
+    with structlog.testing.capture_logs() as logs:
+        result = await asyncio.wait_for(recorder.run(), 90)
+
+    assert result.exit_code == ExitCode.OK, result.error
+    tries = [e for e in logs if e["event"].startswith("recorder.repull")]
+    repulled = [e for e in logs if e["event"] == "recorder.tracks_repulled"]
+    assert len(tries) == 2 and [e["pulled"] for e in repulled] == [1]
+    gaps = [g for g in result.media.gaps if g.participant == patient.id and g.kind == "video"]
+    assert gaps and gaps[0].start < 1.0 and gaps[0].reason.startswith("no media yet")
+    joined = gaps[0].end
+    assert 5.0 < joined < 10.0
+    audio_gaps = [g for g in result.media.gaps if g.participant == patient.id and g.kind == "audio"]
+    assert all(g.end < 2.0 for g in audio_gaps)  # the patient was heard throughout
+
+    assert result.path is not None
+    report = analyze_recording(result.path, slots(2))
+    assert report.participants[2].frames_seen > 3 * 30  # seen for the last several seconds
+    print(f"\n[not_found at first] patient video joined at {joined:.2f} s after 3 failed pulls")
