@@ -88,6 +88,12 @@ def route_by_mid(dtls_transport: Any) -> None:
     router._routes_by_mid = True
 
 
+def discard_media(receiver: Any) -> None:
+    """Drop every packet this receiver gets, before parsing or decoding (a track the
+    recorder declined: its codec cannot be decoded)."""
+    receiver._enabled = False
+
+
 def request_keyframe(receiver: Any, ssrc: int) -> asyncio.Task[None]:
     """Send a PLI for ``ssrc``: aiortc never asks for a keyframe when a track starts."""
     return asyncio.ensure_future(receiver._send_rtcp_pli(ssrc))

@@ -70,6 +70,8 @@ class RecordingResult:
     media: MediaReport = field(default_factory=MediaReport)
     started_at: datetime | None = None
     ended_at: datetime | None = None
+    failed_tracks: list[dict[str, str | None]] = field(default_factory=list)
+    """Tracks that were never recorded, or not at the end, and why."""
 
     def summary(self) -> str:
         if self.path is None and self.upload is None:
@@ -300,6 +302,7 @@ class Recorder:
             repull.cancel()
             # Frames up to ``end`` still in flight arrive while the pipeline finishes.
             result.media = await asyncio.to_thread(pipeline.finish, end)
+            result.failed_tracks = list(self._subscriber.failed_tracks.values())
             await self._subscriber.close()
             result.ended_at = datetime.now(UTC)
 
@@ -556,6 +559,7 @@ class Recorder:
             "clock": "wall clock from RTCP sender reports, else packet arrival",
             "rebuilds": self.rebuilds,
             "tracks": subscriber.track_status() if subscriber is not None else [],
+            "failed_tracks": list(subscriber.failed_tracks.values()) if subscriber else [],
         }
         if media is None:
             return report

@@ -26,11 +26,13 @@ from bot.receiver_hooks import (
     attach_clock,
     bound_decoder_queue,
     bound_frame_queue,
+    discard_media,
     probe_ice_path,
     request_keyframe,
     route_by_mid,
     tolerate_loss,
 )
+from bot.sdp_codecs import Declined, accept_undecodable, decline
 
 log = structlog.get_logger("bot.subscriber")
 
@@ -88,10 +90,14 @@ class Subscriber:
         self.tracks: list[PulledTrack] = []
         """Every track ever pulled, dropped ones included (the manifest lists them)."""
         self.failures: list[TrackResult] = []
+        self.failed_tracks: dict[TrackRef, dict[str, str | None]] = {}
+        """Tracks that cannot be recorded now, and why (plain data for the manifest; the
+        SFU's own error text is left out: it may quote the app's track names)."""
         self.unpulled: dict[TrackRef, tuple[Participant, int]] = {}
         """Tracks whose pull failed in a way that can pass (``REPULL_CODES``): the recorder
         pulls them again while it records."""
         self._tracks_by_receiver: dict[int, PulledTrack] = {}
+        self._declined_mids: set[str] = set()
         self.connected = asyncio.Event()
         self.failed = asyncio.Event()
         self._watchdog: asyncio.Task[None] | None = None
@@ -121,23 +127,40 @@ class Subscriber:
             for r in refs
         ]
         hooked: dict[str, tuple[Any, StreamClock, str, str | None]] = {}
+        declined: dict[str, Declined] = {}
 
         async def answer(offer: SessionDescription) -> SessionDescription:
-            await self._pc.setRemoteDescription(RTCSessionDescription(offer.sdp, offer.type))
+            acceptable, undecodable = accept_undecodable(offer.sdp)
+            await self._pc.setRemoteDescription(RTCSessionDescription(acceptable, offer.type))
+            known = {t.mid for t in self.tracks} | set(self._declined_mids)
+            declined.update((d.mid, d) for d in undecodable if d.mid not in known)
             # Hook the new receivers before the SFU sees our answer: media may follow at once.
-            known = {t.mid for t in self.tracks}
             for transceiver in self._pc.getTransceivers():
                 mid = transceiver.mid
-                if mid is not None and mid not in known and mid not in hooked:
+                if mid in declined:
+                    discard_media(transceiver.receiver)
+                elif mid is not None and mid not in known and mid not in hooked:
                     hooked[mid] = self._hook(transceiver)
             reply = await self._pc.createAnswer()
             await self._pc.setLocalDescription(reply)
-            return SessionDescription(type="answer", sdp=self._pc.localDescription.sdp)
+            sdp = decline(self._pc.localDescription.sdp, list(declined.values()))
+            return SessionDescription(type="answer", sdp=sdp)
 
         result = await self._client.pull_tracks(self.session_id, objects, answer)
         failures = []
-        for ref, item in zip(refs, result.tracks, strict=False):
-            mid = item.mid or ""
+        for ref, answered in zip(refs, result.tracks, strict=False):
+            mid = answered.mid or ""
+            item = answered
+            if mid in declined:
+                self._declined_mids.add(mid)
+                item = answered.model_copy(
+                    update={
+                        "errorCode": "codec_not_supported",
+                        "errorDescription": f"the recorder cannot decode {declined[mid].codec} "
+                        "(it decodes VP8, H.264, Opus and G.711); have the app publish VP8 "
+                        "or H.264",
+                    }
+                )
             if item.failed or mid not in hooked:
                 failures.append(item)
                 log.error(
@@ -148,10 +171,16 @@ class Subscriber:
                     error=item.errorDescription,
                 )
                 self.failures.append(item)
+                self.failed_tracks[ref] = {
+                    "participant": participant.id,
+                    "errorCode": item.errorCode or "mid_missing_from_offer",
+                    "errorDescription": item.errorDescription if mid in declined else None,
+                }
                 if item.errorCode in REPULL_CODES:
                     self.unpulled[ref] = (participant, slot)
                 continue
             self.unpulled.pop(ref, None)
+            self.failed_tracks.pop(ref, None)
             receiver, clock, kind, codec = hooked[mid]
             self._domains.setdefault(ref.session_id, ClockDomain(ref.session_id)).attach(clock)
             track = PulledTrack(ref, participant, slot, mid, kind, clock, receiver)
@@ -201,6 +230,9 @@ class Subscriber:
         for ref, (participant, _) in list(self.unpulled.items()):
             if participant.id == participant_id:
                 del self.unpulled[ref]
+        for ref, failure in list(self.failed_tracks.items()):
+            if failure["participant"] == participant_id:
+                del self.failed_tracks[ref]
         for track in leaving:
             track.active = False
             if track.reader is not None:
