@@ -30,7 +30,7 @@ _T = TypeVar("_T")
 
 def _run(main: Coroutine[Any, Any, _T]) -> _T:
     """Run ``main`` on uvloop: the recorder's event loop handles a few hundred packets a
-    second, and with uvloop's loop and UDP transports that thread uses ~20% less CPU."""
+    second, and with uvloop's loop and UDP transports that thread uses 10-20% less CPU."""
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main)
 
