@@ -183,3 +183,19 @@ def test_a_frame_that_already_fits_its_cell_is_copied_as_is() -> None:
     comp.push(0, 0.0, av.VideoFrame.from_ndarray(planes, format="yuv420p"))
     out = comp.compose(0.0).to_ndarray()
     assert np.array_equal(out, planes)
+
+
+def test_mixer_follows_a_lasting_offset_slowly_and_ignores_jitter() -> None:
+    """The clock mapping improves by 20 ms (a less-delayed packet): the sound moves to
+    its mapped place by at most half a millisecond a frame, without a hole or a jump."""
+    mixer = Mixer()
+    mixer.add_voice(GapTracker("p", "audio"))
+    for i in range(200):
+        shift = -0.020 if i >= 20 else 0.0
+        mixer.push(0, 1.0 + i * 0.02 + shift, tone())
+    mixer.pull(SAMPLE_RATE)  # before the audio starts
+    mixer.pull(SAMPLE_RATE * 4 - 960 * 4)
+    stats = mixer.stats()[0]
+    assert stats["discontinuities"] == 0
+    moved = stats["samples_slewed"]
+    assert 0.020 * SAMPLE_RATE - 2 * 96 <= moved <= 0.020 * SAMPLE_RATE

@@ -2,8 +2,12 @@
 
 Runs in the media thread. A frame's timeline time gives its sample position; while a
 stream stays within ``SNAP_SECONDS`` of where its previous frame ended it is laid end to
-end, so clock-estimate jitter never becomes clicks, and a real jump (loss, mute, a clock
-step) becomes silence or a trimmed overlap instead of a drift.
+end, so timestamp jitter never becomes clicks, and a real jump (loss, mute, a clock step)
+becomes silence or a trimmed overlap instead of a drift. A lasting small offset (the
+clock mapping improving by some milliseconds as a less-delayed packet arrives, which
+moves the video at once) is slewed away, a quarter of it a frame and at most
+``MAX_SLEW``, so the sound follows the picture within a few hundred milliseconds instead
+of keeping the old offset for good.
 """
 
 from __future__ import annotations
@@ -19,6 +23,11 @@ from bot.media.gaps import GapTracker
 
 SAMPLE_RATE = 48_000
 SNAP_SECONDS = 0.03
+SLEW_DEADBAND = 96
+"""Samples (2 ms) of lasting offset left alone: below any perceptible lip-sync error."""
+MAX_SLEW = 96
+"""Samples (2 ms) a frame may move toward its mapped position: a tenth of a 20-ms frame
+trimmed or padded, for the few frames after the mapping moved."""
 MAX_AHEAD_SECONDS = 10.0
 """Samples placed further ahead than this (a broken mapping) are dropped, not kept."""
 
@@ -33,10 +42,13 @@ class _Voice:
     )
     segments: list[tuple[int, Samples]] = field(default_factory=list)
     next_position: int | None = None
+    offset: float = 0.0
+    """Smoothed ``mapped position - laid position``, in samples."""
     frames_in: int = 0
     samples_late: int = 0
     samples_ahead: int = 0
     discontinuities: int = 0
+    samples_slewed: int = 0
 
 
 class Mixer:
@@ -103,6 +115,7 @@ class Mixer:
                 "samples_late": v.samples_late,
                 "samples_ahead": v.samples_ahead,
                 "discontinuities": v.discontinuities,
+                "samples_slewed": v.samples_slewed,
             }
             for v in self._voices
         ]
@@ -114,10 +127,18 @@ class Mixer:
 
     def _place(self, v: _Voice, position: int, samples: Samples) -> None:
         if v.next_position is not None:
-            if abs(position - v.next_position) <= SNAP_SECONDS * SAMPLE_RATE:
-                position = v.next_position
+            error = position - v.next_position
+            if abs(error) <= SNAP_SECONDS * SAMPLE_RATE:
+                v.offset += 0.2 * (error - v.offset)  # jitter averages out, an offset stays
+                slew = 0
+                if abs(v.offset) > SLEW_DEADBAND:
+                    slew = int(max(-MAX_SLEW, min(MAX_SLEW, v.offset / 4)))
+                    v.offset -= slew
+                    v.samples_slewed += abs(slew)
+                position = v.next_position + slew
             else:
                 v.discontinuities += 1
+                v.offset = 0.0
         v.next_position = position + samples.size
         if position < self.cursor:
             late = min(samples.size, self.cursor - position)
