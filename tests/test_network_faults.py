@@ -122,9 +122,10 @@ async def test_recording_survives_packet_loss(setup, tmp_path: Path, percent: in
     for participant in run.report.participants.values():
         # NACKs and keyframe requests keep most of the picture; sound is never dropped whole.
         assert participant.frames_seen > 6 * 30 * (0.8 if percent == 5 else 0.5)
-    # At 15% loss a keyframe request or the keyframe itself is lost now and then: the
-    # picture may freeze for a keyframe cycle or two, never longer.
-    longest = 2.0 if percent == 5 else 4.0
+    # A keyframe request or the keyframe itself (many packets) is lost now and then: the
+    # picture may freeze for about two keyframe cycles (2.17 s seen at 5% on a loaded
+    # machine: a stalled decoder asks again after 1 s), never longer.
+    longest = 2.5 if percent == 5 else 4.0
     long_gaps = [g for g in run.gaps() if g["end"] - g["start"] > longest and g["start"] > 1.5]
     assert not long_gaps
 
