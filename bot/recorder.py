@@ -302,7 +302,7 @@ class Recorder:
             repull.cancel()
             # Frames up to ``end`` still in flight arrive while the pipeline finishes.
             result.media = await asyncio.to_thread(pipeline.finish, end)
-            result.failed_tracks = list(self._subscriber.failed_tracks.values())
+            result.failed_tracks = [f.report() for f in self._subscriber.failed_tracks.values()]
             await self._subscriber.close()
             result.ended_at = datetime.now(UTC)
 
@@ -378,13 +378,16 @@ class Recorder:
             await asyncio.sleep(delay)
             subscriber = self._subscriber
             assert subscriber is not None
-            waiting: dict[str, tuple[Participant, int, list[TrackRef]]] = {}
-            for ref, (participant, slot) in subscriber.unpulled.items():
-                waiting.setdefault(participant.id, (participant, slot, []))[2].append(ref)
+            waiting: dict[str, list[TrackRef]] = {}
+            for ref, failure in subscriber.failed_tracks.items():
+                if failure.can_pass:
+                    waiting.setdefault(failure.participant.id, []).append(ref)
             if not waiting:
                 delay = REPULL_FIRST
                 continue
-            for participant, slot, refs in waiting.values():
+            for refs in waiting.values():
+                first = subscriber.failed_tracks[refs[0]]
+                participant, slot = first.participant, first.slot
                 retry = participant.model_copy(update={"tracks": tuple(refs)})
                 try:
                     failures = await subscriber.pull(retry, slot)
@@ -559,7 +562,9 @@ class Recorder:
             "clock": "wall clock from RTCP sender reports, else packet arrival",
             "rebuilds": self.rebuilds,
             "tracks": subscriber.track_status() if subscriber is not None else [],
-            "failed_tracks": list(subscriber.failed_tracks.values()) if subscriber else [],
+            "failed_tracks": [f.report() for f in subscriber.failed_tracks.values()]
+            if subscriber
+            else [],
         }
         if media is None:
             return report

@@ -31,6 +31,14 @@ class Declined:
     codec: str
     codec_lines: tuple[str, ...]
 
+    @property
+    def reason(self) -> str:
+        known = ", ".join(sorted(name for names in DECODABLE.values() for name in names))
+        return (
+            f"the recorder cannot decode {self.codec} (it decodes {known}); "
+            "have the app publish VP8 or H.264"
+        )
+
 
 def _split(sdp: str) -> list[list[str]]:
     """The session part, then one list of lines per m-section."""

@@ -68,6 +68,27 @@ REPULL_CODES = frozenset({"not_found_track_error", "empty_track_error"})
 media yet (a publisher still connecting, or reconnecting)."""
 
 
+@dataclass(frozen=True)
+class FailedTrack:
+    """A track that cannot be recorded now: whose, where it would go, and why."""
+
+    participant: Participant
+    slot: int
+    code: str
+    reason: str | None
+    """Our own explanation; the SFU's error text is left out: it may quote the app's
+    track names."""
+
+    @property
+    def can_pass(self) -> bool:
+        """Worth pulling again while recording (``REPULL_CODES``)."""
+        return self.code in REPULL_CODES
+
+    def report(self) -> dict[str, str | None]:
+        """Plain data for the result and the manifest."""
+        return {"participant": self.participant.id, "errorCode": self.code, "reason": self.reason}
+
+
 class Subscriber:
     """Owns the PeerConnection and the Cloudflare session of one recording."""
 
@@ -90,12 +111,9 @@ class Subscriber:
         self.tracks: list[PulledTrack] = []
         """Every track ever pulled, dropped ones included (the manifest lists them)."""
         self.failures: list[TrackResult] = []
-        self.failed_tracks: dict[TrackRef, dict[str, str | None]] = {}
-        """Tracks that cannot be recorded now, and why (plain data for the manifest; the
-        SFU's own error text is left out: it may quote the app's track names)."""
-        self.unpulled: dict[TrackRef, tuple[Participant, int]] = {}
-        """Tracks whose pull failed in a way that can pass (``REPULL_CODES``): the recorder
-        pulls them again while it records."""
+        self.failed_tracks: dict[TrackRef, FailedTrack] = {}
+        """Tracks that cannot be recorded now; those that ``can_pass`` the recorder pulls
+        again while it records."""
         self._tracks_by_receiver: dict[int, PulledTrack] = {}
         self._declined_mids: set[str] = set()
         self.connected = asyncio.Event()
@@ -156,9 +174,7 @@ class Subscriber:
                 item = answered.model_copy(
                     update={
                         "errorCode": "codec_not_supported",
-                        "errorDescription": f"the recorder cannot decode {declined[mid].codec} "
-                        "(it decodes VP8, H.264, Opus and G.711); have the app publish VP8 "
-                        "or H.264",
+                        "errorDescription": declined[mid].reason,
                     }
                 )
             if item.failed or mid not in hooked:
@@ -171,15 +187,13 @@ class Subscriber:
                     error=item.errorDescription,
                 )
                 self.failures.append(item)
-                self.failed_tracks[ref] = {
-                    "participant": participant.id,
-                    "errorCode": item.errorCode or "mid_missing_from_offer",
-                    "errorDescription": item.errorDescription if mid in declined else None,
-                }
-                if item.errorCode in REPULL_CODES:
-                    self.unpulled[ref] = (participant, slot)
+                self.failed_tracks[ref] = FailedTrack(
+                    participant,
+                    slot,
+                    item.errorCode or "mid_missing_from_offer",
+                    item.errorDescription if mid in declined else None,
+                )
                 continue
-            self.unpulled.pop(ref, None)
             self.failed_tracks.pop(ref, None)
             receiver, clock, kind, codec = hooked[mid]
             self._domains.setdefault(ref.session_id, ClockDomain(ref.session_id)).attach(clock)
@@ -227,11 +241,8 @@ class Subscriber:
         """Close a participant's tracks on our session (Cloudflare ``tracks/close``)."""
         assert self.session_id is not None
         leaving = [t for t in self.tracks if t.active and t.participant.id == participant_id]
-        for ref, (participant, _) in list(self.unpulled.items()):
-            if participant.id == participant_id:
-                del self.unpulled[ref]
         for ref, failure in list(self.failed_tracks.items()):
-            if failure["participant"] == participant_id:
+            if failure.participant.id == participant_id:
                 del self.failed_tracks[ref]
         for track in leaving:
             track.active = False
