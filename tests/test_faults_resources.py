@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
 from bot.exitcodes import ExitCode
-from bot.testbed.stack import LocalCall
+from bot.testbed.stack import LocalCall, participant_flag
 
 pytestmark = pytest.mark.slow
 
@@ -32,18 +31,9 @@ def _vm(pid: int, field: str) -> int | None:
 
 
 async def test_peak_rss_of_a_short_recording(call: LocalCall, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BOT_")}
-    env.update(
-        BOT_REALTIME_BASE_URL=call.base_url,
-        BOT_REALTIME_APP_ID=call.app_id,
-        BOT_REALTIME_APP_SECRET=call.app_secret,
-        BOT_REALTIME_ICE_SERVERS="",
-        BOT_LOGGING_LEVEL="warning",
-        BOT_STORAGE_SPOOL_DIR=str(tmp_path / "spool"),
-    )
     flags = []
     for p in call.participants:
-        flags += ["--participant", f"{p.id}:{p.role}=" + ",".join(str(t) for t in p.tracks)]
+        flags += ["--participant", participant_flag(p)]
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -52,11 +42,9 @@ async def test_peak_rss_of_a_short_recording(call: LocalCall, tmp_path: Path) ->
         *flags,
         "--max-duration",
         "15",
-        "--output-dir",
-        str(tmp_path),
         "--consultation-id",
         "c-rss",
-        env=env,
+        env=call.recorder_env(tmp_path, BOT_LOGGING_LEVEL="warning"),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
@@ -78,6 +66,6 @@ async def test_peak_rss_of_a_short_recording(call: LocalCall, tmp_path: Path) ->
             process.kill()
             await process.wait()
     assert process.returncode == ExitCode.OK
-    assert list(tmp_path.glob("consultations/*/c-rss/*.mp4"))
+    assert list((tmp_path / "out").glob("consultations/*/c-rss/*.mp4"))
     print(f"\npeak RSS of a 15 s two-party recording: {peak / 2**20:.0f} MiB")
     assert 0 < peak < PEAK_RSS_CAP

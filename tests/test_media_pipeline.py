@@ -85,8 +85,8 @@ def test_mixer_lays_jittered_frames_end_to_end_and_fills_loss_with_silence() -> 
     assert mixer.stats()[0]["discontinuities"] == 1
 
 
-def test_pipeline_writes_a_fragmented_mp4_of_the_right_length(tmp_path: Path) -> None:
-    path = tmp_path / "out.mp4"
+def small_pipeline(path: Path, origin_wall: float) -> MediaPipeline:
+    """One clinician cell at 320x180, 30 fps, trailing real time by 50 ms."""
     writer = Mp4Writer(
         path,
         width=320,
@@ -98,16 +98,20 @@ def test_pipeline_writes_a_fragmented_mp4_of_the_right_length(tmp_path: Path) ->
         audio_bitrate=64_000,
         speaker_titles=["clinician"],
     )
-    origin = time.time()
-    pipeline = MediaPipeline(
+    return MediaPipeline(
         writer,
         [SlotInfo("c1", "clinician")],
         width=320,
         height=180,
         fps=30,
-        origin_wall=origin,
+        origin_wall=origin_wall,
         latency=0.05,
     )
+
+
+def test_pipeline_writes_a_fragmented_mp4_of_the_right_length(tmp_path: Path) -> None:
+    path = tmp_path / "out.mp4"
+    pipeline = small_pipeline(path, origin_wall=time.time())
     pipeline.start()
     for i in range(50):
         pipeline.submit(0, i / 25, gray(i * 4))
@@ -123,26 +127,7 @@ def test_pipeline_writes_a_fragmented_mp4_of_the_right_length(tmp_path: Path) ->
 
 def test_a_thread_far_behind_repeats_pictures_to_catch_up(tmp_path: Path) -> None:
     """Started 20 s late (a starved machine): it must catch up, not compose every frame."""
-    writer = Mp4Writer(
-        tmp_path / "late.mp4",
-        width=320,
-        height=180,
-        fps=30,
-        video_bitrate=300_000,
-        keyframe_seconds=1.0,
-        audio_codec="aac",
-        audio_bitrate=64_000,
-        speaker_titles=["c"],
-    )
-    pipeline = MediaPipeline(
-        writer,
-        [SlotInfo("c1", "clinician")],
-        width=320,
-        height=180,
-        fps=30,
-        origin_wall=time.time() - 20.0,
-        latency=0.05,
-    )
+    pipeline = small_pipeline(tmp_path / "late.mp4", origin_wall=time.time() - 20.0)
     for i in range(500):
         pipeline.submit(0, i / 25, gray(i % 250))
     pipeline.start()

@@ -130,14 +130,13 @@ async def test_recording_survives_packet_loss(setup, tmp_path: Path, percent: in
     assert not long_gaps
 
 
-async def test_recording_through_jitter_and_reordering(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """50 ms +- 30 ms of jitter (wider than the 20 ms between audio packets, so packets
-    swap places) and 5% of packets sent ahead of the waiting ones, on everything the SFU
-    sends the recorder, from before the recorder joins to the end."""
+async def record_impaired(
+    setup: tuple[netns.RecorderNetwork, LocalCall], tmp_path: Path, name: str, **impairment: float
+) -> Run:
+    """A 12-s recording with the SFU's downlink impaired throughout (``impair_downlink``
+    body fields); checks it ended well with both participants in the file."""
     net, call = setup
-    await call.inject_fault(
-        {"action": "impair_downlink", "delayMs": 50, "jitterMs": 30, "reorder": 0.05}
-    )
+    await call.inject_fault({"action": "impair_downlink", **impairment})
 
     async def nothing_more() -> None:
         return None
@@ -146,9 +145,19 @@ async def test_recording_through_jitter_and_reordering(setup, tmp_path: Path) ->
         run = await record_through(net, call, tmp_path, 12.0, nothing_more)
     finally:
         await call.inject_fault({"action": "impair_downlink"})
-    figures("jitter 50+-30 ms, reorder 5%", run)
+    figures(name, run)
     assert run.code == 0, run.stderr[-2000:]
     assert set(run.report.participants) == {1, 2}
+    return run
+
+
+async def test_recording_through_jitter_and_reordering(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """50 ms +- 30 ms of jitter (wider than the 20 ms between audio packets, so packets
+    swap places) and 5% of packets sent ahead of the waiting ones, on everything the SFU
+    sends the recorder, from before the recorder joins to the end."""
+    run = await record_impaired(
+        setup, tmp_path, "jitter 50+-30 ms, reorder 5%", delayMs=50, jitterMs=30, reorder=0.05
+    )
     for participant in run.report.participants.values():
         assert len(participant.missing_frames()) < 0.02 * participant.frames_seen
         # While the clock mapping learns the path's least delay (the first second or two
@@ -172,19 +181,7 @@ async def test_recording_through_corrupt_rtp(setup, tmp_path: Path) -> None:  # 
     """2% of the RTP payloads garbled (before encryption, so they decrypt fine and reach
     the depacketizers and decoders): undecodable frames are skipped, a keyframe is asked
     for, and the recording goes on."""
-    net, call = setup
-    await call.inject_fault({"action": "impair_downlink", "corrupt": 0.02})
-
-    async def nothing_more() -> None:
-        return None
-
-    try:
-        run = await record_through(net, call, tmp_path, 12.0, nothing_more)
-    finally:
-        await call.inject_fault({"action": "impair_downlink"})
-    figures("corrupt RTP 2%", run)
-    assert run.code == 0, run.stderr[-2000:]
-    assert set(run.report.participants) == {1, 2}
+    run = await record_impaired(setup, tmp_path, "corrupt RTP 2%", corrupt=0.02)
     for participant in run.report.participants.values():
         assert participant.frames_seen > 6 * 30  # most of the picture, to the end
         assert participant.frame_indices[-1] - participant.frame_indices[0] > 8 * 25
