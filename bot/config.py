@@ -142,6 +142,10 @@ class RecordingSettings(_Section):
     max_duration: float = Field(4 * 3600, gt=0)
     silence_timeout: float = Field(60.0, gt=0)
     connect_timeout: float = Field(20.0, gt=0)
+    # The simulcast layer (rid) asked for with ``preferredRid``; "" leaves it to the SFU.
+    # "a" comes first in Cloudflare's a-z order and a missing rid falls to the next one,
+    # so it selects the full-size layer of a/b, f/h/q and h/m/l publishers alike.
+    simulcast_layer: str = Field("a", max_length=32, pattern=r"^[A-Za-z0-9_-]*$")
     participants: tuple[Participant, ...] = ()
 
     @field_validator("consultation_id")

@@ -2,8 +2,10 @@
 
 aiortc 1.16 gives no public way to read RTCP sender reports' RTP half, to see a packet's
 arrival before its jitter buffer, to keep real RTP timestamps on decoded frames, to route
-packets by the MID header extension, or to ask for a keyframe. Each hook below wraps one
-private method on one instance; none changes aiortc's behaviour beyond what is described.
+packets by the MID header extension, to tell retransmissions (RTX) from media, or to ask
+for a keyframe. Each hook below wraps one private method on one instance; none changes
+aiortc's behaviour beyond what is described. ``accept_lower_dynamic_payload_types`` is
+the one process-wide change, and it only makes aiortc answer what was offered.
 """
 
 from __future__ import annotations
@@ -14,11 +16,139 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiortc.rtp
+from aioice.stun import TransactionError
+from aiortc.codecs import is_rtx
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtp import RtcpSrPacket
 from aiortc.utils import uint16_add
 
 from bot.media.clock import StreamClock
+
+LOWER_DYNAMIC_PAYLOAD_TYPES = range(35, 64)
+"""Payload types browsers and Cloudflare use once 96-127 are taken (JSEP, RFC 8829 §5.1.1)."""
+
+
+def accept_lower_dynamic_payload_types() -> None:
+    """Let aiortc answer a codec offered on payload type 35-63 on that payload type.
+
+    aiortc treats only 96-127 as dynamic: a codec offered as, say, H.264 on 36 is answered
+    on a payload type of aiortc's own choosing that the SFU never sends, so every packet
+    of that track is dropped as unknown, and its RTX with it. Idempotent.
+    """
+    module: Any = aiortc.rtp
+    dynamic = module.DYNAMIC_PAYLOAD_TYPES
+    if 35 not in dynamic:
+        module.DYNAMIC_PAYLOAD_TYPES = frozenset(dynamic) | frozenset(LOWER_DYNAMIC_PAYLOAD_TYPES)
+
+
+class ReceiverTap:
+    """What the recorder hears from one aiortc receiver, before aiortc's jitter buffer.
+
+    Installed once per receiver (``tap``). An m-line outlives its track: after
+    ``tracks/close`` Cloudflare may put a later track on the same m-line, so ``retarget``
+    gives the tap the new track's clock and payload types and starts its buffers afresh.
+
+    Only packets of a media payload type reach the clock, liveness and keyframe logic.
+    Retransmissions (RTX, on their own SSRC) go to aiortc, which unwraps them into the
+    media stream, so they land in place in the jitter buffer; when the offer had no
+    ``a=ssrc-group:FID`` line the RTX SSRC is learned from the first one that arrives.
+    Anything else (RED, FEC, a codec that was not negotiated) is counted and dropped.
+    """
+
+    def __init__(self, receiver: Any, kind: str) -> None:
+        self._receiver = receiver
+        self.kind = kind
+        self.clock: StreamClock | None = None
+        self._media: frozenset[int] = frozenset()
+        self._rtx: frozenset[int] = frozenset()
+        self._on_packet: Callable[[int], None] | None = None
+        self._reorder: _AudioReorder | None = None
+        self.accepting = False
+        """False for a declined m-line: every packet is dropped before parsing."""
+        self.rtx_packets = 0
+        self.foreign_packets = 0
+        self.foreign_payload_type: int | None = None
+        self._handle_rtp: Callable[..., Awaitable[None]] = receiver._handle_rtp_packet
+        self._handle_rtcp: Callable[[Any], Awaitable[None]] = receiver._handle_rtcp_packet
+        receiver._RTCRtpReceiver__timestamp_mapper = _ExtendingTimestampMapper(self)
+        receiver._handle_rtp_packet = self._on_rtp
+        receiver._handle_rtcp_packet = self._on_rtcp
+        receiver._RTCRtpReceiver__decoder_queue = _BoundedDecoderQueue(
+            60 if kind == "video" else 250
+        )
+        receiver.track._queue = _DroppingFrameQueue(30 if kind == "video" else 250)
+
+    def retarget(
+        self,
+        clock: StreamClock,
+        codecs: list[Any],
+        on_packet: Callable[[int], None] | None = None,
+    ) -> None:
+        """Feed a (new) track's packets to ``clock``; ``codecs`` are the m-line's
+        negotiated codecs (aiortc ``RTCRtpCodecParameters``).
+
+        ``on_packet(ssrc)`` runs for every media packet, on the event loop, before
+        aiortc's jitter buffer (used for keyframe requests and liveness). Must run before
+        the receiver starts when the m-line is new: aiortc hands its queues to the decoder
+        thread at start.
+        """
+        self.clock = clock
+        self._media = frozenset(c.payloadType for c in codecs if not is_rtx(c))
+        self._rtx = frozenset(c.payloadType for c in codecs if is_rtx(c))
+        self._on_packet = on_packet
+        self.accepting = True
+        self.rtx_packets = self.foreign_packets = 0
+        self.foreign_payload_type = None
+        receiver = self._receiver
+        if self.kind == "audio":
+            receiver._RTCRtpReceiver__jitter_buffer = _AudioPassThrough()
+            self._reorder = _AudioReorder()
+        else:
+            # Retransmissions get 48 packets' time, a few round trips.
+            receiver._RTCRtpReceiver__jitter_buffer = _LossTolerantJitterBuffer(512, 48)
+        known: dict[int, Any] = receiver._RTCRtpReceiver__codecs
+        known.update((c.payloadType, c) for c in codecs)
+        frames: asyncio.Queue[Any] = receiver.track._queue
+        while not frames.empty():  # frames of the m-line's previous track
+            frames.get_nowait()
+
+    def decline(self) -> None:
+        """Drop every packet (a track in a codec the recorder cannot decode)."""
+        self.accepting = False
+
+    async def _on_rtp(self, packet: Any, arrival_time_ms: int) -> None:
+        clock = self.clock
+        if not self.accepting or clock is None:
+            return
+        payload_type = packet.payload_type
+        if payload_type in self._rtx:
+            self.rtx_packets += 1
+            if clock.ssrc is not None:
+                rtx_ssrc: dict[int, int] = self._receiver._RTCRtpReceiver__rtx_ssrc
+                rtx_ssrc.setdefault(packet.ssrc, clock.ssrc)
+            await self._handle_rtp(packet, arrival_time_ms=arrival_time_ms)
+            return
+        if payload_type not in self._media:
+            self.foreign_packets += 1
+            self.foreign_payload_type = payload_type
+            return
+        clock.on_packet(packet.ssrc, packet.timestamp, time.time())
+        if self._on_packet is not None:
+            self._on_packet(packet.ssrc)
+        if self._reorder is None:
+            await self._handle_rtp(packet, arrival_time_ms=arrival_time_ms)
+            return
+        for ready in self._reorder.push(packet):
+            await self._handle_rtp(ready, arrival_time_ms=arrival_time_ms)
+
+    async def _on_rtcp(self, packet: Any) -> None:
+        clock = self.clock
+        if isinstance(packet, RtcpSrPacket) and clock is not None:
+            clock.on_sender_report(
+                packet.ssrc, packet.sender_info.ntp_timestamp, packet.sender_info.rtp_timestamp
+            )
+        await self._handle_rtcp(packet)
 
 
 class _ExtendingTimestampMapper:
@@ -27,40 +157,18 @@ class _ExtendingTimestampMapper:
     aiortc's mapper rebases to 0 and turns a step back into a 13-hour jump forwards.
     """
 
-    def __init__(self, clock: StreamClock) -> None:
-        self._clock = clock
+    def __init__(self, tap: ReceiverTap) -> None:
+        self._tap = tap
 
     def map(self, timestamp: int) -> int:
-        return self._clock.frame_timestamp(timestamp)
+        clock = self._tap.clock
+        assert clock is not None, "frames come only from packets the tap accepted"
+        return clock.frame_timestamp(timestamp)
 
 
-def attach_clock(
-    receiver: Any, clock: StreamClock, on_packet: Callable[[int], None] | None = None
-) -> None:
-    """Feed a receiver's packet arrivals and sender reports to ``clock``.
-
-    ``on_packet(ssrc)`` runs for every RTP packet, on the event loop, before aiortc's
-    jitter buffer (used for keyframe requests and liveness).
-    """
-    receiver._RTCRtpReceiver__timestamp_mapper = _ExtendingTimestampMapper(clock)
-    handle_rtp: Callable[..., Awaitable[None]] = receiver._handle_rtp_packet
-    handle_rtcp: Callable[[Any], Awaitable[None]] = receiver._handle_rtcp_packet
-
-    async def on_rtp(packet: Any, arrival_time_ms: int) -> None:
-        clock.on_packet(packet.ssrc, packet.timestamp, time.time())
-        if on_packet is not None:
-            on_packet(packet.ssrc)
-        await handle_rtp(packet, arrival_time_ms=arrival_time_ms)
-
-    async def on_rtcp(packet: Any) -> None:
-        if isinstance(packet, RtcpSrPacket):
-            clock.on_sender_report(
-                packet.ssrc, packet.sender_info.ntp_timestamp, packet.sender_info.rtp_timestamp
-            )
-        await handle_rtcp(packet)
-
-    receiver._handle_rtp_packet = on_rtp
-    receiver._handle_rtcp_packet = on_rtcp
+def negotiated_codecs(transceiver: Any) -> list[Any]:
+    """The m-line's negotiated codecs (``RTCRtpCodecParameters``), the SFU's first first."""
+    return list(transceiver._codecs)
 
 
 def route_by_mid(dtls_transport: Any) -> None:
@@ -88,14 +196,9 @@ def route_by_mid(dtls_transport: Any) -> None:
     router._routes_by_mid = True
 
 
-def discard_media(receiver: Any) -> None:
-    """Drop every packet this receiver gets, before parsing or decoding (a track the
-    recorder declined: its codec cannot be decoded)."""
-    receiver._enabled = False
-
-
 def request_keyframe(receiver: Any, ssrc: int) -> asyncio.Task[None]:
-    """Send a PLI for ``ssrc``: aiortc never asks for a keyframe when a track starts."""
+    """Send a PLI for ``ssrc`` (a media SSRC, never RTX): aiortc never asks for a keyframe
+    when a track starts."""
     return asyncio.ensure_future(receiver._send_rtcp_pli(ssrc))
 
 
@@ -123,11 +226,26 @@ async def probe_ice_path(dtls_transport: Any, answer_within: float) -> bool | No
             ),
             answer_within,
         )
-    except (TimeoutError, ConnectionError, OSError):
-        return False
-    except Exception:  # aioice's TransactionError (failed or timed out transaction)
+    except (TimeoutError, ConnectionError, OSError, TransactionError):
+        # TransactionError: an error answer, or aioice's own give-up.
         return False
     return True
+
+
+def ice_path(dtls_transport: Any) -> dict[str, object]:
+    """Our ICE role, whether the SFU is ICE-lite, and the nominated pair's candidate types.
+
+    Against an ICE-lite SFU (Cloudflare) the recorder must be the controlling agent and
+    nominate; these are what ``bot selftest`` and the status report show.
+    """
+    connection = dtls_transport.transport._connection
+    pair = next(iter(connection._nominated.values()), None)
+    return {
+        "ice_role": "controlling" if connection.ice_controlling else "controlled",
+        "remote_ice_lite": bool(connection.remote_is_lite),
+        "local_candidate_type": pair.local_candidate.type if pair is not None else None,
+        "remote_candidate_type": pair.remote_candidate.type if pair is not None else None,
+    }
 
 
 class _AudioPassThrough:
@@ -222,27 +340,6 @@ class _LossTolerantJitterBuffer(JitterBuffer):
             self.remove(1)
 
 
-def tolerate_loss(receiver: Any, kind: str) -> None:
-    """Swap the receiver's jitter buffer for one that gives up on lost packets sooner.
-
-    Retransmissions (NACK, video only) get ``48`` packets' time, a few round trips. Audio
-    is put back in order first (``_AudioReorder``). Install before ``attach_clock``, so
-    that packets are timed when they arrive, not when they leave the reordering.
-    """
-    if kind != "audio":
-        receiver._RTCRtpReceiver__jitter_buffer = _LossTolerantJitterBuffer(512, 48)
-        return
-    receiver._RTCRtpReceiver__jitter_buffer = _AudioPassThrough()
-    reorder = _AudioReorder()
-    handle_rtp: Callable[..., Awaitable[None]] = receiver._handle_rtp_packet
-
-    async def in_order(packet: Any, arrival_time_ms: int) -> None:
-        for ready in reorder.push(packet):
-            await handle_rtp(ready, arrival_time_ms=arrival_time_ms)
-
-    receiver._handle_rtp_packet = in_order
-
-
 class _BoundedDecoderQueue(queue.Queue[Any]):
     """aiortc's decoder input queue, bounded: when the decoder thread cannot keep up (a
     starved machine), the oldest encoded frames go instead of memory growing without
@@ -268,15 +365,6 @@ class _BoundedDecoderQueue(queue.Queue[Any]):
         super().put(item, block, timeout)
 
 
-def bound_decoder_queue(receiver: Any, kind: str) -> None:
-    """Cap the encoded frames waiting for the decoder: 2 s of video, 5 s of audio.
-
-    Must run before the receiver starts (it hands the queue to its decoder thread).
-    """
-    limit = 60 if kind == "video" else 250
-    receiver._RTCRtpReceiver__decoder_queue = _BoundedDecoderQueue(limit)
-
-
 class _DroppingFrameQueue(asyncio.Queue[Any]):
     """The decoded-frame queue between aiortc's decoder thread and our reader, bounded.
 
@@ -294,8 +382,3 @@ class _DroppingFrameQueue(asyncio.Queue[Any]):
             self.get_nowait()
             self.dropped += 1
         self.put_nowait(item)
-
-
-def bound_frame_queue(receiver: Any, kind: str) -> None:
-    """Cap decoded frames waiting for the reader: 1 s of video, 5 s of audio."""
-    receiver.track._queue = _DroppingFrameQueue(30 if kind == "video" else 250)

@@ -333,6 +333,7 @@ class Recorder:
             self._submit,
             origin_wall=self.origin_wall,
             ice_servers=self.settings.realtime.ice_servers,
+            simulcast_layer=self.settings.recording.simulcast_layer or None,
         )
 
     async def _watch_transport(self) -> None:

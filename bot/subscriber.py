@@ -21,18 +21,25 @@ from aiortc.mediastreams import MediaStreamError
 
 from bot.config import Participant, TrackRef
 from bot.media.clock import ClockDomain, StreamClock
-from bot.realtime import RealtimeClient, SessionDescription, TrackObject, TrackResult
+from bot.realtime import (
+    OfferRefusedError,
+    RealtimeClient,
+    SessionDescription,
+    SimulcastPreference,
+    TrackObject,
+    TrackResult,
+    UpdateTrackObject,
+)
 from bot.receiver_hooks import (
-    attach_clock,
-    bound_decoder_queue,
-    bound_frame_queue,
-    discard_media,
+    ReceiverTap,
+    accept_lower_dynamic_payload_types,
+    ice_path,
+    negotiated_codecs,
     probe_ice_path,
     request_keyframe,
     route_by_mid,
-    tolerate_loss,
 )
-from bot.sdp_codecs import Declined, accept_undecodable, decline
+from bot.sdp_codecs import Declined, OfferPlan, prepare_offer
 
 log = structlog.get_logger("bot.subscriber")
 
@@ -54,12 +61,15 @@ class PulledTrack:
     kind: str
     clock: StreamClock
     receiver: Any
+    tap: ReceiverTap
+    codec: str | None = None
     active: bool = True
     frames: int = 0
     packets: int = 0
     last_packet: float = 0.0
     last_frame: float = 0.0
     last_keyframe_request: float = 0.0
+    foreign_reported: bool = False
     reader: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -89,6 +99,17 @@ class FailedTrack:
         return {"participant": self.participant.id, "errorCode": self.code, "reason": self.reason}
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """An m-line made ready to receive, before the SFU sees our answer."""
+
+    tap: ReceiverTap
+    receiver: Any
+    clock: StreamClock
+    kind: str
+    codec: str | None
+
+
 class Subscriber:
     """Owns the PeerConnection and the Cloudflare session of one recording."""
 
@@ -99,10 +120,13 @@ class Subscriber:
         *,
         origin_wall: float,
         ice_servers: tuple[str, ...] = (),
+        simulcast_layer: str | None = None,
     ) -> None:
+        accept_lower_dynamic_payload_types()
         self._client = client
         self._sink = sink
         self._origin_wall = origin_wall
+        self._simulcast_layer = simulcast_layer
         self._pc = RTCPeerConnection(
             RTCConfiguration(iceServers=[RTCIceServer(urls=url) for url in ice_servers])
         )
@@ -114,8 +138,11 @@ class Subscriber:
         self.failed_tracks: dict[TrackRef, FailedTrack] = {}
         """Tracks that cannot be recorded now; those that ``can_pass`` the recorder pulls
         again while it records."""
-        self._tracks_by_receiver: dict[int, PulledTrack] = {}
-        self._declined_mids: set[str] = set()
+        self._taps: dict[str, ReceiverTap] = {}
+        """One per m-line, for the m-line's life (a later track may reuse it)."""
+        self._on_mid: dict[str, PulledTrack] = {}
+        """The track each m-line carries now."""
+        self._declined: dict[str, Declined] = {}
         self.connected = asyncio.Event()
         self.failed = asyncio.Event()
         self._watchdog: asyncio.Task[None] | None = None
@@ -126,6 +153,7 @@ class Subscriber:
             log.info("subscriber.connection_state", state=state)
             if state == "connected":
                 self.connected.set()
+                log.info("subscriber.ice_path", **self.transport_info())
             elif state in ("failed", "closed"):
                 self.failed.set()
 
@@ -137,92 +165,149 @@ class Subscriber:
         return session.sessionId
 
     async def pull(self, participant: Participant, slot: int) -> list[TrackResult]:
-        """Pull a participant's tracks; returns the per-track failures (already logged)."""
+        """Pull a participant's tracks; returns the per-track failures (already logged).
+
+        Results are matched to requests by ``(sessionId, trackName)``, as Cloudflare's own
+        clients do: nothing promises that they come back in request order.
+        """
         assert self.session_id is not None, "open() first"
         refs = list(participant.tracks)
         objects = [
             TrackObject(location="remote", sessionId=r.session_id, trackName=r.track_name)
             for r in refs
         ]
-        hooked: dict[str, tuple[Any, StreamClock, str, str | None]] = {}
-        declined: dict[str, Declined] = {}
+        prepared: dict[str, _Prepared] = {}
+        new_declines: dict[str, Declined] = {}
 
         async def answer(offer: SessionDescription) -> SessionDescription:
-            acceptable, undecodable = accept_undecodable(offer.sdp)
-            await self._pc.setRemoteDescription(RTCSessionDescription(acceptable, offer.type))
-            known = {t.mid for t in self.tracks} | set(self._declined_mids)
-            declined.update((d.mid, d) for d in undecodable if d.mid not in known)
+            plan = await self._apply_offer(offer.sdp)
+            previously = self._declined
+            self._declined = {d.mid: d for d in plan.declined}
+            new_declines.update((m, d) for m, d in self._declined.items() if m not in previously)
             # Hook the new receivers before the SFU sees our answer: media may follow at once.
             for transceiver in self._pc.getTransceivers():
                 mid = transceiver.mid
-                if mid in declined:
-                    discard_media(transceiver.receiver)
-                elif mid is not None and mid not in known and mid not in hooked:
-                    hooked[mid] = self._hook(transceiver)
+                if mid is None or mid in self._on_mid:
+                    continue
+                if mid in self._declined:
+                    self._tap(transceiver).decline()
+                elif mid in plan.sending and mid not in prepared:
+                    prepared[mid] = self._prepare(transceiver)
             reply = await self._pc.createAnswer()
             await self._pc.setLocalDescription(reply)
-            sdp = decline(self._pc.localDescription.sdp, list(declined.values()))
-            return SessionDescription(type="answer", sdp=sdp)
+            return SessionDescription(type="answer", sdp=plan.finish(self._pc.localDescription.sdp))
 
         result = await self._client.pull_tracks(self.session_id, objects, answer)
+        by_key = {(t.sessionId, t.trackName): t for t in result.tracks}
         failures = []
-        for ref, answered in zip(refs, result.tracks, strict=False):
-            mid = answered.mid or ""
-            item = answered
-            if mid in declined:
-                self._declined_mids.add(mid)
-                item = answered.model_copy(
+        pulled: list[PulledTrack] = []
+        for ref in refs:
+            item = by_key.get((ref.session_id, ref.track_name)) or TrackResult(
+                sessionId=ref.session_id,
+                trackName=ref.track_name,
+                errorCode="missing_from_response",
+            )
+            mid = item.mid or ""
+            if mid in new_declines:
+                item = item.model_copy(
                     update={
-                        "errorCode": "codec_not_supported",
-                        "errorDescription": declined[mid].reason,
+                        "errorCode": new_declines[mid].code,
+                        "errorDescription": new_declines[mid].reason,
                     }
                 )
-            if item.failed or mid not in hooked:
+            if item.failed or mid not in prepared:
+                code = item.errorCode or "mid_missing_from_offer"
                 failures.append(item)
                 log.error(
                     "subscriber.track_failed",
                     participant=participant.id,
                     track=ref.track_name,
-                    error_code=item.errorCode or "mid_missing_from_offer",
+                    error_code=code,
                     error=item.errorDescription,
                 )
                 self.failures.append(item)
-                self.failed_tracks[ref] = FailedTrack(
-                    participant,
-                    slot,
-                    item.errorCode or "mid_missing_from_offer",
-                    item.errorDescription if mid in declined else None,
-                )
+                ours = item.errorDescription if mid in new_declines else None
+                self.failed_tracks[ref] = FailedTrack(participant, slot, code, ours)
                 continue
             self.failed_tracks.pop(ref, None)
-            receiver, clock, kind, codec = hooked[mid]
-            self._domains.setdefault(ref.session_id, ClockDomain(ref.session_id)).attach(clock)
-            track = PulledTrack(ref, participant, slot, mid, kind, clock, receiver)
-            self._tracks_by_receiver[id(receiver)] = track
+            ready = prepared[mid]
+            self._domains.setdefault(ref.session_id, ClockDomain(ref.session_id)).attach(
+                ready.clock
+            )
+            track = PulledTrack(
+                ref,
+                participant,
+                slot,
+                mid,
+                ready.kind,
+                ready.clock,
+                ready.receiver,
+                ready.tap,
+                ready.codec,
+            )
+            self._on_mid[mid] = track
             self.tracks.append(track)
+            pulled.append(track)
             track.reader = asyncio.create_task(self._read(track), name=f"read-{track.mid}")
             log.info(
                 "subscriber.track_pulled",
                 participant=participant.id,
                 role=participant.role,
                 track=ref.track_name,
-                kind=kind,
+                kind=ready.kind,
                 mid=mid,
-                codec=codec,
+                codec=ready.codec,
             )
+        await self._prefer_layer([t for t in pulled if t.kind == "video"])
         return failures
 
-    def _hook(self, transceiver: Any) -> tuple[Any, StreamClock, str, str | None]:
+    async def _apply_offer(self, sdp: str) -> OfferPlan:
+        """Set the SFU's offer; when aiortc refuses it, decline every new m-line instead.
+
+        aiortc reports an offer it cannot use with assorted exception types (ValueError,
+        OperationError, AssertionError from its parser ...). Declining the new m-lines
+        still answers the SFU (Cloudflare refuses every later change while an offer is
+        pending) and keeps the tracks already recorded; only when even that is refused
+        does the pull fail, with a one-line error.
+        """
+        plan = prepare_offer(sdp)
+        try:
+            await self._pc.setRemoteDescription(RTCSessionDescription(plan.sdp, "offer"))
+            return plan
+        except Exception as exc:  # any aiortc failure means "unusable offer"
+            first_error = type(exc).__name__
+        as_offered = prepare_offer(sdp)
+        offered = as_offered.sending | {d.mid for d in as_offered.declined}
+        new = offered - set(self._on_mid)
+        plan = prepare_offer(sdp, decline=new)
+        log.error("subscriber.offer_refused", error=first_error, declined_mids=sorted(new))
+        try:
+            await self._pc.setRemoteDescription(RTCSessionDescription(plan.sdp, "offer"))
+        except Exception as exc:
+            raise OfferRefusedError(first_error, type(exc).__name__) from None
+        return plan
+
+    def _tap(self, transceiver: Any) -> ReceiverTap:
+        mid: str = transceiver.mid
+        tap = self._taps.get(mid)
+        if tap is None:
+            tap = self._taps[mid] = ReceiverTap(transceiver.receiver, transceiver.kind)
+            route_by_mid(transceiver.receiver.transport)
+        return tap
+
+    def _prepare(self, transceiver: Any) -> _Prepared:
         receiver = transceiver.receiver
         kind: str = transceiver.kind
-        codec = next(iter(transceiver._codecs), None)  # negotiated codecs, preferred first
+        mid: str = transceiver.mid
+        codecs = negotiated_codecs(transceiver)
+        codec = next(iter(codecs), None)  # negotiated codecs, the forwarded one first
         rate = codec.clockRate if codec is not None else (48_000 if kind == "audio" else 90_000)
         clock = StreamClock(rate, None, self._origin_wall)
 
         def on_packet(ssrc: int) -> None:
             now = time.time()
-            track = self._tracks_by_receiver.get(id(receiver))
-            if track is None:
+            track = self._on_mid.get(mid)
+            if track is None or track.clock is not clock:
                 return
             if track.packets == 0 and kind == "video":
                 request_keyframe(receiver, ssrc)
@@ -230,12 +315,41 @@ class Subscriber:
             track.packets += 1
             track.last_packet = now
 
-        tolerate_loss(receiver, kind)
-        attach_clock(receiver, clock, on_packet)
-        bound_decoder_queue(receiver, kind)
-        bound_frame_queue(receiver, kind)
-        route_by_mid(receiver.transport)
-        return receiver, clock, kind, codec.mimeType if codec is not None else None
+        tap = self._tap(transceiver)
+        tap.retarget(clock, codecs, on_packet)
+        return _Prepared(tap, receiver, clock, kind, codec.mimeType if codec else None)
+
+    async def _prefer_layer(self, tracks: list[PulledTrack]) -> None:
+        """Ask for ``recording.simulcast_layer`` on each video track (``tracks/update``).
+
+        Sent after the pull, once the track's kind is known from the offer: a simulcast
+        preference on an audio track is not something Cloudflare documents. With
+        ``ridNotAvailable: asciibetical`` the SFU falls to the next layer in a-z order
+        when the preferred one is not sent; a publisher without simulcast is unaffected.
+        """
+        if not tracks or self._simulcast_layer is None:
+            return
+        assert self.session_id is not None
+        preference = SimulcastPreference(
+            preferredRid=self._simulcast_layer,
+            priorityOrdering="none",
+            ridNotAvailable="asciibetical",
+        )
+        result = await self._client.update_tracks(
+            self.session_id,
+            [
+                UpdateTrackObject(
+                    mid=t.mid,
+                    sessionId=t.ref.session_id,
+                    trackName=t.ref.track_name,
+                    simulcast=preference,
+                )
+                for t in tracks
+            ],
+        )
+        for item in result.tracks:
+            if item.failed:
+                log.warning("subscriber.layer_not_set", mid=item.mid, error_code=item.errorCode)
 
     async def drop(self, participant_id: str) -> None:
         """Close a participant's tracks on our session (Cloudflare ``tracks/close``)."""
@@ -246,6 +360,7 @@ class Subscriber:
                 del self.failed_tracks[ref]
         for track in leaving:
             track.active = False
+            self._on_mid.pop(track.mid, None)
             if track.reader is not None:
                 track.reader.cancel()
         if leaving:
@@ -253,6 +368,18 @@ class Subscriber:
             for item in result.tracks:
                 if item.failed:
                     log.warning("subscriber.close_failed", mid=item.mid, error_code=item.errorCode)
+
+    def transport_info(self) -> dict[str, object]:
+        """ICE role, whether the SFU is ICE-lite, and the candidate types in use."""
+        transceivers = self._pc.getTransceivers()
+        if not transceivers or not self.connected.is_set():
+            return {
+                "ice_role": None,
+                "remote_ice_lite": False,
+                "local_candidate_type": None,
+                "remote_candidate_type": None,
+            }
+        return ice_path(transceivers[0].receiver.transport)
 
     def track_status(self) -> list[dict[str, object]]:
         """Plain data per track for status, metrics and the manifest's sync report."""
@@ -262,8 +389,10 @@ class Subscriber:
                 "participant": t.participant.id,
                 "kind": t.kind,
                 "mid": t.mid,
+                "codec": t.codec,
                 "active": t.active,
                 "packets": t.packets,
+                "rtx_packets": t.tap.rtx_packets if t.active else None,
                 "frames": t.frames,
                 "clock": "sender_reports" if t.clock.synced else "arrival",
                 "sender_reports": t.clock.sender_reports,
@@ -310,7 +439,16 @@ class Subscriber:
         while True:
             await asyncio.sleep(0.5)
             now = time.time()
-            for track in self.tracks:
+            for track in self._on_mid.values():
+                if track.tap.foreign_packets and not track.foreign_reported:
+                    # The SFU sends a payload type the answer did not accept (a codec it
+                    # forwards that was not first in its offer): the track stays dark.
+                    track.foreign_reported = True
+                    log.warning(
+                        "subscriber.unexpected_payload_type",
+                        mid=track.mid,
+                        payload_type=track.tap.foreign_payload_type,
+                    )
                 stalled = (
                     track.kind == "video"
                     and track.clock.ssrc is not None

@@ -1,17 +1,27 @@
-"""The recorder's aiortc hooks that change behaviour: how lost packets are given up."""
+"""The recorder's aiortc hooks that change behaviour: lost packets, retransmissions, reuse."""
 
 import random
+import time
+from typing import Any
 
-from aiortc.rtp import RtpPacket
+import structlog
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.rtp import RtpPacket, wrap_rtx
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bot.media.clock import StreamClock
 from bot.receiver_hooks import (
+    ReceiverTap,
     _AudioReorder,
     _BoundedDecoderQueue,
     _DroppingFrameQueue,
     _LossTolerantJitterBuffer,
+    accept_lower_dynamic_payload_types,
+    negotiated_codecs,
 )
+from bot.sdp_codecs import prepare_offer
+from tests.cloudflare_sdp import VP8_WITH_HELPERS, Section, offer
 
 
 def packet(seq: int, timestamp: int) -> RtpPacket:
@@ -88,3 +98,75 @@ async def test_frame_queue_keeps_the_newest_frames_and_the_end_marker() -> None:
     await q.put(None)
     assert [q.get_nowait() for _ in range(q.qsize())] == [3, 4, None]
     assert q.dropped == 3
+
+
+async def _video_receiver(sdp: str) -> tuple[RTCPeerConnection, Any]:
+    """A real aiortc receiver for the offer's video m-line (not connected)."""
+    accept_lower_dynamic_payload_types()
+    pc = RTCPeerConnection()
+    await pc.setRemoteDescription(RTCSessionDescription(prepare_offer(sdp).sdp, "offer"))
+    transceiver = next(t for t in pc.getTransceivers() if t.kind == "video")
+    return pc, transceiver
+
+
+def _vp8_keyframe(seq: int, timestamp: int, ssrc: int) -> RtpPacket:
+    # VP8 payload descriptor (S=1, partition 0) + a keyframe header: one-packet frames.
+    payload = bytes([0x10, 0x00, 0x9D, 0x01, 0x2A]) + bytes(20)
+    return RtpPacket(
+        payload_type=96, sequence_number=seq, timestamp=timestamp, ssrc=ssrc, payload=payload
+    )
+
+
+async def test_retransmissions_on_their_own_ssrc_never_reach_the_clock() -> None:
+    """RTX (Cloudflare retransmits on its own SSRC) is not "the stream changed SSRC".
+
+    Before, every packet fed the clock, so the first retransmission looked like a new
+    stream: ``clock.ssrc_changed``, and the sender-report mapping (lip sync) was thrown
+    away. Here the offer has no ``a=ssrc-group:FID``: the RTX SSRC is learned.
+    """
+    sdp = offer([Section("video", "0", VP8_WITH_HELPERS, 2000)], ssrc_lines=False)
+    pc, transceiver = await _video_receiver(sdp)
+    try:
+        receiver = transceiver.receiver
+        tap = ReceiverTap(receiver, "video")
+        clock = StreamClock(90_000, None, time.time())
+        seen: list[int] = []
+        tap.retarget(clock, negotiated_codecs(transceiver), seen.append)
+        media_ssrc, rtx_ssrc = 1111, 2222
+        for seq in range(3):
+            await receiver._handle_rtp_packet(_vp8_keyframe(seq, seq * 3000, media_ssrc), 0)
+        clock.on_sender_report(media_ssrc, 0xE000_0000_0000_0000, 6000)
+        assert clock.synced
+        resent = wrap_rtx(_vp8_keyframe(1, 3000, media_ssrc), 97, 500, rtx_ssrc)
+        with structlog.testing.capture_logs() as logs:
+            await receiver._handle_rtp_packet(resent, 0)
+            await receiver._handle_rtp_packet(RtpPacket(payload_type=98, ssrc=media_ssrc), 0)
+        assert clock.ssrc == media_ssrc and clock.synced, "the mapping survived the RTX"
+        assert seen == [media_ssrc] * 3
+        assert tap.rtx_packets == 1 and tap.foreign_packets == 1
+        assert receiver._RTCRtpReceiver__rtx_ssrc == {rtx_ssrc: media_ssrc}
+        assert not [e for e in logs if e["event"] == "clock.ssrc_changed"]
+    finally:
+        await pc.close()
+
+
+async def test_a_reused_m_line_starts_afresh_for_its_new_track() -> None:
+    sdp = offer([Section("video", "0", VP8_WITH_HELPERS, 2000)])
+    pc, transceiver = await _video_receiver(sdp)
+    try:
+        receiver = transceiver.receiver
+        tap = ReceiverTap(receiver, "video")
+        first = StreamClock(90_000, None, time.time())
+        tap.retarget(first, negotiated_codecs(transceiver))
+        await receiver._handle_rtp_packet(_vp8_keyframe(7, 9000, 1111), 0)
+        receiver.track._queue.put_nowait("a frame of the previous track")
+        second = StreamClock(90_000, None, time.time())
+        tap.retarget(second, negotiated_codecs(transceiver))
+        await receiver._handle_rtp_packet(_vp8_keyframe(40000, 1, 3333), 0)
+        assert first.ssrc == 1111 and second.ssrc == 3333
+        assert receiver.track._queue.empty()
+        tap.decline()
+        await receiver._handle_rtp_packet(_vp8_keyframe(40001, 2, 3333), 0)
+        assert second.ssrc == 3333 and tap.foreign_packets == 0
+    finally:
+        await pc.close()

@@ -172,16 +172,19 @@ class RealtimeClient:
         """Pull remote tracks and answer the SFU's offer, as one mutation.
 
         The SFU refuses any other mutation until its offer is answered, so the pull and
-        the ``renegotiate`` hold the session's lock together. Raises ``TrackError`` when
-        every track failed; partial failures stay on the result for the caller to report.
+        the ``renegotiate`` hold the session's lock together. An offer that comes back is
+        always answered, even when every track failed (a response may carry per-track
+        errors and an offer at once), so the session is never left with a pending offer.
+        Raises ``TrackError`` when every track failed; partial failures stay on the result
+        for the caller to report.
         """
         async with self.mutation(session_id):
             result = await self._new_tracks(session_id, TracksRequest(tracks=list(tracks)))
-            ok = [t for t in result.tracks if not t.failed]
-            if not ok:
+            offer = result.sessionDescription
+            if offer is not None and offer.type == "offer":
+                await self._renegotiate(session_id, await answer(offer))
+            if all(t.failed for t in result.tracks):
                 raise TrackError("pull tracks", result.tracks)
-            if result.requiresImmediateRenegotiation and result.sessionDescription:
-                await self._renegotiate(session_id, await answer(result.sessionDescription))
             return result
 
     @asynccontextmanager

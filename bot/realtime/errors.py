@@ -89,6 +89,28 @@ class TrackError(RealtimeError):
         super().__init__(operation, 200, "track_errors", detail)
 
 
+class OfferRefusedError(RealtimeError):
+    """The SFU's offer could not be applied even with every new m-line declined.
+
+    Names only aiortc's exception types: the SDP itself may quote the app's track names.
+    """
+
+    def __init__(self, first_error: str, last_error: str) -> None:
+        super().__init__(
+            "answer the SFU's offer",
+            None,
+            "offer_refused",
+            f"the WebRTC stack refused the offer ({first_error}, then {last_error} with "
+            "every new track declined)",
+        )
+
+    def advice(self) -> str:
+        return (
+            ": the session is left with an unanswered offer; run with logging.level=debug "
+            "and report the offer's shape (not its track names)"
+        )
+
+
 def error_for(
     operation: str, status: int | None, code: str | None, description: str | None
 ) -> RealtimeError:
