@@ -47,6 +47,7 @@ FrameSink = Callable[[int, float, av.VideoFrame | av.AudioFrame], None]
 """``(slot, timeline_seconds, frame)``: where decoded frames go (the media pipeline)."""
 
 KEYFRAME_STALL_SECONDS = 1.0
+MAX_SIZES = 64
 """Packets flowing but no picture decoded for this long: ask for a keyframe again."""
 
 
@@ -70,6 +71,9 @@ class PulledTrack:
     last_frame: float = 0.0
     last_keyframe_request: float = 0.0
     foreign_reported: bool = False
+    sizes: list[tuple[float, int, int]] = field(default_factory=list)
+    """``(timeline seconds, width, height)`` at the first picture and at every change of
+    size (a simulcast layer switch, the sender's own adaptation), at most ``MAX_SIZES``."""
     reader: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -394,6 +398,7 @@ class Subscriber:
                 "packets": t.packets,
                 "rtx_packets": t.tap.rtx_packets if t.active else None,
                 "frames": t.frames,
+                "sizes": [list(size) for size in t.sizes],
                 "clock": "sender_reports" if t.clock.synced else "arrival",
                 "sender_reports": t.clock.sender_reports,
                 "seconds_since_packet": round(now - t.last_packet, 3) if t.packets else None,
@@ -430,9 +435,19 @@ class Subscriber:
                 if t is None:
                     continue
                 track.frames += 1
+                if track.kind == "video":
+                    self._note_size(track, t, frame.width, frame.height)
                 self._sink(track.slot, t, frame)
         except MediaStreamError:
             log.info("subscriber.track_ended", participant=track.participant.id, mid=track.mid)
+
+    @staticmethod
+    def _note_size(track: PulledTrack, t: float, width: int, height: int) -> None:
+        if track.sizes and track.sizes[-1][1:] == (width, height):
+            return
+        if len(track.sizes) < MAX_SIZES:
+            track.sizes.append((round(t, 3), width, height))
+        log.info("subscriber.picture_size", mid=track.mid, width=width, height=height)
 
     async def _watch_keyframes(self) -> None:
         """Ask again for a keyframe when packets arrive but no picture comes out."""

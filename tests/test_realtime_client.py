@@ -350,3 +350,49 @@ async def test_empty_credentials_are_refused_up_front() -> None:
         RealtimeClient("app", "")
     with pytest.raises(ValueError, match="app id is empty"):
         RealtimeClient("", SECRET)
+
+
+async def test_an_offer_that_comes_with_only_failed_tracks_is_still_answered() -> None:
+    """Cloudflare may answer a pull with per-track errors and an offer at once; unanswered,
+    the offer blocks every later mutation on the session (406). Before, the client raised
+    ``TrackError`` first and never answered."""
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(
+                200,
+                json={
+                    "requiresImmediateRenegotiation": True,
+                    "tracks": [
+                        {
+                            "sessionId": "p" * 32,
+                            "trackName": "cam",
+                            "mid": "",
+                            "errorCode": "internal_error",
+                            "errorDescription": "x",
+                        }
+                    ],
+                    "sessionDescription": {"type": "offer", "sdp": "v=0 ..."},
+                },
+            )
+        return httpx.Response(200, json={})
+
+    recorder = Recorder(respond)
+    answered: list[str] = []
+
+    async def answer(offer: SessionDescription) -> SessionDescription:
+        answered.append(offer.sdp)
+        return SessionDescription(type="answer", sdp="v=0 answer")
+
+    async with _mock_client(recorder) as client:
+        with pytest.raises(TrackError):
+            await client.pull_tracks(
+                "s" * 32,
+                [TrackObject(location="remote", sessionId="p" * 32, trackName="cam")],
+                answer,
+            )
+    assert answered == ["v=0 ..."]
+    assert [(r.method, r.url.path.rsplit("/", 1)[-1]) for r in recorder.requests] == [
+        ("POST", "new"),
+        ("PUT", "renegotiate"),
+    ]
