@@ -1,4 +1,4 @@
-"""Command line: ``bot record | demo | sfu | publish | recover | inspect``.
+"""Command line: ``bot record | selftest | demo | sfu | publish | recover | inspect``.
 
 Each command parses its flags here and hands a typed call to the module that owns the
 work, so this file is the map from a command to the code behind it. Errors a user can fix
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import logging
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -74,6 +76,48 @@ def _cmd_record(args: argparse.Namespace) -> int:
     if result.path is not None:
         print(result.summary())
     return int(result.exit_code)
+
+
+def _cmd_selftest(args: argparse.Namespace) -> int:
+    from bot.selftest import Step, config_failure, run_selftest
+    from bot.testbed.participant import SyntheticParticipant
+
+    # Each step is one line here; log lines and library tracebacks would bury them.
+    configure_logging("info" if args.verbose else "critical")
+    if not args.verbose:
+        logging.disable(logging.CRITICAL)
+
+    def show(step: Step) -> None:
+        if not args.json:
+            print(step.line(), flush=True)
+
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        report = config_failure(str(exc))
+        for step in report.steps:
+            show(step)
+    else:
+        realtime, recording = settings.realtime, settings.recording
+        if not args.json:
+            print(f"bot selftest: {args.duration:g} s through Cloudflare Realtime into the bucket")
+        report = _run(
+            run_selftest(
+                settings,
+                lambda client: SyntheticParticipant(
+                    client,
+                    number=1,
+                    role="clinician",
+                    ice_servers=realtime.ice_servers,
+                    connect_timeout=recording.connect_timeout,
+                ),
+                duration=args.duration,
+                keep=args.keep,
+                on_step=show,
+            )
+        )
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.verdict())
+    return int(report.exit_code)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -172,6 +216,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     record.add_argument("--storage", choices=["local", "s3"], help="override storage.backend")
     record.set_defaults(run=_cmd_record)
+
+    selftest = sub.add_parser(
+        "selftest", help="publish, record, store and delete a 10-s test against the real service"
+    )
+    selftest.add_argument("--config", type=Path, help="config.toml (as for bot record)")
+    selftest.add_argument(
+        "--duration", type=float, default=10.0, help="seconds to record (default 10)"
+    )
+    selftest.add_argument(
+        "--keep", action="store_true", help="leave the test recording in the bucket"
+    )
+    selftest.add_argument("--json", action="store_true", help="one JSON report on stdout")
+    selftest.add_argument("--verbose", action="store_true", help="the recorder's logs on stderr")
+    selftest.set_defaults(run=_cmd_selftest)
 
     demo = sub.add_parser("demo", help="local SFU + two synthetic participants + recorder")
     demo.add_argument("--duration", type=float, default=10.0)
