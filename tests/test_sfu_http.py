@@ -198,15 +198,16 @@ async def test_pull_offers_then_refuses_overlapping_mutation_until_renegotiated(
     assert response.status_code == 200
     assert response.json() == {}
     state = (await http.get(f"/sessions/{puller}")).json()
-    assert state["tracks"] == [
-        {
-            "location": "remote",
-            "mid": track["mid"],
-            "trackName": "mic",
-            "sessionId": publisher,
-            "status": "active",
-        }
-    ]
+    # Answered, but active only once a packet was forwarded (the transport may still be
+    # connecting): until then the track reads initializing, as Cloudflare's may.
+    [pulled] = state["tracks"]
+    assert pulled.pop("status") in ("initializing", "active")
+    assert pulled == {
+        "location": "remote",
+        "mid": track["mid"],
+        "trackName": "mic",
+        "sessionId": publisher,
+    }
 
     # The SFU offer is answered: the next mutation goes through.
     close = await http.put(

@@ -35,6 +35,7 @@ from aiortc import (
     RTCConfiguration,
     RTCIceServer,
     RTCPeerConnection,
+    RTCRtpCodecCapability,
     RTCRtpSender,
     RTCRtpTransceiver,
     RTCSessionDescription,
@@ -63,7 +64,11 @@ from bot.testbed.signal import (
 log = structlog.get_logger("bot.testbed.participant")
 
 CLOUDFLARE_STUN = "stun:stun.cloudflare.com:3478"
-VIDEO_CODECS = ("VP8", "H264")
+VIDEO_CODECS = ("VP8", "H264", "H264-high")
+"""``H264`` is constrained baseline (what aiortc offers); ``H264-high`` is real High
+profile, offered as ``profile-level-id=640c1f`` only, as Safari and hardware encoders do."""
+_AIORTC_H264_PROFILE = "profile-level-id=42e01f"
+_HIGH_H264_PROFILE = "profile-level-id=640c1f"
 _AUDIO_TIME_BASE = Fraction(1, SAMPLE_RATE)
 _AUDIO_FRAME_S = SAMPLES_PER_FRAME / SAMPLE_RATE
 _NEAR_SILENT_GAIN = 0.001
@@ -300,7 +305,7 @@ class _MediaWorker:
             }
         else:
             # Annex-B output (no global header) is what aiortc's H.264 packer splits.
-            encoder.profile = "Baseline"
+            encoder.profile = "High" if plan.codec == "H264-high" else "Baseline"
             encoder.options = {
                 "preset": "veryfast",
                 "tune": "zerolatency",
@@ -395,7 +400,7 @@ class SyntheticParticipant:
             transceivers = self._add_transceivers(pc)
             await pc.setLocalDescription(await pc.createOffer())  # gathers every candidate
             self._mids = {kind: str(t.mid) for kind, t in transceivers.items()}
-            offer = SessionDescription(type="offer", sdp=pc.localDescription.sdp)
+            offer = SessionDescription(type="offer", sdp=self._on_wire(pc.localDescription.sdp))
             result = await self._client.new_tracks(
                 self.session_id,
                 [
@@ -408,9 +413,8 @@ class SyntheticParticipant:
             if failed or result.sessionDescription is None:
                 codes = ", ".join(sorted({t.errorCode or "?" for t in failed})) or "no answer"
                 raise PublishError(f"publishing tracks failed: {codes}")
-            await pc.setRemoteDescription(
-                RTCSessionDescription(sdp=result.sessionDescription.sdp, type="answer")
-            )
+            answer = self._for_aiortc(result.sessionDescription.sdp)
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
             await asyncio.wait_for(connected, self._connect_timeout)
         except TimeoutError:
             await self.stop()
@@ -441,9 +445,23 @@ class SyntheticParticipant:
             fps=self._plan.fps,
         )
 
+    def _on_wire(self, sdp: str) -> str:
+        """aiortc can only offer constrained baseline; a High-profile publisher says what
+        it really sends (its packets are packed, not encoded, by aiortc)."""
+        if self._plan.codec != "H264-high":
+            return sdp
+        return sdp.replace(_AIORTC_H264_PROFILE, _HIGH_H264_PROFILE)
+
+    def _for_aiortc(self, sdp: str) -> str:
+        """The answer as aiortc's codec matching accepts it (the inverse of ``_on_wire``)."""
+        if self._plan.codec != "H264-high":
+            return sdp
+        return sdp.replace(_HIGH_H264_PROFILE, _AIORTC_H264_PROFILE)
+
     def _add_transceivers(self, pc: RTCPeerConnection) -> dict[str, RTCRtpTransceiver]:
         transceivers: dict[str, RTCRtpTransceiver] = {}
-        for kind, mime in (("audio", "audio/opus"), ("video", f"video/{self._plan.codec}")):
+        video_mime = "video/VP8" if self._plan.codec == "VP8" else "video/H264"
+        for kind, mime in (("audio", "audio/opus"), ("video", video_mime)):
             per_second = SAMPLE_RATE / SAMPLES_PER_FRAME if kind == "audio" else self._plan.fps
             # A dropped video packet breaks the decoder's references: recover with a keyframe.
             on_drop = self._keyframe.set if kind == "video" else _ignore
@@ -452,10 +470,18 @@ class SyntheticParticipant:
             transceiver = pc.addTransceiver(track, direction="sendonly")
             codecs = RTCRtpSender.getCapabilities(kind).codecs
             transceiver.setCodecPreferences(
-                [c for c in codecs if c.mimeType.lower() == mime.lower()]
+                [c for c in codecs if c.mimeType.lower() == mime.lower() and self._offers(c)]
             )
             transceivers[kind] = transceiver
         return transceivers
+
+    def _offers(self, codec: RTCRtpCodecCapability) -> bool:
+        """High profile is offered alone: one H.264 format, relabelled by ``_on_wire``."""
+        if self._plan.codec != "H264-high" or codec.mimeType.lower() != "video/h264":
+            return True
+        return f"profile-level-id={codec.parameters.get('profile-level-id')}" == (
+            _AIORTC_H264_PROFILE
+        )
 
     @staticmethod
     def _emitter(
@@ -508,6 +534,7 @@ async def publish_until_stopped(
     role: str,
     number: int,
     duration: float | None,
+    codec: str = "VP8",
 ) -> int:
     """``bot publish``: print the track references as one JSON line, publish until told.
 
@@ -525,7 +552,11 @@ async def publish_until_stopped(
             raise ConfigError(str(exc)) from None
         async with client:
             participant = SyntheticParticipant(
-                client, number=number, role=role, ice_servers=ice_servers_for(base_url)
+                client,
+                number=number,
+                role=role,
+                codec=codec,
+                ice_servers=ice_servers_for(base_url),
             )
             try:
                 await participant.start()

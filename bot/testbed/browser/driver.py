@@ -9,6 +9,7 @@ a browser downloaded by Playwright.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -56,6 +57,18 @@ class VideoSendStats:
     encoder: str
 
 
+@dataclass(frozen=True)
+class LayerSendStats:
+    """One simulcast layer as the browser's encoder reports it."""
+
+    rid: str
+    ssrc: int
+    width: int
+    height: int
+    frames_sent: int
+    active: bool
+
+
 class BrowserParticipant:
     """One published Chromium tab: its track references and test hooks."""
 
@@ -90,6 +103,27 @@ class BrowserParticipant:
             encoder=str(stats["encoder"]),
         )
 
+    async def layer_stats(self) -> list[LayerSendStats]:
+        """Per simulcast layer (empty without simulcast): rid, SSRC, size, frames sent."""
+        layers = await self.page.evaluate("() => window.layerSendStats()")
+        return [
+            LayerSendStats(
+                rid=str(layer["rid"]),
+                ssrc=int(layer["ssrc"]),
+                width=int(layer["width"]),
+                height=int(layer["height"]),
+                frames_sent=int(layer["framesSent"]),
+                active=bool(layer["active"]),
+            )
+            for layer in layers
+        ]
+
+    async def set_layer_active(self, rid: str, active: bool) -> None:
+        """Stop or restart one simulcast layer (``encodings[i].active``)."""
+        await self.page.evaluate(
+            "([rid, active]) => window.setLayerActive(rid, active)", [rid, active]
+        )
+
 
 class BrowserCall:
     """Chromium participants joining the call page of one SFU (``async with``)."""
@@ -118,9 +152,15 @@ class BrowserCall:
             await self._playwright.stop()
             self._playwright = None
 
-    async def join(self, role: str, media: FakeMedia, *, codec: str = "vp8") -> BrowserParticipant:
+    async def join(
+        self, role: str, media: FakeMedia, *, codec: str = "vp8", simulcast: Sequence[str] = ()
+    ) -> BrowserParticipant:
         """Launch a browser playing ``media`` as its camera and microphone; returns once
-        the page shows its published tracks and its transport is connected."""
+        the page shows its published tracks and its transport is connected.
+
+        ``simulcast``: rids of the camera's layers, full size first, each next one half
+        the size (``("a", "b")`` as Orange Meets publishes; empty: one layer).
+        """
         if self._playwright is None:
             raise RuntimeError("BrowserCall is not started: use it with async with")
         browser = await self._playwright.chromium.launch(
@@ -133,7 +173,10 @@ class BrowserCall:
         )
         self._browsers.append(browser)
         page = await browser.new_page()
-        await page.goto(f"{self._origin}/call?{urlencode({'role': role, 'codec': codec})}")
+        query = {"role": role, "codec": codec, "camera": f"{media.width}x{media.height}"}
+        if simulcast:
+            query["simulcast"] = ",".join(simulcast)
+        await page.goto(f"{self._origin}/call?{urlencode(query)}")
         await page.wait_for_function(
             "() => document.getElementById('tracks').textContent"
             " || document.getElementById('error').textContent",

@@ -28,13 +28,18 @@ class FakeMedia:
     video: Path
     audio: Path
     duration_s: float
+    width: int = WIDTH
+    height: int = HEIGHT
 
 
-def write_fake_media(directory: Path, number: int, duration_s: float) -> FakeMedia:
+def write_fake_media(
+    directory: Path, number: int, duration_s: float, *, width: int = WIDTH, height: int = HEIGHT
+) -> FakeMedia:
     """Write participant ``number``'s signal as ``p<n>.y4m`` and ``p<n>.wav``.
 
-    Blocking file I/O (about 10 MB per second of video): call it in a worker thread from
-    async code.
+    Blocking file I/O (about 10 MB per second of 640x360 video): call it in a worker
+    thread from async code. A larger camera (``width``, ``height``) lets Chrome send
+    more simulcast layers: it sends two at 360p, three from 540p.
     """
     if duration_s <= 0:
         raise ValueError("fake media needs a positive duration")
@@ -44,10 +49,10 @@ def write_fake_media(directory: Path, number: int, duration_s: float) -> FakeMed
     frames = round(duration_s * FPS)
     with video.open("wb") as out:
         # C420mpeg2: 4:2:0 with the chroma siting our I420 planes use; limited range.
-        out.write(f"YUV4MPEG2 W{WIDTH} H{HEIGHT} F{FPS}:1 Ip A1:1 C420mpeg2\n".encode())
+        out.write(f"YUV4MPEG2 W{width} H{height} F{FPS}:1 Ip A1:1 C420mpeg2\n".encode())
         for index in range(frames):
             out.write(b"FRAME\n")
-            out.write(render_i420(number, index, WIDTH, HEIGHT, FPS).tobytes())
+            out.write(render_i420(number, index, width, height, FPS).tobytes())
     samples = frames * SAMPLE_RATE // FPS
     with wave.open(str(audio), "wb") as wav:
         wav.setnchannels(1)
@@ -56,4 +61,11 @@ def write_fake_media(directory: Path, number: int, duration_s: float) -> FakeMed
         chunk = SAMPLE_RATE
         for first in range(0, samples, chunk):
             wav.writeframes(render_audio(number, first, min(chunk, samples - first)).tobytes())
-    return FakeMedia(number=number, video=video, audio=audio, duration_s=frames / FPS)
+    return FakeMedia(
+        number=number,
+        video=video,
+        audio=audio,
+        duration_s=frames / FPS,
+        width=width,
+        height=height,
+    )

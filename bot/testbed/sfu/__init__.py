@@ -2,9 +2,41 @@
 
 Media is forwarded as RTP, never decoded or re-encoded (see ``forwarder``), so a pulled
 track arrives in its publisher's codec, as on Cloudflare. Differences from Cloudflare
-that a developer may meet: one media layer per track (``preferredRid`` is accepted and
-ignored), no data channels (501), no ``empty_track_error`` unless injected, and the SFU
-is a full-ICE aiortc peer rather than ICE-lite.
+that a developer may meet: no bandwidth estimate (a subscriber without ``preferredRid``
+gets the largest simulcast layer being sent), no data channels (501) and no
+``empty_track_error`` unless injected.
+
+It is as strict as Cloudflare's SFU by default, with no lenient switch; each behaviour is
+marked in the code as observed (public reports of real sessions, Cloudflare's examples)
+or assumed (the stricter reading, where nothing public says):
+
+- ICE-lite for real (``aiortc_hooks.make_ice_lite``): always the controlled agent, never
+  sends a check, takes a pair as nominated when a check with USE-CANDIDATE arrives;
+  every client must be the controlling agent and nominate (observed). A peer is dead
+  after ``consent_expiry_s`` without an incoming check (RFC 7675; how Cloudflare detects
+  it is assumed).
+- SDP shaped like Cloudflare's (``sdp_shape``): session-level fingerprint, ice-lite,
+  extmap-allow-mixed, msid-semantic and one BUNDLE group, ``a=setup:actpass`` in offers
+  (observed); several payload types per subscriber m-line, the publisher's codec first,
+  RTX for each video codec, RED and ULPFEC for video, RED for Opus, every H.264 profile
+  the publisher offered (observed), of which only the first is ever sent (assumed).
+- Any H.264 profile or packetization mode from a publisher, answered in its own format.
+- NACKed packets are resent over RTX on the subscription's RTX SSRC (observed); without
+  negotiated RTX the original packet is resent (assumed).
+- A closed m-line is ``a=inactive`` in the next offer and reused by the next pull of
+  the same kind (observed that Cloudflare may; always doing it is the stricter choice).
+- A pulled track reads ``initializing`` until answered and forwarding (the value is
+  observed, when it shows is assumed); failed pull results come after the pulled ones,
+  not in request order (assumed: Cloudflare's clients match by sessionId and trackName).
+- A subscriber's answer may decline an m-line or drop its codec: that track sends
+  nothing and the renegotiation succeeds (assumed).
+- Simulcast (``simulcast``): a publisher's layers (rids ``a``/``b`` as Orange Meets
+  sends them, or ``h``/``m``/``l``) are accepted in the answer and told apart by their
+  rid header extensions (observed from Chromium); each subscription gets one layer as
+  one stream, switching at a keyframe of the new layer, by ``preferredRid`` in
+  ``tracks/new`` and ``tracks/update`` (reference) or, without it, to the largest layer
+  being sent, falling back when that one stops for a second (assumed: Cloudflare picks
+  by bandwidth estimate).
 
 The same server also serves a small publishing page at ``GET /call`` (see ``call_page``)
 so a real browser can join a local call, and a fault API (``LocalSfu.faults``, or
@@ -34,8 +66,10 @@ class LocalSfu:
     """The SFU's HTTP server and sessions; ``async with LocalSfu(...)`` binds a free port.
 
     ``session_expiry_s`` (a dead session stays visible this long), ``connect_wait_s`` (how
-    long a mutation waits for a transport before 425) and ``track_gc_s`` (a track silent
-    this long cannot be pulled) default to Cloudflare's values; tests shorten them.
+    long a mutation waits for a transport before 425), ``track_gc_s`` (a track silent
+    this long cannot be pulled) and ``consent_expiry_s`` (a transport with no incoming
+    ICE check for this long is dead, RFC 7675) default to Cloudflare's values; tests
+    shorten them.
     """
 
     def __init__(
@@ -48,6 +82,7 @@ class LocalSfu:
         session_expiry_s: float = 30.0,
         connect_wait_s: float = 5.0,
         track_gc_s: float = 30.0,
+        consent_expiry_s: float = 30.0,
     ) -> None:
         if not app_id or not app_secret:
             raise ValueError("the local SFU needs a non-empty app id and app secret")
@@ -59,6 +94,7 @@ class LocalSfu:
             "session_expiry_s": session_expiry_s,
             "connect_wait_s": connect_wait_s,
             "track_gc_s": track_gc_s,
+            "consent_expiry_s": consent_expiry_s,
         }
         self._registry: SessionRegistry | None = None
         self.faults = FaultInjector(lambda: self._registry)

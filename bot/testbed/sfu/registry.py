@@ -10,6 +10,7 @@ import structlog
 from bot.testbed.sfu.errors import session_gone
 from bot.testbed.sfu.faults import FaultInjector, Impairment, TrackFailure
 from bot.testbed.sfu.forwarder import PublishedTrack
+from bot.testbed.sfu.sdp_shape import Codec
 from bot.testbed.sfu.session import SfuSession
 
 log = structlog.get_logger("bot.sfu")
@@ -24,6 +25,7 @@ class SessionRegistry:
         session_expiry_s: float,
         connect_wait_s: float,
         track_gc_s: float,
+        consent_expiry_s: float,
         faults: FaultInjector,
     ) -> None:
         self.faults = faults
@@ -32,6 +34,7 @@ class SessionRegistry:
         self._expiry_s = session_expiry_s
         self._connect_wait_s = connect_wait_s
         self._track_gc_s = track_gc_s
+        self._consent_expiry_s = consent_expiry_s
         self._sessions: dict[str, SfuSession] = {}
         self._expiries: dict[str, asyncio.TimerHandle] = {}
         self._closing: set[asyncio.Task[None]] = set()
@@ -44,6 +47,7 @@ class SessionRegistry:
             ssrc_in_sdp=self._ssrc_in_sdp,
             connect_wait_s=self._connect_wait_s,
             track_gc_s=self._track_gc_s,
+            consent_expiry_s=self._consent_expiry_s,
             on_dead=self._schedule_expiry,
         )
         self._sessions[session.id] = session
@@ -76,6 +80,10 @@ class SessionRegistry:
 
     def downlink(self) -> Impairment | None:
         return self.faults.downlink
+
+    def offered_codecs(self, track: PublishedTrack) -> list[Codec]:
+        session = self._sessions.get(track.session_id)
+        return [] if session is None else session.offered_codecs(track.mid)
 
     # -- fault actions (``FaultTarget``) -------------------------------------------------
 

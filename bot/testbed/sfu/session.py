@@ -3,6 +3,11 @@
 Incoming m-lines (what a client sends) become ``PublishedTrack`` inlets, named when the
 client publishes them; pulled tracks become ``Subscription`` outlets on ``sendonly``
 transceivers whose track never yields a frame, so aiortc never encodes anything.
+
+The PeerConnection is aiortc's, made ICE-lite (``aiortc_hooks.make_ice_lite``); what it
+writes and reads is translated by ``sdp_shape``: the client sees SDP shaped like
+Cloudflare's (several payload types per m-line in offers to subscribers), aiortc sees
+only formats it knows (its own offer's, for the m-lines the SFU sends on).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import contextlib
 import re
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 from uuid import uuid4
 
@@ -22,13 +28,14 @@ from aiortc import (
     RTCConfiguration,
     RTCPeerConnection,
     RTCRtpCodecCapability,
+    RTCRtpSender,
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
 from aiortc import sdp as aiortc_sdp
 
-from bot.testbed.sfu import aiortc_hooks
-from bot.testbed.sfu.bodies import SessionDescription, TrackIn, UpdateTrackIn
+from bot.testbed.sfu import aiortc_hooks, sdp_shape, simulcast
+from bot.testbed.sfu.bodies import SessionDescription, Simulcast, TrackIn, UpdateTrackIn
 from bot.testbed.sfu.errors import (
     invalid_params,
     invalid_session_description,
@@ -60,6 +67,10 @@ class TrackDirectory(Protocol):
         """What a test makes the link to subscribers do to packets, if anything."""
         ...
 
+    def offered_codecs(self, track: PublishedTrack) -> list[sdp_shape.Codec]:
+        """Every media format the track's publisher offered on its m-line, in order."""
+        ...
+
 
 class IdleTrack(MediaStreamTrack):
     """A track that never yields a frame: its sender only carries forwarded packets."""
@@ -84,6 +95,7 @@ class SfuSession:
         ssrc_in_sdp: bool,
         connect_wait_s: float,
         track_gc_s: float,
+        consent_expiry_s: float,
         on_dead: Callable[[SfuSession], None],
     ) -> None:
         self.id = session_id
@@ -96,11 +108,19 @@ class SfuSession:
         self._ssrc_in_sdp = ssrc_in_sdp
         self._connect_wait_s = connect_wait_s
         self._track_gc_s = track_gc_s
+        self._consent_expiry_s = consent_expiry_s
         self._on_dead = on_dead
         self._negotiated = False
         self._settled = asyncio.Event()
         self._incoming: dict[str, PublishedTrack] = {}
         self._outlets: dict[str, Subscription] = {}
+        self._numbers = sdp_shape.PayloadTypes()
+        self._offered: dict[str, list[sdp_shape.Codec]] = {}
+        """Per m-line a client sends on: every media format it offered there."""
+        self._answered: dict[str, list[sdp_shape.Payload]] = {}
+        """Per m-line a client sends on: the format(s) the SFU accepted (and RTX)."""
+        self._planned: dict[str, list[sdp_shape.Payload]] = {}
+        """Per outlet: the payload types the SFU's last offer listed, forwarded one first."""
         self.pc = RTCPeerConnection(
             RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
         )
@@ -249,16 +269,17 @@ class SfuSession:
         if offer is not None:
             return await self._pull_into_offer(tracks, sources, offer)
         added: list[tuple[RTCRtpTransceiver, Subscription]] = []
-        for source in sources:
+        for track, source in zip(tracks, sources, strict=True):
             if isinstance(source, PublishedTrack):
-                added.append(self._add_outlet(source))
+                added.append(self._reuse_outlet(source, added) or self._add_outlet(source))
+                added[-1][1].simulcast = _layer_preference(track.simulcast)
         if not added:
             return _tracks_response(_pull_results(tracks, sources, {}))
         try:
-            await self.pc.setLocalDescription(await self.pc.createOffer())
+            await self._offer()
         except Exception:
-            for _, outlet in added:
-                outlet.close()
+            for transceiver, outlet in added:
+                _retire(transceiver, outlet)
             raise
         mids: dict[int, str] = {}
         for (transceiver, outlet), index in zip(
@@ -291,6 +312,7 @@ class SfuSession:
         ]
         media_by_mid = {m.rtp.muxId: m for m in new_media}
         wanted: dict[str, PublishedTrack] = {}
+        preferences: dict[str, simulcast.LayerPreference] = {}
         for track, source in zip(tracks, sources, strict=True):
             media = media_by_mid.get(track.mid or "")
             if media is None or media.direction not in ("recvonly", "sendrecv"):
@@ -299,6 +321,7 @@ class SfuSession:
                 if source.kind != media.kind:
                     raise invalid_params(f"mid {track.mid!r} is {media.kind}, the track is not")
                 wanted[media.rtp.muxId] = source
+                preferences[media.rtp.muxId] = _layer_preference(track.simulcast)
         added: list[tuple[RTCRtpTransceiver, Subscription]] = []
         # aiortc binds new m-lines to unassigned transceivers of the same kind in order,
         # so one transceiver is added per new m-line, in the offer's order.
@@ -306,6 +329,7 @@ class SfuSession:
             outlet_source = wanted.get(media.rtp.muxId)
             if outlet_source is not None:
                 added.append(self._add_outlet(outlet_source))
+                added[-1][1].simulcast = preferences[media.rtp.muxId]
             else:
                 sends = media.direction in _SENDING
                 self.pc.addTransceiver(media.kind, direction="recvonly" if sends else "inactive")
@@ -317,6 +341,9 @@ class SfuSession:
             raise
         for transceiver, outlet in added:
             self._outlets[_mid(transceiver)] = outlet
+            # The SFU answered the client's own offer: its answer says the payload types.
+            own = sdp_shape.payloads(sdp_shape.find_section(answer, _mid(transceiver)) or [])
+            outlet.use_payload_types(*sdp_shape.own_choice(own))
         mids = {
             i: track.mid or ""
             for i, (track, source) in enumerate(zip(tracks, sources, strict=True))
@@ -327,26 +354,65 @@ class SfuSession:
 
     def _add_outlet(self, source: PublishedTrack) -> tuple[RTCRtpTransceiver, Subscription]:
         transceiver = self.pc.addTransceiver(IdleTrack(source.kind), direction="sendonly")
-        codec = source.codec
-        # The SFU forwards the publisher's codec as is, so that is the only one offered.
-        transceiver.setCodecPreferences(
-            [
-                RTCRtpCodecCapability(
-                    mimeType=codec.mimeType,
-                    clockRate=codec.clockRate,
-                    channels=codec.channels,
-                    parameters=codec.parameters,
-                )
-            ]
-        )
+        transceiver.setCodecPreferences(_carrier(source))
         return transceiver, Subscription(transceiver.sender, source, self._directory.downlink)
 
+    def _reuse_outlet(
+        self, source: PublishedTrack, taken: Sequence[tuple[RTCRtpTransceiver, Subscription]]
+    ) -> tuple[RTCRtpTransceiver, Subscription] | None:
+        """A closed, inactive m-line of the same kind, to carry a new track (same mid).
+
+        Browsers and Cloudflare reuse such m-lines (observed); this SFU always does when
+        it can, the harder case for a client, which must then expect a known mid to
+        carry another track (and maybe another codec) after renegotiation.
+        """
+        busy = {id(outlet) for _, outlet in taken}
+        for transceiver in self.pc.getTransceivers():
+            outlet = self._outlets.get(transceiver.mid or "")
+            if (
+                outlet is not None
+                and outlet.closed
+                and id(outlet) not in busy
+                and transceiver.kind == source.kind
+                and transceiver.direction == "inactive"
+            ):
+                transceiver.direction = "sendonly"
+                transceiver.setCodecPreferences(_carrier(source))
+                outlet.reopen(source)
+                return transceiver, outlet
+        return None
+
+    async def _offer(self) -> None:
+        aiortc_hooks.make_ice_lite(self.pc, self._consent_expiry_s)
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+
     async def renegotiate(self, answer: SessionDescription) -> None:
+        """Apply a client's answer to the SFU's offer.
+
+        Each outlet forwards on the payload type the answer chose for its codec; an
+        m-line the answer declined, or answered without that codec, sends nothing (and
+        the renegotiation still succeeds). aiortc is given the answer with its own
+        formats on those m-lines, so nothing it does not know can make it fail.
+        """
         if not self.awaiting_answer:
             raise invalid_session_description("no SFU offer is waiting for an answer")
         if answer.type != "answer":
             raise invalid_session_description("renegotiate takes the answer to the SFU's offer")
-        await self._apply_remote(RTCSessionDescription(sdp=answer.sdp, type="answer"))
+        _parse(answer.sdp)
+        choices = {
+            mid: sdp_shape.answer_choice(
+                sdp_shape.find_section(answer.sdp, mid), self._planned.get(mid, [])
+            )
+            for mid in self._outlets
+        }
+        inner = sdp_shape.answer_for_aiortc(
+            sdp_shape.acceptable_to_aiortc(answer.sdp),
+            self.pc.localDescription.sdp,
+            {mid: pt is not None for mid, (pt, _) in choices.items()},
+        )
+        await self._apply_remote(RTCSessionDescription(sdp=inner, type="answer"))
+        for mid, (payload_type, rtx_payload_type) in choices.items():
+            self._outlets[mid].use_payload_types(payload_type, rtx_payload_type)
         self.awaiting_answer = False
         self._negotiated = True
 
@@ -376,12 +442,13 @@ class SfuSession:
                     raise invalid_session_description("sessionDescription must be an offer")
                 answer = ("answer", await self._answer(offer.sdp))
             else:
-                for transceiver in self.pc.getTransceivers():
-                    if transceiver.mid in closing:
-                        transceiver.direction = "inactive"
-                await self.pc.setLocalDescription(await self.pc.createOffer())
+                self._deactivate(closing)
+                await self._offer()
                 self.awaiting_answer = True
                 answer = ("offer", self._outgoing_sdp())
+        # Closed with or without force, the m-line is inactive in the SFU's next offer and
+        # free for a later pull (observed: Cloudflare and browsers reuse m-lines).
+        self._deactivate(closing)
         for mid in closing:
             if mid in self._outlets:
                 self._outlets[mid].close()
@@ -389,6 +456,11 @@ class SfuSession:
                 self._incoming[mid].close()
         log.info("sfu.tracks_closed", session_id=self.id, count=len(closing), force=force)
         return _tracks_response(results, answer=answer, renegotiate=self.awaiting_answer)
+
+    def _deactivate(self, mids: Sequence[str]) -> None:
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.mid in mids:
+                transceiver.direction = "inactive"
 
     def _open_track(self, mid: str) -> bool:
         outlet = self._outlets.get(mid)
@@ -400,8 +472,8 @@ class SfuSession:
     async def update_tracks(self, items: Sequence[UpdateTrackIn]) -> Json:
         """Change a pulled track's preferred layer, or feed its transceiver another track.
 
-        This SFU receives one layer per track, so ``preferredRid`` is recorded and shown
-        but changes nothing on the wire.
+        A new ``preferredRid`` switches the subscriber to that layer at its next keyframe
+        (a PLI asks the publisher for one); fields left out keep their value.
         """
         results: list[Json] = []
         for item in items:
@@ -427,8 +499,7 @@ class SfuSession:
                     {"mid": item.mid, "errorCode": "update_track_error", "errorDescription": error}
                 )
                 continue
-            if item.simulcast is not None and item.simulcast.preferredRid is not None:
-                outlet.preferred_rid = item.simulcast.preferredRid
+            outlet.simulcast = _layer_preference(item.simulcast, outlet.simulcast)
             results.append(
                 {
                     "mid": item.mid,
@@ -457,7 +528,7 @@ class SfuSession:
                     "mid": mid,
                     "trackName": outlet.source.name,
                     "sessionId": outlet.source.session_id,
-                    "status": _status(self.alive and not outlet.closed),
+                    "status": _outlet_status(outlet) if self.alive else "inactive",
                 }
             )
         return {"tracks": tracks, "dataChannels": []}
@@ -467,19 +538,28 @@ class SfuSession:
     async def _answer(self, sdp: str) -> str:
         if not _parse(sdp).media:
             raise invalid_session_description("the offer has no media section")
-        await self._apply_remote(RTCSessionDescription(sdp=sdp, type="offer"))
+        await self._apply_remote(
+            RTCSessionDescription(sdp=sdp_shape.acceptable_to_aiortc(sdp), type="offer")
+        )
         sending = _sending_mids(sdp)
+        layers = simulcast.offered_layers(sdp)
+        extensions = {m.rtp.muxId: m.rtp.headerExtensions for m in _parse(sdp).media}
         for transceiver in self.pc.getTransceivers():
             if transceiver.mid in sending:
-                aiortc_hooks.answer_only_first_codec(transceiver)
+                self._accept_publisher_codec(transceiver, sdp)
+            if transceiver.mid in layers:
+                aiortc_hooks.accept_header_extensions(
+                    transceiver, extensions[transceiver.mid], simulcast.RID_EXTENSIONS
+                )
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         self._negotiated = True
-        self._adopt_incoming(sending)
-        return self._outgoing_sdp()
+        self._adopt_incoming(sending, layers)
+        return simulcast.accept_layers(self._outgoing_sdp(), layers)
 
-    def _adopt_incoming(self, sending: set[str]) -> None:
+    def _adopt_incoming(self, sending: set[str], layers: dict[str, tuple[str, ...]]) -> None:
         """Every m-line the client sends on gets an inlet, named or not, so that no
-        packet ever reaches aiortc's decoder (the SFU spends no CPU decoding)."""
+        packet ever reaches aiortc's decoder (the SFU spends no CPU decoding); ``layers``:
+        the simulcast rids offered per mid."""
         for transceiver in self.pc.getTransceivers():
             mid = transceiver.mid
             if mid in sending and mid not in self._incoming:
@@ -491,7 +571,31 @@ class SfuSession:
                     codecs=aiortc_hooks.negotiated_codecs(transceiver),
                     receiver=transceiver.receiver,
                     sender_reports=self._sender_reports,
+                    rids=layers.get(mid, ()),
                 )
+
+    def _accept_publisher_codec(self, transceiver: RTCRtpTransceiver, offer: str) -> None:
+        """Answer a sending m-line with the client's first codec the SFU can forward, in
+        the client's own payload type and format (any H.264 profile or packetization
+        mode), and its RTX; the SFU forwards exactly that to subscribers."""
+        mid = _mid(transceiver)
+        offered = sdp_shape.payloads(sdp_shape.find_section(offer, mid) or [])
+        self._numbers.reserve(p.pt for p in offered)
+        feedback = _INLET_FEEDBACK if transceiver.kind == "video" else ()
+        accepted = [
+            replace(p, codec=replace(p.codec, feedback=() if p.codec.is_rtx else feedback))
+            for p in sdp_shape.first_forwardable(transceiver.kind, offered)
+        ]
+        if not accepted:
+            return  # aiortc matched a codec the SFU cannot forward: unreachable today
+        self._offered[mid] = [p.codec for p in offered if not p.codec.is_rtx]
+        self._answered[mid] = accepted
+        aiortc_hooks.answer_with(
+            transceiver, [sdp_shape.parameters_of(transceiver.kind, p) for p in accepted]
+        )
+
+    def offered_codecs(self, mid: str) -> list[sdp_shape.Codec]:
+        return list(self._offered.get(mid, []))
 
     async def _apply_remote(self, description: RTCSessionDescription) -> None:
         try:
@@ -502,12 +606,77 @@ class SfuSession:
             raise invalid_session_description(
                 f"session description rejected: {type(exc).__name__}: {exc}"[:300]
             ) from None
+        # Transceivers the description created need the lite agent before they connect.
+        aiortc_hooks.make_ice_lite(self.pc, self._consent_expiry_s)
 
     def _outgoing_sdp(self) -> str:
-        sdp: str = self.pc.localDescription.sdp
+        """The SFU's current local description as Cloudflare's SFU would write it."""
+        description = self.pc.localDescription
+        offer = description.type == "offer"
+        session, media = sdp_shape.split(description.sdp)
+        if offer:
+            media = [self._offered_section(section) for section in media]
+        sdp = sdp_shape.shape(sdp_shape.join(session, media), offer=offer)
         if not self._ssrc_in_sdp:
             sdp = _SSRC_LINE.sub("", sdp)
         return sdp
+
+    def _offered_section(self, section: sdp_shape.Section) -> sdp_shape.Section:
+        """An m-line of an SFU offer with the payload types Cloudflare would list: for an
+        outlet the multi-codec list (``sdp_shape.subscriber_payloads``), for a client's
+        own sending m-line the format the SFU accepted from it."""
+        mid = sdp_shape.mid_of(section) or ""
+        outlet = self._outlets.get(mid)
+        if outlet is not None:
+            source = outlet.source
+            planned = sdp_shape.subscriber_payloads(
+                source.kind,
+                sdp_shape.codec_of(source.codec),
+                self._directory.offered_codecs(source),
+                self._numbers,
+            )
+            self._planned[mid] = planned
+            return sdp_shape.set_payloads(section, planned)
+        accepted = self._answered.get(mid)
+        return section if accepted is None else sdp_shape.set_payloads(section, accepted)
+
+
+_INLET_FEEDBACK = ("nack", "nack pli", "goog-remb")
+"""What the SFU's receiving side does for a publisher's video (as aiortc's answer said)."""
+
+
+def _carrier(source: PublishedTrack) -> list[RTCRtpCodecCapability]:
+    """aiortc's own format for the source's codec (and RTX for video), for the SFU's offer.
+
+    aiortc offers only formats from its table; the subscriber sees the publisher's own
+    format instead (``_offered_section``) and aiortc never learns the difference.
+    """
+    wanted = source.codec
+    capabilities = RTCRtpSender.getCapabilities(source.kind).codecs
+    carrier = [
+        next(
+            c
+            for c in capabilities
+            if c.mimeType.lower() == wanted.mimeType.lower() and c.clockRate == wanted.clockRate
+        )
+    ]
+    if source.kind == "video":
+        carrier += [c for c in capabilities if c.mimeType.lower() == "video/rtx"]
+    return carrier
+
+
+def _retire(transceiver: RTCRtpTransceiver, outlet: Subscription) -> None:
+    outlet.close()
+    transceiver.direction = "inactive"
+
+
+def _outlet_status(outlet: Subscription) -> str:
+    """``initializing`` until the subscriber answered with the track's codec and a first
+    packet was forwarded (a choice: Cloudflare documents the value, not when it shows);
+    ``inactive`` once closed or declined by the subscriber's answer."""
+    if outlet.closed or outlet.declined:
+        return "inactive"
+    return "active" if outlet.forwarding else "initializing"
 
 
 def _mid(transceiver: RTCRtpTransceiver) -> str:
@@ -540,6 +709,17 @@ def _status(active: bool) -> str:
     return "active" if active else "inactive"
 
 
+def _layer_preference(
+    body: Simulcast | None, base: simulcast.LayerPreference | None = None
+) -> simulcast.LayerPreference:
+    """A ``simulcast`` object of ``tracks/new`` (on the defaults) or ``tracks/update`` (on
+    the subscription's current preference: absent fields keep their value)."""
+    preference = base or simulcast.LayerPreference()
+    if body is None:
+        return preference
+    return preference.updated(body.preferredRid, body.priorityOrdering, body.ridNotAvailable)
+
+
 def _not_found(description: str) -> TrackFailure:
     return TrackFailure("not_found_track_error", description)
 
@@ -549,15 +729,22 @@ def _pull_results(
     sources: Sequence[PublishedTrack | TrackFailure],
     mids: dict[int, str],
 ) -> list[Json]:
-    """Per-track results in request order; a failed pull has ``"mid": ""``."""
-    results: list[Json] = []
+    """Per-track results: the pulled ones in request order, then the failed ones
+    (``"mid": ""``).
+
+    Assumed, stricter: Cloudflare does not document the order, and its own clients match
+    results to requests by ``(sessionId, trackName)``; a client that matches by position
+    gets the wrong mid here as soon as one pull fails.
+    """
+    pulled: list[Json] = []
+    failed: list[Json] = []
     for index, (track, source) in enumerate(zip(tracks, sources, strict=True)):
         if isinstance(source, PublishedTrack):
-            results.append(
+            pulled.append(
                 {"sessionId": track.sessionId, "trackName": track.trackName, "mid": mids[index]}
             )
         else:
-            results.append(
+            failed.append(
                 {
                     "sessionId": track.sessionId,
                     "trackName": track.trackName,
@@ -566,7 +753,7 @@ def _pull_results(
                     "errorDescription": source.description,
                 }
             )
-    return results
+    return pulled + failed
 
 
 def _tracks_response(

@@ -2,12 +2,17 @@
 // (/call/api/...), which adds the app secret and forwards to the Realtime API, so the
 // secret never reaches the browser.
 //
-// Query parameters: role (track names are ROLE-mic and ROLE-cam), codec (vp8 | h264).
+// Query parameters: role (track names are ROLE-mic and ROLE-cam), codec (vp8 | h264),
+// simulcast (rids, full size first: "a,b" as Orange Meets publishes, or "h,m,l"; each
+// further rid is half the size of the one before it), camera (WIDTHxHEIGHT asked of the
+// camera, 640x360 by default).
 "use strict";
 
 const params = new URLSearchParams(location.search);
 const role = params.get("role") || "participant";
 const codecName = (params.get("codec") || "vp8").toLowerCase();
+const simulcastRids = (params.get("simulcast") || "").split(",").filter((rid) => rid);
+const [cameraWidth, cameraHeight] = (params.get("camera") || "640x360").split("x").map(Number);
 
 const statusEl = document.getElementById("status");
 const tracksEl = document.getElementById("tracks");
@@ -72,12 +77,17 @@ async function start() {
   const { sessionId } = await api("POST", "sessions/new");
   const stream = await navigator.mediaDevices.getUserMedia({
     audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false },
-    video: { width: 640, height: 360, frameRate: 30 },
+    video: { width: cameraWidth, height: cameraHeight, frameRate: 30 },
   });
   document.getElementById("preview").srcObject = stream;
   pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
   const audio = pc.addTransceiver(stream.getAudioTracks()[0], { direction: "sendonly" });
-  const video = pc.addTransceiver(stream.getVideoTracks()[0], { direction: "sendonly" });
+  const video = pc.addTransceiver(stream.getVideoTracks()[0], {
+    direction: "sendonly",
+    sendEncodings: simulcastRids.length
+      ? simulcastRids.map((rid, i) => ({ rid, scaleResolutionDownBy: 2 ** i }))
+      : undefined,
+  });
   preferCodec(video);
   videoSender = video.sender;
   await pc.setLocalDescription(await pc.createOffer());
@@ -122,6 +132,27 @@ window.videoSendStats = async () => {
     }
   }
   return { width: 0, height: 0, framesSent: 0, encoder: "" };
+};
+
+// Per simulcast layer: what the encoder sends on each rid, and on which SSRC.
+window.layerSendStats = async () => {
+  const report = await videoSender.getStats();
+  const layers = [];
+  for (const stat of report.values()) {
+    if (stat.type === "outbound-rtp" && stat.rid) {
+      layers.push({ rid: stat.rid, ssrc: stat.ssrc, width: stat.frameWidth || 0, height: stat.frameHeight || 0, framesSent: stat.framesSent || 0, active: stat.active !== false });
+    }
+  }
+  return layers;
+};
+
+// Stop or restart one simulcast layer, as a publisher short of bandwidth or CPU does.
+window.setLayerActive = async (rid, active) => {
+  const parameters = videoSender.getParameters();
+  const encoding = parameters.encodings.find((e) => e.rid === rid);
+  if (!encoding) throw new Error(`no simulcast layer ${rid}`);
+  encoding.active = active;
+  await videoSender.setParameters(parameters);
 };
 
 start().catch((err) => {
