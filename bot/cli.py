@@ -156,6 +156,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
             role=args.role,
             number=args.number,
             duration=args.duration,
+            codec=args.codec,
         )
     )
 
@@ -254,6 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--role", default="clinician")
     publish.add_argument("--number", type=int, default=1, help="participant number in the signal")
     publish.add_argument("--duration", type=float, default=None, help="seconds (default: forever)")
+    publish.add_argument(
+        "--codec",
+        choices=("VP8", "H264", "H264-high"),
+        default="VP8",
+        help="video codec; H264-high is High profile offered as 640c1f only",
+    )
     publish.set_defaults(run=_cmd_publish)
 
     recover = sub.add_parser("recover", help="finish uploads left by a crash")

@@ -110,9 +110,11 @@ async def test_every_endpoint_against_the_local_sfu(
     assert missing.failed and missing.errorCode == "not_found_track_error" and missing.mid == ""
 
     state = await client.session_state(puller)
-    assert [(t.location, t.trackName, t.status) for t in state.tracks] == [
-        ("remote", "mic", "active")
-    ]
+    # "initializing" until the first packet is forwarded to the puller, as on Cloudflare.
+    assert [(t.location, t.trackName, t.status) for t in state.tracks] in (
+        [("remote", "mic", "initializing")],
+        [("remote", "mic", "active")],
+    )
     assert mic.mid is not None
     updated = await client.update_tracks(
         puller, [UpdateTrackObject(mid=mic.mid, sessionId=publisher, trackName="mic")]

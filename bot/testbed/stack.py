@@ -56,6 +56,7 @@ class LocalCall:
         *,
         participant_id: str | None = None,
         duration: float | None = None,
+        codec: str = "VP8",
     ) -> Participant:
         """Start a synthetic participant process; returns it once its tracks are live."""
         args = [
@@ -72,6 +73,8 @@ class LocalCall:
             role,
             "--number",
             str(number),
+            "--codec",
+            codec,
         ]
         if duration is not None:
             args += ["--duration", str(duration)]
