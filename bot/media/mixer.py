@@ -3,7 +3,8 @@
 Runs in the media thread. A frame's timeline time gives its sample position; while a
 stream stays within ``SNAP_SECONDS`` of where its previous frame ended it is laid end to
 end, so timestamp jitter never becomes clicks, and a real jump (loss, mute, a clock step)
-becomes silence or a trimmed overlap instead of a drift. A lasting small offset (the
+becomes silence or a trimmed overlap instead of a drift: a single lost packet is such a
+jump (it leaves its own 20 ms of silence in place). A lasting small offset (the
 clock mapping improving by some milliseconds as a less-delayed packet arrives, which
 moves the video at once) is slewed away, a quarter of it a frame and at most
 ``MAX_SLEW``, so the sound follows the picture within a few hundred milliseconds instead
@@ -23,6 +24,8 @@ from bot.media.gaps import GapTracker
 
 SAMPLE_RATE = 48_000
 SNAP_SECONDS = 0.03
+MIN_HOLE = 240
+"""Samples (5 ms): the least distance from the previous frame's end read as a lost frame."""
 SLEW_DEADBAND = 96
 """Samples (2 ms) of lasting offset left alone: below any perceptible lip-sync error."""
 MAX_SLEW = 96
@@ -128,7 +131,12 @@ class Mixer:
     def _place(self, v: _Voice, position: int, samples: Samples) -> None:
         if v.next_position is not None:
             error = position - v.next_position
-            if abs(error) <= SNAP_SECONDS * SAMPLE_RATE:
+            # A frame that starts half a frame or more after the previous one ended
+            # follows a lost packet (RTP timestamps do not jitter; only the mapping moves,
+            # by a few ms): laid end to end it would put the sound a frame early for as
+            # long as the slew takes, so it goes to its own place and the loss is silence.
+            lost = error >= max(samples.size // 2, MIN_HOLE)
+            if not lost and abs(error) <= SNAP_SECONDS * SAMPLE_RATE:
                 v.offset += 0.2 * (error - v.offset)  # jitter averages out, an offset stays
                 slew = 0
                 if abs(v.offset) > SLEW_DEADBAND:
