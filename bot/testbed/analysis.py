@@ -45,7 +45,9 @@ from bot.testbed.signal import (
 )
 
 _ENVELOPE_MS = 5.0
-_MIN_BEEP_MS = 30.0
+_WHOLE_BEEP_MS = BEEP_SAMPLES * 1000 / SAMPLE_RATE - 10.0
+"""A burst shorter than this lost a packet at its start, middle or end: its onset cannot
+be timed (a lost first packet moves it 20 ms), so it is not reported."""
 _MERGE_GAP_MS = 10.0
 _CHUNK_S = 10.0
 _CHUNK_OVERLAP_S = 0.5
@@ -144,6 +146,7 @@ class _Observation:
     time_s: float
     participant: int
     index: int
+    slot: int
 
 
 def analyze_recording(
@@ -157,14 +160,18 @@ def analyze_recording(
 ) -> RecordingReport:
     """Measure every participant's frames and beeps in a recorded file.
 
-    Participants are identified by their barcode, not by slot order. Audio onsets from
-    every audio stream are pooled and each video beep takes the onset nearest to where
-    its video placement predicts it (within ``match_s``): this works for one mixed track
-    and for one track per participant alike, as long as two participants' beeps do not
-    land within ``match_s`` of each other in the same mixed track.
+    Participants are identified by their barcode, not by slot order. Each video beep
+    takes the audio onset nearest to where its video placement predicts it (within
+    ``match_s``). A recorder's file with one speaker track per cell (after the mix) is
+    read per participant, from the track of the cell it was seen in: a beep cut by a lost
+    packet is then unmatched rather than matched to another participant's beep. Other
+    files pool the onsets of every audio stream, which works as long as two participants'
+    beeps do not land within ``match_s`` of each other in the same mixed track.
     """
     observations, flashes, frames, fps = _scan_video(path, slots)
-    onsets = sorted(o for stream in _decode_audio(path) for o in _stream_onsets(stream))
+    tracks = [_stream_onsets(stream) for stream in _decode_audio(path)]
+    pooled = sorted(o for onsets in tracks for o in onsets)
+    per_cell = len(tracks) == len(slots) + 1
     participants: dict[int, ParticipantReport] = {}
     by_participant: dict[int, list[_Observation]] = {}
     for obs in observations:
@@ -175,6 +182,8 @@ def analyze_recording(
             frames_seen=len(seen),
             frame_indices=sorted({o.index for o in seen}),
         )
+        slot = int(np.bincount([o.slot for o in seen]).argmax())
+        onsets = tracks[slot + 1] if per_cell else pooled
         last_source_s = max(o.index for o in seen) / src_fps
         for k in range(1, int(last_source_s) + 1):
             near = [o for o in seen if abs(o.index / src_fps - k) <= window_s]
@@ -191,7 +200,7 @@ def analyze_recording(
                 )
             )
         participants[number] = report
-    return RecordingReport(participants, onsets, frames, fps)
+    return RecordingReport(participants, pooled, frames, fps)
 
 
 def _nearest(values: Sequence[float], target: float, tolerance: float) -> float | None:
@@ -221,7 +230,7 @@ def _scan_video(
                 reading = read_slot(crop)
                 if reading.participant is not None and reading.frame_index is not None:
                     observations.append(
-                        _Observation(time_s, reading.participant, reading.frame_index)
+                        _Observation(time_s, reading.participant, reading.frame_index, s)
                     )
                     if reading.flash and not flashing[s]:
                         flashes.setdefault(reading.participant, []).append(time_s)
@@ -240,7 +249,7 @@ def _unwrap(observations: list[_Observation]) -> list[_Observation]:
             offset[obs.participant] = offset.get(obs.participant, 0) + FRAME_INDEX_MODULO
         last[obs.participant] = obs.index
         index = obs.index + offset.get(obs.participant, 0)
-        out.append(_Observation(obs.time_s, obs.participant, index))
+        out.append(_Observation(obs.time_s, obs.participant, index, obs.slot))
     return out
 
 
@@ -294,8 +303,9 @@ def detect_beeps(
     lower in level). A burst's onset is where this envelope crosses half the burst's own
     plateau, minus half the window: a step through a box filter is a straight ramp
     centred there, so the estimate is sample-accurate whatever the burst's level (a
-    mixer's gain or the codec do not move it). Long inputs are processed in overlapping
-    chunks to keep memory bounded.
+    mixer's gain or the codec do not move it). Only whole bursts are reported: one that
+    lost a packet at its start, middle or end is shorter, and its onset could be a packet
+    late. Long inputs are processed in overlapping chunks to keep memory bounded.
     """
     data = np.asarray(samples, dtype=np.float32)
     chunk = round(_CHUNK_S * rate)
@@ -322,7 +332,7 @@ def _detect_in(data: NDArray[np.float32], origin: int, rate: int, min_level: flo
     floor = max(min_level, 8 * float(np.median(envelope)))
     runs = _runs(envelope > floor, merge_gap=round(rate * _MERGE_GAP_MS / 1000))
     onsets = []
-    shortest = round(rate * _MIN_BEEP_MS / 1000)
+    shortest = round(rate * _WHOLE_BEEP_MS / 1000)
     longest = 3 * round(rate * BEEP_SAMPLES / SAMPLE_RATE)
     for start, stop in runs:
         if not shortest <= stop - start <= longest:
