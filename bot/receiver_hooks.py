@@ -21,11 +21,17 @@ from aioice.stun import TransactionError
 from aiortc.codecs import is_rtx
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtp import RtcpSrPacket
-from aiortc.utils import uint16_add
+from aiortc.utils import uint16_add, uint16_gt
 
 from bot.media.clock import StreamClock
 
 LOWER_DYNAMIC_PAYLOAD_TYPES = range(35, 64)
+VIDEO_GIVE_UP_PACKETS = 48
+"""Later video packets a lost one is waited for (retransmissions get a few round trips)."""
+NACK_RETRY_SECONDS = 0.1
+"""A packet still missing is asked for again after this long: aiortc asks only when a new
+gap appears, so a retransmission lost too (or a lost NACK) left the picture frozen until
+the jitter buffer gave up and a keyframe came."""
 """Payload types browsers and Cloudflare use once 96-127 are taken (JSEP, RFC 8829 §5.1.1)."""
 
 
@@ -64,6 +70,8 @@ class ReceiverTap:
         self._rtx: frozenset[int] = frozenset()
         self._on_packet: Callable[[int], None] | None = None
         self._reorder: _AudioReorder | None = None
+        self._last_nack = 0.0
+        self.nack_retries = 0
         self.accepting = False
         """False for a declined m-line: every packet is dropped before parsing."""
         self.rtx_packets = 0
@@ -105,8 +113,9 @@ class ReceiverTap:
             receiver._RTCRtpReceiver__jitter_buffer = _AudioPassThrough()
             self._reorder = _AudioReorder()
         else:
-            # Retransmissions get 48 packets' time, a few round trips.
-            receiver._RTCRtpReceiver__jitter_buffer = _LossTolerantJitterBuffer(512, 48)
+            receiver._RTCRtpReceiver__jitter_buffer = _LossTolerantJitterBuffer(
+                512, VIDEO_GIVE_UP_PACKETS
+            )
         known: dict[int, Any] = receiver._RTCRtpReceiver__codecs
         known.update((c.payloadType, c) for c in codecs)
         frames: asyncio.Queue[Any] = receiver.track._queue
@@ -114,7 +123,8 @@ class ReceiverTap:
             frames.get_nowait()
 
     def decline(self) -> None:
-        """Drop every packet (a track in a codec the recorder cannot decode)."""
+        """Drop every packet (a track in a codec the recorder cannot decode, or the
+        connection closing)."""
         self.accepting = False
 
     async def _on_rtp(self, packet: Any, arrival_time_ms: int) -> None:
@@ -137,10 +147,31 @@ class ReceiverTap:
         if self._on_packet is not None:
             self._on_packet(packet.ssrc)
         if self._reorder is None:
+            nack = self._receiver._RTCRtpReceiver__nack_generator
+            newest = nack.max_seq if nack is not None else None
             await self._handle_rtp(packet, arrival_time_ms=arrival_time_ms)
+            if nack is not None:
+                await self._nack_again(nack, newest, packet.ssrc)
             return
         for ready in self._reorder.push(packet):
             await self._handle_rtp(ready, arrival_time_ms=arrival_time_ms)
+
+    async def _nack_again(self, nack: Any, newest: int | None, ssrc: int) -> None:
+        """Ask again for packets still missing, every ``NACK_RETRY_SECONDS``, while the
+        jitter buffer still waits for them."""
+        now = time.monotonic()
+        if newest is not None and uint16_gt(nack.max_seq, uint16_add(newest, 1)):
+            self._last_nack = now  # a new gap: aiortc has just asked
+            return
+        if not nack.missing or now - self._last_nack < NACK_RETRY_SECONDS:
+            return
+        waiting = sorted(
+            seq for seq in nack.missing if uint16_add(nack.max_seq, -seq) < VIDEO_GIVE_UP_PACKETS
+        )
+        self._last_nack = now
+        if waiting:
+            self.nack_retries += 1
+            await self._receiver._send_rtcp_nack(ssrc, waiting)
 
     async def _on_rtcp(self, packet: Any) -> None:
         clock = self.clock

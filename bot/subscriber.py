@@ -397,6 +397,7 @@ class Subscriber:
                 "active": t.active,
                 "packets": t.packets,
                 "rtx_packets": t.tap.rtx_packets if t.active else None,
+                "nack_retries": t.tap.nack_retries if t.active else None,
                 "frames": t.frames,
                 "sizes": [list(size) for size in t.sizes],
                 "clock": "sender_reports" if t.clock.synced else "arrival",
@@ -412,6 +413,11 @@ class Subscriber:
         for track in self.tracks:
             if track.reader is not None:
                 track.reader.cancel()
+        # aiortc stops its receivers one by one, and a receiver no longer registered
+        # leaves its packets to be routed to another one by payload type: a stream's last
+        # packets would reach the wrong clock. Nothing is accepted once closing.
+        for tap in self._taps.values():
+            tap.decline()
         await self._pc.close()
 
     async def probe(self, answer_within: float = 1.0) -> bool | None:

@@ -4,12 +4,14 @@ import random
 import time
 from typing import Any
 
+import pytest
 import structlog
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.rtp import RtpPacket, wrap_rtx
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bot import receiver_hooks
 from bot.media.clock import StreamClock
 from bot.receiver_hooks import (
     ReceiverTap,
@@ -168,5 +170,41 @@ async def test_a_reused_m_line_starts_afresh_for_its_new_track() -> None:
         tap.decline()
         await receiver._handle_rtp_packet(_vp8_keyframe(40001, 2, 3333), 0)
         assert second.ssrc == 3333 and tap.foreign_packets == 0
+    finally:
+        await pc.close()
+
+
+async def test_a_packet_still_missing_is_asked_for_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """aiortc NACKs a packet once, when its gap appears: a lost retransmission (or a lost
+    NACK) froze the picture until the jitter buffer gave up. The tap asks again."""
+    sdp = offer([Section("video", "0", VP8_WITH_HELPERS, 2000)])
+    pc, transceiver = await _video_receiver(sdp)
+    try:
+        receiver = transceiver.receiver
+        tap = ReceiverTap(receiver, "video")
+        tap.retarget(StreamClock(90_000, None, time.time()), negotiated_codecs(transceiver))
+        asked: list[list[int]] = []
+
+        async def nack(ssrc: int, lost: list[int]) -> None:
+            asked.append(lost)
+
+        monkeypatch.setattr(receiver, "_send_rtcp_nack", nack)
+        now = [100.0]
+        monkeypatch.setattr(receiver_hooks.time, "monotonic", lambda: now[0])
+        for seq in (0, 1, 3, 4):  # 2 lost: aiortc asks at 3
+            await receiver._handle_rtp_packet(_vp8_keyframe(seq, seq * 3000, 1111), 0)
+        assert asked == [[2]]
+        now[0] += 0.05
+        await receiver._handle_rtp_packet(_vp8_keyframe(5, 15000, 1111), 0)
+        assert asked == [[2]], "not before NACK_RETRY_SECONDS"
+        now[0] += 0.06
+        await receiver._handle_rtp_packet(_vp8_keyframe(6, 18000, 1111), 0)
+        assert asked == [[2], [2]] and tap.nack_retries == 1
+        await receiver._handle_rtp_packet(_vp8_keyframe(2, 6000, 1111), 0)  # it came
+        now[0] += 0.2
+        await receiver._handle_rtp_packet(_vp8_keyframe(7, 21000, 1111), 0)
+        assert asked == [[2], [2]]
     finally:
         await pc.close()

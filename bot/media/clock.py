@@ -149,7 +149,7 @@ class StreamClock:
 
     def on_packet(self, ssrc: int, timestamp: int, arrival: float) -> None:
         if self.ssrc is not None and ssrc != self.ssrc:
-            log.info("clock.ssrc_changed", clock_rate=self.clock_rate)
+            log.info("clock.ssrc_changed", clock_rate=self.clock_rate, old=self.ssrc, new=ssrc)
             self._sender_offset = None
             self._reports.clear()
         self.ssrc = ssrc
