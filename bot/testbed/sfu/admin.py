@@ -10,7 +10,7 @@ Bodies (JSON), one action each, answered ``200 {"pending": N}``:
 - ``{"action": "expire_session", "sessionId": "..."}``
 - ``{"action": "stop_forwarding" | "collect_track", "sessionId": "...", "trackName": "..."}``
 - ``{"action": "impair_downlink", "delayMs": 50, "jitterMs": 30, "reorder": 0.05,
-  "corrupt": 0.01}`` (all zero: a clean downlink again)
+  "corrupt": 0.01, "loss": 0.05}`` (all zero: a clean downlink again)
 
 An unknown session or track is 404 ``not_found``; a bad body 400/406 as on the API.
 """
@@ -70,6 +70,7 @@ class ImpairDownlink(_Action):
     jitterMs: float = Field(0.0, ge=0, le=5000)
     reorder: float = Field(0.0, ge=0, le=1)
     corrupt: float = Field(0.0, ge=0, le=1)
+    loss: float = Field(0.0, ge=0, le=1)
 
 
 _Fault = FailRequests | FailTrack | ExpireSession | TrackAction | ImpairDownlink
@@ -126,7 +127,7 @@ async def _add_fault(request: web.Request) -> web.Response:
                 faults.collect_track(body.sessionId, body.trackName)
             case ImpairDownlink():
                 faults.impair_downlink(
-                    body.delayMs / 1000, body.jitterMs / 1000, body.reorder, body.corrupt
+                    body.delayMs / 1000, body.jitterMs / 1000, body.reorder, body.corrupt, body.loss
                 )
     except LookupError as exc:
         raise ApiError(404, "not_found", str(exc)) from None

@@ -79,12 +79,20 @@ class Impairment:
     ``corrupt``: the share of RTP packets whose payload gets random bytes overwritten
     before encryption, as a broken publisher or middlebox would send them (netem's
     ``corrupt`` would hit the SRTP ciphertext, which the receiver just drops as loss).
+
+    ``loss``: netem's ``loss``, the share of packets (RTP, RTX and RTCP alike) never sent,
+    for tests that cannot move the recorder into a network namespace (a browser call).
     """
 
     delay_s: float = 0.0
     jitter_s: float = 0.0
     reorder: float = 0.0
     corrupt: float = 0.0
+    loss: float = 0.0
+
+    def lost(self, rng: random.Random) -> bool:
+        """Whether one packet is dropped on its way."""
+        return bool(self.loss) and rng.random() < self.loss
 
     def hold(self, rng: random.Random) -> float:
         """How long one packet waits before it is sent."""
@@ -164,21 +172,24 @@ class FaultInjector:
         jitter_s: float = 0.0,
         reorder: float = 0.0,
         corrupt: float = 0.0,
+        loss: float = 0.0,
     ) -> None:
-        """Delay, jitter, reorder and corrupt what subscribers receive from now on (see
-        ``Impairment``); all zero: a clean downlink again."""
-        if delay_s < 0 or jitter_s < 0 or not (0 <= reorder <= 1 and 0 <= corrupt <= 1):
-            raise ValueError("delay and jitter must be >= 0, reorder and corrupt in [0, 1]")
+        """Delay, jitter, reorder, corrupt and lose what subscribers receive from now on
+        (see ``Impairment``); all zero: a clean downlink again."""
+        shares = (reorder, corrupt, loss)
+        if delay_s < 0 or jitter_s < 0 or not all(0 <= share <= 1 for share in shares):
+            raise ValueError("delay and jitter must be >= 0, reorder, corrupt and loss in [0, 1]")
         if jitter_s > delay_s:
             raise ValueError("jitter must not exceed the delay (a packet cannot leave early)")
-        impaired = delay_s > 0 or reorder > 0 or corrupt > 0
-        self.downlink = Impairment(delay_s, jitter_s, reorder, corrupt) if impaired else None
+        impaired = delay_s > 0 or any(shares)
+        self.downlink = Impairment(delay_s, jitter_s, reorder, corrupt, loss) if impaired else None
         log.info(
             "sfu.downlink_impaired",
             delay_s=delay_s,
             jitter_s=jitter_s,
             reorder=reorder,
             corrupt=corrupt,
+            loss=loss,
         )
 
     def clear(self) -> None:

@@ -370,8 +370,10 @@ class Subscription:
 
     async def _send_media(self, packet: RtpPacket, seq: int, timestamp: int) -> None:
         payload_type = self._payload_type
-        if payload_type is None:
-            return  # not (or no longer) accepted by the subscriber's answer
+        if payload_type is None or self._mid is None:
+            # Not (or no longer) accepted by the subscriber's answer, or the sender has
+            # not started: its header extensions (the MID above all) are not known yet.
+            return
         impairment = self._downlink()
         payload = packet.payload
         if impairment is not None:
@@ -456,6 +458,8 @@ class Subscription:
 
     async def _send(self, data: bytes) -> None:
         impairment = self._downlink()
+        if impairment is not None and impairment.lost(self._random):
+            return
         hold = impairment.hold(self._random) if impairment is not None else 0.0
         if hold > 0:
             asyncio.get_running_loop().call_later(hold, self._send_held, data)
