@@ -4,24 +4,32 @@ Two real browsers (clinician VP8, patient H.264) publish our barcode/flash/beep 
 through the SFU's call page; the recorder pulls their tracks and the recording is read
 back. Mid-call the clinician's camera is scaled down to half size from page JS, as
 Chrome's bandwidth adaptation would, and the recorder must keep decoding it.
+
+A second call publishes with simulcast (a/b as Orange Meets does, and h/m/l from a 540p
+camera) while the SFU loses 5% of what it sends the recorder, so NACKed packets come back
+over RTX; mid-call the clinician's full-size layer stops and the SFU switches layers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
 import pytest
+import structlog
 
 from bot.exitcodes import ExitCode
-from bot.recorder import RecordingResult, record
+from bot.realtime import RealtimeClient, SimulcastPreference, UpdateTrackObject
+from bot.recorder import Recorder, RecordingResult, record
 from bot.testbed.analysis import (
     RecordingReport,
     abs_percentile,
@@ -31,8 +39,9 @@ from bot.testbed.analysis import (
 )
 from bot.testbed.browser.driver import CHROMIUM, BrowserCall, BrowserParticipant, VideoSendStats
 from bot.testbed.browser.media_files import FakeMedia, write_fake_media
-from bot.testbed.stack import start_local_sfu
+from bot.testbed.stack import LocalCall, start_local_sfu
 from tests.e2e import ffprobe, recorder_settings, slots
+from tests.faults import wait_until
 
 pytestmark = [
     pytest.mark.slow,
@@ -274,3 +283,136 @@ def test_resolution_change_keeps_decoding(run: BrowserRun) -> None:
     # least half of that second's output frames (the rest may be dropped under load).
     assert len(later) >= int(DURATION - run.scaled_at_s) - 2, (run.scaled_at_s, later)
     assert all(b.video_frames >= 15 for b in later), later
+
+
+# --- simulcast through a lossy downlink ---------------------------------------------------
+
+LOSS = 0.05
+SWITCH_AFTER_S = 6.0
+"""This far into the recording the SFU moves the clinician to its half-size layer, as
+Cloudflare does when the subscriber's bandwidth estimate drops (here by ``tracks/update``
+on the recorder's session, the way the SFU's own choice reaches the wire)."""
+
+
+@dataclass
+class SimulcastRun:
+    result: RecordingResult
+    report: RecordingReport
+    manifest: dict[str, Any]
+    logs: list[dict[str, Any]]
+    switched_at_s: float
+
+
+async def _switch_layer(call: LocalCall, recorder: Recorder, participant: str, rid: str) -> None:
+    subscriber = recorder.subscriber
+    assert subscriber is not None and subscriber.session_id is not None
+    [track] = [
+        t for t in subscriber.tracks if t.participant.id == participant and t.kind == "video"
+    ]
+    async with RealtimeClient(call.app_id, call.app_secret, base_url=call.base_url) as client:
+        result = await client.update_tracks(
+            subscriber.session_id,
+            [UpdateTrackObject(mid=track.mid, simulcast=SimulcastPreference(preferredRid=rid))],
+        )
+    assert not result.tracks[0].failed, result.tracks
+
+
+async def _simulcast_call(output_dir: Path, media_dir: Path) -> SimulcastRun:
+    media = await asyncio.gather(
+        *(asyncio.to_thread(write_fake_media, media_dir, n, MEDIA_S) for n in (1, 2))
+    )
+    call = await start_local_sfu()
+    try:
+        async with BrowserCall(call.base_url) as browsers:
+            clinician, patient = await asyncio.gather(
+                browsers.join("clinician", media[0], simulcast=("a", "b")),
+                browsers.join("patient", media[1], simulcast=("h", "m", "l")),
+            )
+            await call.inject_fault({"action": "impair_downlink", "loss": LOSS})
+            settings = recorder_settings(
+                call,
+                output_dir,
+                participants=(clinician.participant("c1"), patient.participant("p1")),
+                max_duration=DURATION,
+            )
+            recorder = Recorder(settings)
+            with structlog.testing.capture_logs() as logs:
+                recording = asyncio.create_task(recorder.run())
+                await asyncio.wait_for(recorder.started.wait(), 60)
+                pipeline = recorder.pipeline
+                assert pipeline is not None
+                await wait_until(lambda: pipeline.now() >= SWITCH_AFTER_S, 30, "mid-call")
+                switched_at = pipeline.now()
+                await _switch_layer(call, recorder, "c1", "b")
+                result = await recording
+    finally:
+        await call.close()
+    assert result.path is not None, result.error
+    manifest = json.loads(result.path.with_name(result.path.name + ".manifest.json").read_text())
+    report = await asyncio.to_thread(analyze_recording, result.path, slots(2), match_s=AV_MATCH_S)
+    return SimulcastRun(result, report, manifest, logs, switched_at)
+
+
+@pytest.fixture(scope="module")
+def simulcast_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulcastRun]:
+    yield asyncio.run(
+        _simulcast_call(tmp_path_factory.mktemp("rec"), tmp_path_factory.mktemp("media"))
+    )
+
+
+def _video_track(run: SimulcastRun, participant: str) -> dict[str, Any]:
+    return next(
+        t
+        for t in run.manifest["sync"]["tracks"]
+        if t["participant"] == participant and t["kind"] == "video"
+    )
+
+
+def test_simulcast_the_recorder_gets_each_publishers_full_size_layer(
+    simulcast_run: SimulcastRun,
+) -> None:
+    """``recording.simulcast_layer`` "a": the a/b publisher's "a"; the h/m/l publisher has
+    no "a", so ``ridNotAvailable: asciibetical`` gives its next rid, "h" (full size)."""
+    run = simulcast_run
+    assert run.result.exit_code == ExitCode.OK, run.result.error
+    assert _video_track(run, "c1")["sizes"][0][1:] == [640, 360]
+    assert _video_track(run, "p1")["sizes"][0][1:] == [640, 360]
+    assert [s[1:] for s in _video_track(run, "p1")["sizes"]] == [[640, 360]], "stays on h"
+    refused = [e for e in run.logs if e["event"] == "subscriber.layer_not_set"]
+    assert not refused, refused
+
+
+def test_a_layer_switch_is_a_resolution_change_without_a_gap(simulcast_run: SimulcastRun) -> None:
+    run = simulcast_run
+    sizes = _video_track(run, "c1")["sizes"]
+    print(f"[simulcast] clinician sizes {sizes}; switch asked at {run.switched_at_s:.2f} s")
+    assert [s[1:] for s in sizes] == [[640, 360], [320, 180]], sizes
+    assert run.switched_at_s < sizes[1][0] < run.switched_at_s + 1.0
+    holes = [
+        g
+        for g in run.result.media.gaps
+        if g.participant == "c1" and g.kind == "video" and g.start > 2.0
+    ]
+    assert not holes, holes
+    clinician = run.report.participants[1]
+    later = [b for b in clinician.beeps if b.k + b.video_offset_s > sizes[1][0] + 0.5]
+    assert later and all(b.video_frames >= 15 for b in later), later
+
+
+def test_retransmissions_over_rtx_keep_lip_sync_under_loss(simulcast_run: SimulcastRun) -> None:
+    run = simulcast_run
+    for participant in ("c1", "p1"):
+        assert _video_track(run, participant)["rtx_packets"] > 0
+    assert not [e for e in run.logs if e["event"] == "clock.ssrc_changed"]
+    figures = {}
+    for number, participant in sorted(run.report.participants.items()):
+        offsets = participant.av_offsets()
+        assert len(offsets) >= MIN_MATCHED_BEEPS, offsets
+        median = float(np.median(offsets))
+        figures[number] = {
+            "offsets_ms": [round(o * 1000) for o in offsets],
+            "spread_p95_ms": round(abs_percentile([o - median for o in offsets], 95) * 1000),
+        }
+    print(f"[simulcast, {LOSS:.0%} loss] A/V per participant: {figures}")
+    for figure in figures.values():
+        assert figure["spread_p95_ms"] < MAX_SPREAD_P95_MS, figures
