@@ -320,12 +320,23 @@ def test_corrupt_share_garbles_copies_and_leaves_the_rest_alone() -> None:
     assert all(len(o) == len(payload) for o in out) and payload == bytes(range(200))
 
 
+def test_loss_share_drops_about_that_share() -> None:
+    rng = random.Random(11)
+    lost = sum(Impairment(loss=0.05).lost(rng) for _ in range(4000))
+    assert 0.035 * 4000 < lost < 0.065 * 4000
+    assert not any(Impairment().lost(rng) for _ in range(100))
+
+
 async def test_impairment_is_set_and_cleared_and_refuses_nonsense(sfu: LocalSfu) -> None:
     sfu.faults.impair_downlink(0.05, 0.03, 0.05)
     assert sfu.faults.downlink == Impairment(0.05, 0.03, 0.05)
     with pytest.raises(ValueError, match="jitter must not exceed"):
         sfu.faults.impair_downlink(0.01, 0.03)
-    with pytest.raises(ValueError, match="reorder and corrupt"):
+    with pytest.raises(ValueError, match="reorder, corrupt and loss"):
         sfu.faults.impair_downlink(corrupt=1.5)
+    with pytest.raises(ValueError, match="reorder, corrupt and loss"):
+        sfu.faults.impair_downlink(loss=-0.1)
+    sfu.faults.impair_downlink(loss=0.05)
+    assert sfu.faults.downlink == Impairment(loss=0.05)
     sfu.faults.impair_downlink()
     assert sfu.faults.downlink is None
