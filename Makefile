@@ -4,7 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: help demo test lint typecheck bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,22 +15,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) ## record a local call (SFU, two synthetic participants, S3 store)
 	$(BIN)/bot demo
 
-test: $(STAMP)
+test: $(STAMP) ## every test (slow browser and fault cases included)
 	$(BIN)/python -m pytest -q -ra
 
-lint: $(STAMP)
+lint: $(STAMP) ## ruff and hadolint
 	$(BIN)/ruff check bot tests bench deploy
 	$(BIN)/ruff format --check bot tests bench deploy
 	$(BIN)/hadolint Dockerfile
 
-typecheck: $(STAMP)
+typecheck: $(STAMP) ## mypy --strict
 	$(BIN)/mypy
 
-bench: $(STAMP)
+bench: $(STAMP) ## CPU and memory against ffmpeg and aiortc (BENCHMARKS.md)
 	$(BIN)/python -m bench
 
-clean:
+clean: ## remove the venv, recordings and caches
 	rm -rf $(VENV) recordings .pytest_cache .mypy_cache .ruff_cache
