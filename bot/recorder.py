@@ -29,8 +29,10 @@ from bot.manifest import AudioInfo, Gap, Manifest, ParticipantEntry, TrackEntry,
 from bot.media.pipeline import MediaPipeline, MediaReport, SlotInfo
 from bot.media.writer import Mp4Writer
 from bot.realtime import AuthenticationError, RealtimeClient, RealtimeError, TrackResult
+from bot.rtc.aiortc_compat import AiortcCompatError, check_private_api
+from bot.rtc.subscriber import PulledTrack, Subscriber
 from bot.storage import Spool, StorageError, Uploader, UploadResult, object_key_for, open_uploader
-from bot.subscriber import PulledTrack, Subscriber
+from bot.tasks import stop_task
 
 log = structlog.get_logger("bot.recorder")
 
@@ -222,6 +224,10 @@ class Recorder:
         structlog.contextvars.bind_contextvars(
             consultation_id=self.consultation_id, recording_id=self.recording_id
         )
+        try:
+            await check_private_api()  # before any network call
+        except AiortcCompatError as exc:
+            return _failed(self.recording_id, ExitCode.FAILURE, str(exc))
         async with self._client:
             return await self._run()
 
@@ -298,8 +304,8 @@ class Recorder:
             result.stop_reason = "realtime_error"
         finally:
             end = pipeline.now()
-            watchdog.cancel()
-            repull.cancel()
+            await stop_task(watchdog)
+            await stop_task(repull)
             # Frames up to ``end`` still in flight arrive while the pipeline finishes.
             result.media = await asyncio.to_thread(pipeline.finish, end)
             result.failed_tracks = [f.report() for f in self._subscriber.failed_tracks.values()]

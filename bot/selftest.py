@@ -46,8 +46,8 @@ from bot.realtime import (
     RealtimeError,
 )
 from bot.recorder import Recorder, RecordingResult
+from bot.rtc.subscriber import Subscriber
 from bot.storage import S3Store, StorageError, manifest_key
-from bot.subscriber import Subscriber
 
 DEFAULT_DURATION = 10.0
 KEY_TEMPLATE = "selftest/{date}/{consultation_id}/{recording_id}.mp4"

@@ -1,6 +1,6 @@
 """The timeline mapping: RTP unwrapping, sender reports, arrival fallback, clock steps."""
 
-from bot.media.clock import NTP_UNIX_OFFSET, ClockDomain, MinOffset, RtpUnwrapper, StreamClock
+from bot.rtc.clock import NTP_UNIX_OFFSET, ClockDomain, MinOffset, RtpUnwrapper, StreamClock
 
 
 def ntp(unix: float) -> int:

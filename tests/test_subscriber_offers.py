@@ -14,7 +14,7 @@ import pytest
 
 from bot.config import Participant, TrackRef
 from bot.realtime import OfferRefusedError, RealtimeClient
-from bot.subscriber import Subscriber
+from bot.rtc.subscriber import Subscriber
 from tests.cloudflare_sdp import OPUS_WITH_RED, VP8_WITH_HELPERS, Section, offer
 
 PUBLISHER = "p" * 32

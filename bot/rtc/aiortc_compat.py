@@ -1,4 +1,4 @@
-"""Every use of aiortc's private API by the recorder, in one place.
+"""Every use of aiortc's and aioice's private API by the recorder, and nothing else.
 
 aiortc 1.16 gives no public way to read RTCP sender reports' RTP half, to see a packet's
 arrival before its jitter buffer, to keep real RTP timestamps on decoded frames, to route
@@ -6,6 +6,13 @@ packets by the MID header extension, to tell retransmissions (RTX) from media, o
 for a keyframe. Each hook below wraps one private method on one instance; none changes
 aiortc's behaviour beyond what is described. ``accept_lower_dynamic_payload_types`` is
 the one process-wide change, and it only makes aiortc answer what was offered.
+
+Private names change between releases without notice, and assigning a renamed attribute
+silently creates an unused one (aiortc's defaults come back: timestamps from 0, unbounded
+queues, multi-second stalls) while everything still runs. So every read and write of a
+private name goes through ``_get`` and ``_replace``, which refuse a name that does not
+exist, and ``check_private_api`` finds any missing name, or an aiortc or aioice of
+another minor version than the one checked, before the recorder makes a network call.
 """
 
 from __future__ import annotations
@@ -13,26 +20,129 @@ from __future__ import annotations
 import asyncio
 import queue
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aioice
+import aiortc
 import aiortc.rtp
 from aioice.stun import TransactionError
+from aiortc import RTCPeerConnection
 from aiortc.codecs import is_rtx
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.rtcrtpreceiver import NackGenerator, RemoteStreamTrack
 from aiortc.rtp import RtcpSrPacket
 from aiortc.utils import uint16_add, uint16_gt
 
-from bot.media.clock import StreamClock
+from bot.rtc.clock import StreamClock
 
+CHECKED = {"aiortc": (aiortc.__name__, "1.16"), "aioice": (aioice.__name__, "0.13")}
+"""The minor versions whose private API this module was written and tested against."""
 LOWER_DYNAMIC_PAYLOAD_TYPES = range(35, 64)
+"""Payload types browsers and Cloudflare use once 96-127 are taken (JSEP, RFC 8829 §5.1.1)."""
 VIDEO_GIVE_UP_PACKETS = 48
 """Later video packets a lost one is waited for (retransmissions get a few round trips)."""
 NACK_RETRY_SECONDS = 0.1
 """A packet still missing is asked for again after this long: aiortc asks only when a new
 gap appears, so a retransmission lost too (or a lost NACK) left the picture frozen until
 the jitter buffer gave up and a keyframe came."""
-"""Payload types browsers and Cloudflare use once 96-127 are taken (JSEP, RFC 8829 §5.1.1)."""
+
+_RECEIVER = "_RTCRtpReceiver__"
+"""Prefix of RTCRtpReceiver's name-mangled private attributes."""
+
+
+class AiortcCompatError(RuntimeError):
+    """The installed aiortc or aioice is not the one this module was checked against."""
+
+
+def _versions() -> str:
+    return f"aiortc {aiortc.__version__}, aioice {aioice.__version__}"
+
+
+def _get(obj: Any, name: str) -> Any:
+    """A private attribute that must exist."""
+    try:
+        return getattr(obj, name)
+    except AttributeError:
+        raise AiortcCompatError(
+            f"{type(obj).__module__}.{type(obj).__qualname__} has no {name!r} "
+            f"({_versions()}); bot/rtc/aiortc_compat.py must be revised for this version"
+        ) from None
+
+
+def _replace(obj: Any, name: str, value: Any) -> None:
+    """Set a private attribute that must already exist: a renamed one would be created
+    anew, unused, and aiortc would go on with its own."""
+    _get(obj, name)
+    setattr(obj, name, value)
+
+
+_RECEIVER_NAMES = (
+    "_handle_rtp_packet",
+    "_handle_rtcp_packet",
+    "_send_rtcp_pli",
+    "_send_rtcp_nack",
+    *(
+        f"{_RECEIVER}{name}"
+        for name in (
+            "codecs",
+            "rtx_ssrc",
+            "nack_generator",
+            "timestamp_mapper",
+            "jitter_buffer",
+            "decoder_queue",
+        )
+    ),
+)
+_JITTER_BUFFER_NAMES = (
+    "_origin",
+    "_packets",
+    "capacity",
+    "smart_remove",
+    "remove",
+    "_remove_frame",
+)
+
+
+async def check_private_api() -> None:
+    """Fail now, naming what is missing, if the installed aiortc or aioice is not the
+    minor version this module was checked against or lacks a private name it uses.
+
+    Builds one receiving m-line on a PeerConnection that never negotiates (no network)
+    and looks up every name, so a renamed one is found at start-up instead of as a
+    recording that quietly falls back to aiortc's defaults.
+    """
+    for package, (module, minor) in CHECKED.items():
+        installed = aioice.__version__ if package == "aioice" else aiortc.__version__
+        if installed != minor and not installed.startswith(f"{minor}."):
+            raise AiortcCompatError(
+                f"{module} {installed} is installed; the recorder's use of its private API "
+                f"was checked against {minor}.x only: install {package}=={minor}.* (as "
+                "pyproject.toml pins it), or revise bot/rtc/aiortc_compat.py for it"
+            )
+    pc = RTCPeerConnection()
+    try:
+        transceiver = pc.addTransceiver("video", direction="recvonly")
+        receiver = transceiver.receiver
+        _get(transceiver, "_codecs")
+        for name in _RECEIVER_NAMES:
+            _get(receiver, name)
+        _get(RemoteStreamTrack(kind="video"), "_queue")  # what receiver.track becomes
+        router = _get(receiver.transport, "_rtp_router")
+        for name in ("route_rtp", "mid_table", "ssrc_table"):
+            _get(router, name)
+        connection = _get(receiver.transport.transport, "_connection")
+        for name in ("_nominated", "build_request", "remote_password", "remote_is_lite"):
+            _get(connection, name)
+        buffer = JitterBuffer(capacity=16, is_video=True)
+        for name in _JITTER_BUFFER_NAMES:
+            _get(buffer, name)
+        for name in ("max_seq", "missing"):
+            _get(NackGenerator(), name)
+        _get(aiortc.rtp, "DYNAMIC_PAYLOAD_TYPES")
+    finally:
+        await pc.close()
 
 
 def accept_lower_dynamic_payload_types() -> None:
@@ -42,10 +152,10 @@ def accept_lower_dynamic_payload_types() -> None:
     on a payload type of aiortc's own choosing that the SFU never sends, so every packet
     of that track is dropped as unknown, and its RTX with it. Idempotent.
     """
-    module: Any = aiortc.rtp
-    dynamic = module.DYNAMIC_PAYLOAD_TYPES
+    dynamic = _get(aiortc.rtp, "DYNAMIC_PAYLOAD_TYPES")
     if 35 not in dynamic:
-        module.DYNAMIC_PAYLOAD_TYPES = frozenset(dynamic) | frozenset(LOWER_DYNAMIC_PAYLOAD_TYPES)
+        merged = frozenset(dynamic) | frozenset(LOWER_DYNAMIC_PAYLOAD_TYPES)
+        _replace(aiortc.rtp, "DYNAMIC_PAYLOAD_TYPES", merged)
 
 
 class ReceiverTap:
@@ -77,15 +187,21 @@ class ReceiverTap:
         self.rtx_packets = 0
         self.foreign_packets = 0
         self.foreign_payload_type: int | None = None
-        self._handle_rtp: Callable[..., Awaitable[None]] = receiver._handle_rtp_packet
-        self._handle_rtcp: Callable[[Any], Awaitable[None]] = receiver._handle_rtcp_packet
-        receiver._RTCRtpReceiver__timestamp_mapper = _ExtendingTimestampMapper(self)
-        receiver._handle_rtp_packet = self._on_rtp
-        receiver._handle_rtcp_packet = self._on_rtcp
-        receiver._RTCRtpReceiver__decoder_queue = _BoundedDecoderQueue(
-            60 if kind == "video" else 250
+        self._handle_rtp: Callable[..., Awaitable[None]] = _get(receiver, "_handle_rtp_packet")
+        self._handle_rtcp: Callable[[Any], Awaitable[None]] = _get(receiver, "_handle_rtcp_packet")
+        self._send_nack: Callable[[int, list[int]], Awaitable[None]] = _get(
+            receiver, "_send_rtcp_nack"
         )
-        receiver.track._queue = _DroppingFrameQueue(30 if kind == "video" else 250)
+        self._codecs: dict[int, Any] = _get(receiver, f"{_RECEIVER}codecs")
+        self._rtx_ssrc: dict[int, int] = _get(receiver, f"{_RECEIVER}rtx_ssrc")
+        self._nack: NackGenerator | None = _get(receiver, f"{_RECEIVER}nack_generator")
+        _replace(receiver, f"{_RECEIVER}timestamp_mapper", _ExtendingTimestampMapper(self))
+        _replace(receiver, "_handle_rtp_packet", self._on_rtp)
+        _replace(receiver, "_handle_rtcp_packet", self._on_rtcp)
+        decoded = _BoundedDecoderQueue(60 if kind == "video" else 250)
+        _replace(receiver, f"{_RECEIVER}decoder_queue", decoded)
+        self._frames = _DroppingFrameQueue(30 if kind == "video" else 250)
+        _replace(receiver.track, "_queue", self._frames)
 
     def retarget(
         self,
@@ -108,19 +224,15 @@ class ReceiverTap:
         self.accepting = True
         self.rtx_packets = self.foreign_packets = 0
         self.foreign_payload_type = None
-        receiver = self._receiver
         if self.kind == "audio":
-            receiver._RTCRtpReceiver__jitter_buffer = _AudioPassThrough()
+            buffer: Any = _AudioPassThrough()
             self._reorder = _AudioReorder()
         else:
-            receiver._RTCRtpReceiver__jitter_buffer = _LossTolerantJitterBuffer(
-                512, VIDEO_GIVE_UP_PACKETS
-            )
-        known: dict[int, Any] = receiver._RTCRtpReceiver__codecs
-        known.update((c.payloadType, c) for c in codecs)
-        frames: asyncio.Queue[Any] = receiver.track._queue
-        while not frames.empty():  # frames of the m-line's previous track
-            frames.get_nowait()
+            buffer = _LossTolerantJitterBuffer(512, VIDEO_GIVE_UP_PACKETS)
+        _replace(self._receiver, f"{_RECEIVER}jitter_buffer", buffer)
+        self._codecs.update((c.payloadType, c) for c in codecs)
+        while not self._frames.empty():  # frames of the m-line's previous track
+            self._frames.get_nowait()
 
     def decline(self) -> None:
         """Drop every packet (a track in a codec the recorder cannot decode, or the
@@ -135,8 +247,7 @@ class ReceiverTap:
         if payload_type in self._rtx:
             self.rtx_packets += 1
             if clock.ssrc is not None:
-                rtx_ssrc: dict[int, int] = self._receiver._RTCRtpReceiver__rtx_ssrc
-                rtx_ssrc.setdefault(packet.ssrc, clock.ssrc)
+                self._rtx_ssrc.setdefault(packet.ssrc, clock.ssrc)
             await self._handle_rtp(packet, arrival_time_ms=arrival_time_ms)
             return
         if payload_type not in self._media:
@@ -147,7 +258,7 @@ class ReceiverTap:
         if self._on_packet is not None:
             self._on_packet(packet.ssrc)
         if self._reorder is None:
-            nack = self._receiver._RTCRtpReceiver__nack_generator
+            nack = self._nack
             newest = nack.max_seq if nack is not None else None
             await self._handle_rtp(packet, arrival_time_ms=arrival_time_ms)
             if nack is not None:
@@ -156,22 +267,24 @@ class ReceiverTap:
         for ready in self._reorder.push(packet):
             await self._handle_rtp(ready, arrival_time_ms=arrival_time_ms)
 
-    async def _nack_again(self, nack: Any, newest: int | None, ssrc: int) -> None:
+    async def _nack_again(self, nack: NackGenerator, newest: int | None, ssrc: int) -> None:
         """Ask again for packets still missing, every ``NACK_RETRY_SECONDS``, while the
         jitter buffer still waits for them."""
-        now = time.monotonic()
-        if newest is not None and uint16_gt(nack.max_seq, uint16_add(newest, 1)):
+        now, highest = time.monotonic(), nack.max_seq
+        if highest is None:
+            return
+        if newest is not None and uint16_gt(highest, uint16_add(newest, 1)):
             self._last_nack = now  # a new gap: aiortc has just asked
             return
         if not nack.missing or now - self._last_nack < NACK_RETRY_SECONDS:
             return
         waiting = sorted(
-            seq for seq in nack.missing if uint16_add(nack.max_seq, -seq) < VIDEO_GIVE_UP_PACKETS
+            seq for seq in nack.missing if uint16_add(highest, -seq) < VIDEO_GIVE_UP_PACKETS
         )
         self._last_nack = now
         if waiting:
             self.nack_retries += 1
-            await self._receiver._send_rtcp_nack(ssrc, waiting)
+            await self._send_nack(ssrc, waiting)
 
     async def _on_rtcp(self, packet: Any) -> None:
         clock = self.clock
@@ -199,7 +312,11 @@ class _ExtendingTimestampMapper:
 
 def negotiated_codecs(transceiver: Any) -> list[Any]:
     """The m-line's negotiated codecs (``RTCRtpCodecParameters``), the SFU's first first."""
-    return list(transceiver._codecs)
+    return list(_get(transceiver, "_codecs"))
+
+
+_ROUTED_BY_MID: weakref.WeakSet[Any] = weakref.WeakSet()
+"""Routers already patched (one per transport, shared by every m-line on it)."""
 
 
 def route_by_mid(dtls_transport: Any) -> None:
@@ -209,28 +326,30 @@ def route_by_mid(dtls_transport: Any) -> None:
     ``a=ssrc`` lines every packet is dropped. Learning the SSRC from the MID also routes
     the stream's sender reports, which aiortc routes by SSRC only.
     """
-    router = dtls_transport._rtp_router
-    if getattr(router, "_routes_by_mid", False):
+    router = _get(dtls_transport, "_rtp_router")
+    if router in _ROUTED_BY_MID:
         return
-    route_by_ssrc: Callable[[Any], Any] = router.route_rtp
+    route_by_ssrc: Callable[[Any], Any] = _get(router, "route_rtp")
+    mid_table: dict[str, Any] = _get(router, "mid_table")
+    ssrc_table: dict[int, Any] = _get(router, "ssrc_table")
 
     def route(packet: Any) -> Any:
         mid = packet.extensions.mid
         if mid is not None:
-            receiver = router.mid_table.get(mid)
+            receiver = mid_table.get(mid)
             if receiver is not None:
-                router.ssrc_table[packet.ssrc] = receiver
+                ssrc_table[packet.ssrc] = receiver
                 return receiver
         return route_by_ssrc(packet)
 
-    router.route_rtp = route
-    router._routes_by_mid = True
+    _replace(router, "route_rtp", route)
+    _ROUTED_BY_MID.add(router)
 
 
 def request_keyframe(receiver: Any, ssrc: int) -> asyncio.Task[None]:
     """Send a PLI for ``ssrc`` (a media SSRC, never RTX): aiortc never asks for a keyframe
     when a track starts."""
-    return asyncio.ensure_future(receiver._send_rtcp_pli(ssrc))
+    return asyncio.ensure_future(_get(receiver, "_send_rtcp_pli")(ssrc))
 
 
 async def probe_ice_path(dtls_transport: Any, answer_within: float) -> bool | None:
@@ -241,12 +360,12 @@ async def probe_ice_path(dtls_transport: Any, answer_within: float) -> bool | No
     not signal). A check answered proves the path; None means there is no path to check
     (not connected yet, or already closed).
     """
-    connection = dtls_transport.transport._connection
-    pairs = list(connection._nominated.values())
+    connection = _get(dtls_transport.transport, "_connection")
+    pairs = list(_get(connection, "_nominated").values())
     if not pairs or connection.remote_password is None:
         return None
     pair = pairs[0]
-    request = connection.build_request(pair, nominate=False)
+    request = _get(connection, "build_request")(pair, nominate=False)
     try:
         await asyncio.wait_for(
             pair.protocol.request(
@@ -269,8 +388,8 @@ def ice_path(dtls_transport: Any) -> dict[str, object]:
     Against an ICE-lite SFU (Cloudflare) the recorder must be the controlling agent and
     nominate; these are what ``bot selftest`` and the status report show.
     """
-    connection = dtls_transport.transport._connection
-    pair = next(iter(connection._nominated.values()), None)
+    connection = _get(dtls_transport.transport, "_connection")
+    pair = next(iter(_get(connection, "_nominated").values()), None)
     return {
         "ice_role": "controlling" if connection.ice_controlling else "controlled",
         "remote_ice_lite": bool(connection.remote_is_lite),

@@ -9,8 +9,8 @@ from __future__ import annotations
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
-from bot.receiver_hooks import accept_lower_dynamic_payload_types
-from bot.sdp_codecs import h264_profile, prepare_offer
+from bot.rtc.aiortc_compat import accept_lower_dynamic_payload_types
+from bot.rtc.codec_policy import h264_profile, prepare_offer
 from tests.cloudflare_sdp import (
     H264_EVERY_PROFILE,
     H264_HIGH_ONLY,

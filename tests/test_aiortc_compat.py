@@ -1,28 +1,38 @@
-"""The recorder's aiortc hooks that change behaviour: lost packets, retransmissions, reuse."""
+"""aiortc's private API as the recorder uses it: each patch checked, and what it changes
+(lost packets, retransmissions, reused m-lines)."""
 
+import os
 import random
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
+import aiortc
 import pytest
 import structlog
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.rtp import RtpPacket, wrap_rtx
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot import receiver_hooks
-from bot.media.clock import StreamClock
-from bot.receiver_hooks import (
+from bot.exitcodes import ExitCode
+from bot.rtc import aiortc_compat
+from bot.rtc.aiortc_compat import (
+    AiortcCompatError,
     ReceiverTap,
     _AudioReorder,
     _BoundedDecoderQueue,
     _DroppingFrameQueue,
     _LossTolerantJitterBuffer,
     accept_lower_dynamic_payload_types,
+    check_private_api,
     negotiated_codecs,
+    route_by_mid,
 )
-from bot.sdp_codecs import prepare_offer
+from bot.rtc.clock import StreamClock
+from bot.rtc.codec_policy import prepare_offer
 from tests.cloudflare_sdp import VP8_WITH_HELPERS, Section, offer
 
 
@@ -183,16 +193,16 @@ async def test_a_packet_still_missing_is_asked_for_again(
     pc, transceiver = await _video_receiver(sdp)
     try:
         receiver = transceiver.receiver
-        tap = ReceiverTap(receiver, "video")
-        tap.retarget(StreamClock(90_000, None, time.time()), negotiated_codecs(transceiver))
         asked: list[list[int]] = []
 
         async def nack(ssrc: int, lost: list[int]) -> None:
             asked.append(lost)
 
         monkeypatch.setattr(receiver, "_send_rtcp_nack", nack)
+        tap = ReceiverTap(receiver, "video")
+        tap.retarget(StreamClock(90_000, None, time.time()), negotiated_codecs(transceiver))
         now = [100.0]
-        monkeypatch.setattr(receiver_hooks.time, "monotonic", lambda: now[0])
+        monkeypatch.setattr(aiortc_compat.time, "monotonic", lambda: now[0])
         for seq in (0, 1, 3, 4):  # 2 lost: aiortc asks at 3
             await receiver._handle_rtp_packet(_vp8_keyframe(seq, seq * 3000, 1111), 0)
         assert asked == [[2]]
@@ -208,3 +218,90 @@ async def test_a_packet_still_missing_is_asked_for_again(
         assert asked == [[2], [2]]
     finally:
         await pc.close()
+
+
+# --- the guard: every private name checked, at start-up and when patched ------------------
+
+
+async def test_the_installed_aiortc_has_every_private_name_used() -> None:
+    await check_private_api()
+
+
+async def test_a_missing_private_name_fails_at_start_up_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delattr(RTCRtpReceiver, "_send_rtcp_pli")
+    with pytest.raises(AiortcCompatError, match=r"_send_rtcp_pli.*aiortc 1\.16"):
+        await check_private_api()
+
+
+async def test_another_minor_version_fails_at_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(aiortc, "__version__", "1.17.0")
+    with pytest.raises(AiortcCompatError, match=r"aiortc 1.17.0 is installed.*1\.16\.x"):
+        await check_private_api()
+
+
+async def test_a_renamed_private_attribute_is_refused_not_created() -> None:
+    """Assigning a renamed attribute would create an unused one and leave aiortc's own
+    jitter buffer (seconds of stall per loss) in place, with everything still running."""
+    sdp = offer([Section("video", "0", VP8_WITH_HELPERS, 2000)])
+    pc, transceiver = await _video_receiver(sdp)
+    try:
+        receiver = transceiver.receiver
+        del receiver._RTCRtpReceiver__timestamp_mapper  # as if aiortc renamed it
+        with pytest.raises(AiortcCompatError, match="_RTCRtpReceiver__timestamp_mapper"):
+            ReceiverTap(receiver, "video")
+        assert not hasattr(receiver, "_RTCRtpReceiver__timestamp_mapper")
+    finally:
+        await pc.close()
+
+
+async def test_every_patch_takes_effect_on_a_real_receiver() -> None:
+    accept_lower_dynamic_payload_types()
+    assert 36 in aiortc.rtp.DYNAMIC_PAYLOAD_TYPES
+    sdp = offer([Section("video", "0", VP8_WITH_HELPERS, 2000)])
+    pc, transceiver = await _video_receiver(sdp)
+    try:
+        receiver = transceiver.receiver
+        tap = ReceiverTap(receiver, "video")
+        tap.retarget(StreamClock(90_000, None, time.time()), negotiated_codecs(transceiver))
+        route_by_mid(receiver.transport)
+        assert receiver._handle_rtp_packet == tap._on_rtp
+        assert receiver._handle_rtcp_packet == tap._on_rtcp
+        assert isinstance(receiver._RTCRtpReceiver__jitter_buffer, _LossTolerantJitterBuffer)
+        assert isinstance(receiver._RTCRtpReceiver__decoder_queue, _BoundedDecoderQueue)
+        assert isinstance(receiver.track._queue, _DroppingFrameQueue)
+        mapper = receiver._RTCRtpReceiver__timestamp_mapper
+        assert mapper.map(1000) == 1000, "frames keep their RTP time, not aiortc's from 0"
+        assert receiver.transport._rtp_router.route_rtp.__name__ == "route"
+    finally:
+        await pc.close()
+
+
+def test_bot_record_stops_before_any_network_call_on_another_aiortc(tmp_path: Path) -> None:
+    """As if aiortc 1.17 were installed: exit 1 with one line naming it, before the API."""
+    env = {
+        **os.environ,
+        "BOT_REALTIME_APP_ID": "app",
+        "BOT_REALTIME_APP_SECRET": "secret",
+        # Nothing listens here: a network call would end in a realtime error, exit 4.
+        "BOT_REALTIME_BASE_URL": "http://127.0.0.1:9/v1",
+        "BOT_STORAGE_SPOOL_DIR": str(tmp_path / "spool"),
+        "BOT_STORAGE_LOCAL_DIR": str(tmp_path / "out"),
+    }
+    args = ["record", "--consultation-id", "c1", "--participant", f"p1:patient={'a' * 32}/mic"]
+    program = (
+        "import sys, aiortc; aiortc.__version__ = '1.17.0'; from bot.cli import main; "
+        f"sys.exit(main({args!r}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == ExitCode.FAILURE, done.stderr
+    assert "aiortc 1.17.0 is installed" in done.stderr and "Traceback" not in done.stderr
+    assert "realtime" not in done.stderr.lower(), "no API call was made"

@@ -1,7 +1,7 @@
 """The recorder's WebRTC side: one Cloudflare session pulling every participant's tracks.
 
 Pulls go through the Cloudflare API (tracks/new remote, the SFU offers, we answer with
-PUT renegotiate). Each received track gets a clock (bot.media.clock) and a reader task
+PUT renegotiate). Each received track gets a clock (``bot.rtc.clock``) and a reader task
 that hands decoded frames, placed on the timeline, to the media pipeline. Every accepted
 track is drained for as long as it lives: an unread aiortc track queue grows forever.
 """
@@ -20,7 +20,6 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.mediastreams import MediaStreamError
 
 from bot.config import Participant, TrackRef
-from bot.media.clock import ClockDomain, StreamClock
 from bot.realtime import (
     OfferRefusedError,
     RealtimeClient,
@@ -30,7 +29,7 @@ from bot.realtime import (
     TrackResult,
     UpdateTrackObject,
 )
-from bot.receiver_hooks import (
+from bot.rtc.aiortc_compat import (
     ReceiverTap,
     accept_lower_dynamic_payload_types,
     ice_path,
@@ -39,9 +38,11 @@ from bot.receiver_hooks import (
     request_keyframe,
     route_by_mid,
 )
-from bot.sdp_codecs import Declined, OfferPlan, prepare_offer
+from bot.rtc.clock import ClockDomain, StreamClock
+from bot.rtc.codec_policy import Declined, OfferPlan, prepare_offer
+from bot.tasks import stop_task
 
-log = structlog.get_logger("bot.subscriber")
+log = structlog.get_logger("bot.rtc.subscriber")
 
 FrameSink = Callable[[int, float, av.VideoFrame | av.AudioFrame], None]
 """``(slot, timeline_seconds, frame)``: where decoded frames go (the media pipeline)."""
@@ -409,10 +410,10 @@ class Subscriber:
 
     async def close(self) -> None:
         if self._watchdog is not None:
-            self._watchdog.cancel()
+            await stop_task(self._watchdog)
         for track in self.tracks:
             if track.reader is not None:
-                track.reader.cancel()
+                await stop_task(track.reader)
         # aiortc stops its receivers one by one, and a receiver no longer registered
         # leaves its packets to be routed to another one by payload type: a stream's last
         # packets would reach the wrong clock. Nothing is accepted once closing.

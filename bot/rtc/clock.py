@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import structlog
 
-log = structlog.get_logger("bot.media.clock")
+log = structlog.get_logger("bot.rtc.clock")
 
 NTP_UNIX_OFFSET = 2_208_988_800
 """Seconds from the NTP epoch (1900) to the Unix epoch (1970)."""
