@@ -173,8 +173,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     import av
     import pydantic
 
-    from bot.media.inspect import inspect_recording, summarize
-    from bot.media.timeline_png import TimelineUnavailable, default_png_path, render_timeline
+    from bot.inspect.report import inspect_recording, summarize
+    from bot.inspect.timeline_png import TimelineUnavailable, default_png_path, render_timeline
 
     try:
         print(summarize(args.file))

@@ -297,7 +297,7 @@ class ControlSettings(_Section):
 
 
 class WebhookSettings(_Section):
-    """Optional notifications (``bot.webhook``) on start, stop, completion and failure.
+    """Optional notifications (``bot.observe.webhook``) on start, stop, completion and failure.
 
     Each POST is signed with HMAC-SHA256 over ``<timestamp>.<body>`` using ``secret``
     (best from ``BOT_WEBHOOK_SECRET``) and retried with exponential backoff; a receiver

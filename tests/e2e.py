@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.config import Participant, RealtimeSettings, RecordingSettings, Settings, StorageSettings
-from bot.media.layout import grid
-from bot.testbed.analysis import Rect
+from bot.media.layout import Rect, grid
 from bot.testbed.stack import LocalCall
 
 
@@ -36,7 +35,7 @@ def recorder_settings(
 
 
 def slots(count: int, width: int = 1280, height: int = 720) -> list[Rect]:
-    return [Rect(r.x, r.y, r.width, r.height) for r in grid(count, width, height)]
+    return grid(count, width, height)
 
 
 def ffprobe(path: Path) -> dict[str, Any]:

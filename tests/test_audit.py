@@ -8,8 +8,8 @@ import json
 import threading
 from pathlib import Path
 
-from bot.audit import AuditLog, audit_key, audit_path, follow_uploads, upload_audit
 from bot.config import StorageSettings
+from bot.observe.audit import AuditLog, audit_key, audit_path, follow_uploads, upload_audit
 from bot.storage import UploadStatus
 
 

@@ -18,7 +18,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from bot.audit import AuditLog
 from bot.config import (
     ConfigError,
     ControlSettings,
@@ -28,7 +27,8 @@ from bot.config import (
     load_settings,
 )
 from bot.control import ROLE_POLICY, Action, AuthError, Authorizer, ControlServer
-from bot.metrics import Metrics
+from bot.observe.audit import AuditLog
+from bot.observe.metrics import Metrics
 from bot.recorder import Recorder
 
 SECRET = "auth-test-secret-0123456789abcdefghij"

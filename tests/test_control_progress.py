@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.console import Console
 
-from bot.progress import render_status, warnings_for
+from bot.observe.progress import render_status, warnings_for
 
 
 def _status(**override: Any) -> dict[str, Any]:

@@ -19,8 +19,8 @@ from PIL import Image
 
 from bot.cli import main
 from bot.exitcodes import ExitCode
-from bot.media.inspect import inspect_recording
-from bot.media.timeline_png import (
+from bot.inspect.report import inspect_recording
+from bot.inspect.timeline_png import (
     MEDIA,
     build_lanes,
     default_png_path,

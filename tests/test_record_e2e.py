@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from bot.exitcodes import ExitCode
-from bot.media.boxes import top_level_boxes
 from bot.recorder import RecordingResult, record
+from bot.storage.boxes import top_level_boxes
 from bot.testbed.analysis import analyze_recording, audio_rms
 from bot.testbed.stack import start_local_sfu
 from tests.e2e import ffprobe, recorder_settings, slots

@@ -12,7 +12,14 @@ import pytest
 from aiohttp import web
 
 from bot.config import WebhookSettings
-from bot.webhook import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, Webhook, sign, verify
+from bot.observe.webhook import (
+    DELIVERY_HEADER,
+    EVENT_HEADER,
+    SIGNATURE_HEADER,
+    Webhook,
+    sign,
+    verify,
+)
 
 SECRET = "webhook-secret-0123456789"
 

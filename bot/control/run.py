@@ -16,14 +16,14 @@ from typing import Any
 
 import structlog
 
-from bot.audit import AuditLog, audit_path, follow_uploads, upload_audit
 from bot.config import Settings
 from bot.control.server import ControlServer
-from bot.metrics import Metrics
-from bot.progress import Progress
+from bot.observe.audit import AuditLog, audit_path, follow_uploads, upload_audit
+from bot.observe.metrics import Metrics
+from bot.observe.progress import Progress
+from bot.observe.webhook import Webhook
 from bot.recorder import Recorder, RecordingResult
 from bot.storage import StorageError
-from bot.webhook import Webhook
 
 log = structlog.get_logger("bot.control")
 

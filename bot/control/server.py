@@ -21,11 +21,11 @@ import pydantic
 import structlog
 from aiohttp import web
 
-from bot.audit import AuditLog
 from bot.config import ConfigError, ControlSettings, Participant
 from bot.control.auth import Action, AuthError, Authorizer, Caller
-from bot.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from bot.metrics import Metrics
+from bot.observe.audit import AuditLog
+from bot.observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from bot.observe.metrics import Metrics
 from bot.realtime import RealtimeError
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ from pathlib import Path
 import av
 
 from bot.manifest import Verification
-from bot.media.boxes import top_level_boxes
+from bot.storage.boxes import top_level_boxes
 from bot.storage.errors import StorageError
 from bot.storage.journal import PartRecord
 from bot.storage.stores import ObjectStore

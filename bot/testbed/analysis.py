@@ -36,6 +36,7 @@ import av
 import numpy as np
 from numpy.typing import NDArray
 
+from bot.media.layout import Rect
 from bot.testbed.signal import (
     BEEP_HZ,
     BEEP_SAMPLES,
@@ -51,16 +52,6 @@ be timed (a lost first packet moves it 20 ms), so it is not reported."""
 _MERGE_GAP_MS = 10.0
 _CHUNK_S = 10.0
 _CHUNK_OVERLAP_S = 0.5
-
-
-@dataclass(frozen=True)
-class Rect:
-    """A participant's slot in the output picture, in pixels."""
-
-    x: int
-    y: int
-    width: int
-    height: int
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from bot.config import RealtimeSettings, RecordingSettings, Settings, StorageSettings
-from bot.media.inspect import summarize
+from bot.inspect.report import summarize
 from bot.recorder import record
 from bot.storage import presigned_url
 from bot.testbed.s3 import LocalS3

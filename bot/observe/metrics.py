@@ -27,7 +27,7 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from bot.recorder import Recorder
 
-log = structlog.get_logger("bot.metrics")
+log = structlog.get_logger("bot.observe.metrics")
 
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
 _TRACK_LABELS: Final = ("participant", "kind", "mid")

@@ -31,11 +31,11 @@ from typing import Any, Final
 import structlog
 
 from bot.config import StorageSettings
-from bot.logs import _redact as redact_secrets
+from bot.logs import redact_secrets
 from bot.storage.stores import open_store
 from bot.storage.uploader import UploadStatus
 
-log = structlog.get_logger("bot.audit")
+log = structlog.get_logger("bot.observe.audit")
 
 AUDIT_SUFFIX: Final = ".audit.jsonl"
 CONTENT_TYPE: Final = "application/x-ndjson"

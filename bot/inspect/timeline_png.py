@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from bot.media.inspect import Inspection, Span
+from bot.inspect.report import Inspection, Span
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

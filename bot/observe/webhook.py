@@ -31,7 +31,7 @@ import structlog
 from bot import __version__
 from bot.config import WebhookSettings
 
-log = structlog.get_logger("bot.webhook")
+log = structlog.get_logger("bot.observe.webhook")
 
 SIGNATURE_HEADER: Final = "X-Recorder-Signature"
 EVENT_HEADER: Final = "X-Recorder-Event"

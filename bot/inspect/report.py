@@ -7,7 +7,7 @@ track went silent (found in the pixels and samples, not taken from the recorder'
 and, when the manifest is next to the file, what the recorder itself reported: the
 participants, the gaps it filled, its sync figures and the upload parts. When the
 synthetic participants' barcode is in the picture, the A/V offset is measured over time.
-``bot.media.timeline_png`` draws the same findings.
+``bot.inspect.timeline_png`` draws the same findings.
 
 Everything here is blocking file and CPU work: call it from a thread in async code.
 """
@@ -25,8 +25,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bot.manifest import Manifest
-from bot.media.boxes import top_level_boxes
 from bot.media.layout import Rect, grid
+from bot.storage.boxes import top_level_boxes
 
 MIN_SPAN_S: Final = 0.5
 """Dark, still, silent stretches shorter than this are not reported (a blink, a pause)."""
@@ -403,7 +403,7 @@ def _measure_av(path: Path, scan: _Scan) -> list[AvSample]:
     """Each synthetic beep's A/V offset, named by the participant holding its cell."""
     from bot.testbed import analysis
 
-    slots = [analysis.Rect(r.x, r.y, r.width, r.height) for r in scan.rects]
+    slots = list(scan.rects)
     report = analysis.analyze_recording(path, slots)
     names = {}
     cells = scan.cells()
