@@ -281,8 +281,7 @@ class Subscriber:
             return plan
         except Exception as exc:  # any aiortc failure means "unusable offer"
             first_error = type(exc).__name__
-        as_offered = prepare_offer(sdp)
-        offered = as_offered.sending | {d.mid for d in as_offered.declined}
+        offered = plan.sending | {d.mid for d in plan.declined}
         new = offered - set(self._on_mid)
         plan = prepare_offer(sdp, decline=new)
         log.error("subscriber.offer_refused", error=first_error, declined_mids=sorted(new))
