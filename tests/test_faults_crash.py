@@ -109,12 +109,8 @@ def _env(s3: LocalS3, spool: Path) -> dict[str, str]:
     env.update(
         PYTHONPATH=str(ROOT),
         BOT_LOGGING_FORMAT="json",
-        BOT_STORAGE_BACKEND="s3",
-        BOT_STORAGE_ENDPOINT_URL=s3.endpoint_url,
-        BOT_STORAGE_BUCKET=s3.bucket,
-        BOT_STORAGE_ACCESS_KEY_ID=s3.access_key_id,
-        BOT_STORAGE_SECRET_ACCESS_KEY=s3.secret_access_key,
         BOT_STORAGE_SPOOL_DIR=str(spool),
+        **s3.storage_env(),
     )
     return env
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -50,18 +51,7 @@ async def call() -> AsyncIterator[LocalCall]:
 
 
 def _env(call: LocalCall, store: LocalS3, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BOT_")}
-    env.update(
-        BOT_REALTIME_BASE_URL=call.base_url,
-        BOT_REALTIME_APP_ID=call.app_id,
-        BOT_REALTIME_APP_SECRET=call.app_secret,
-        BOT_REALTIME_ICE_SERVERS="",
-        BOT_STORAGE_BACKEND="s3",
-        BOT_STORAGE_ENDPOINT_URL=store.endpoint_url,
-        BOT_STORAGE_BUCKET=store.bucket,
-        BOT_STORAGE_ACCESS_KEY_ID=store.access_key_id,
-        BOT_STORAGE_SECRET_ACCESS_KEY=store.secret_access_key,
-    )
+    env = call.recorder_env(Path(tempfile.gettempdir()), **store.storage_env())
     env.update(extra)
     return env
 

@@ -97,17 +97,23 @@ class LocalS3:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def storage_settings(self, **overrides: Any) -> StorageSettings:
-        """Settings for ``backend = "s3"`` pointed at this store; ``overrides`` win."""
-        values: dict[str, Any] = {
+    def _storage(self) -> dict[str, str]:
+        return {
             "backend": "s3",
             "endpoint_url": self.endpoint_url,
             "bucket": self.bucket,
             "access_key_id": self.access_key_id,
             "secret_access_key": self.secret_access_key,
         }
-        values.update(overrides)
+
+    def storage_settings(self, **overrides: Any) -> StorageSettings:
+        """Settings for ``backend = "s3"`` pointed at this store; ``overrides`` win."""
+        values: dict[str, Any] = {**self._storage(), **overrides}
         return StorageSettings.model_validate(values)
+
+    def storage_env(self) -> dict[str, str]:
+        """The same settings as ``BOT_STORAGE_*`` variables, for a ``bot`` process."""
+        return {f"BOT_STORAGE_{key.upper()}": value for key, value in self._storage().items()}
 
     def client(self) -> Any:
         """A plain boto3 client for assertions in tests (same R2-style settings)."""
