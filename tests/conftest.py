@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+import httpx
 import pytest
 
 from bot.testbed.s3 import LocalS3
@@ -75,3 +76,26 @@ async def s3() -> AsyncIterator[LocalS3]:
     """A SeaweedFS store on free loopback ports, removed afterwards."""
     async with LocalS3() as store:
         yield store
+
+
+def sfu_api(sfu: LocalSfu, app: SfuApp) -> httpx.AsyncClient:
+    """A raw client rooted at the SFU's ``/v1/apps/{appId}`` with the right bearer secret."""
+    return httpx.AsyncClient(
+        base_url=f"{sfu.base_url}/apps/{app.app_id}",
+        headers={"Authorization": f"Bearer {app.app_secret}"},
+        timeout=15,
+    )
+
+
+@pytest.fixture
+async def http(sfu: LocalSfu, sfu_app: SfuApp) -> AsyncIterator[httpx.AsyncClient]:
+    async with sfu_api(sfu, sfu_app) as client:
+        yield client
+
+
+async def new_session(http: httpx.AsyncClient) -> str:
+    """``POST /sessions/new``, checked to be 201; the new session's id."""
+    response = await http.post("/sessions/new")
+    assert response.status_code == 201
+    session_id: str = response.json()["sessionId"]
+    return session_id

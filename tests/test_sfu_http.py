@@ -13,33 +13,16 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack
 
 from bot.testbed.sfu import LocalSfu
+from tests.conftest import new_session
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-async def http(sfu: LocalSfu, sfu_app: Any) -> AsyncIterator[httpx.AsyncClient]:
-    """Client rooted at ``/v1/apps/{appId}`` with the right bearer secret."""
-    async with httpx.AsyncClient(
-        base_url=f"{sfu.base_url}/apps/{sfu_app.app_id}",
-        headers={"Authorization": f"Bearer {sfu_app.app_secret}"},
-        timeout=15,
-    ) as client:
-        yield client
-
-
-async def _new_session(http: httpx.AsyncClient) -> str:
-    response = await http.post("/sessions/new")
-    assert response.status_code == 201
-    session_id: str = response.json()["sessionId"]
-    return session_id
 
 
 async def _publish(
     http: httpx.AsyncClient, pcs: list[RTCPeerConnection], *, connect: bool = True
 ) -> str:
     """Publish one audio track named ``mic``; returns the publisher's session id."""
-    session_id = await _new_session(http)
+    session_id = await new_session(http)
     pc = RTCPeerConnection()
     pcs.append(pc)
     transceiver = pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
@@ -116,7 +99,7 @@ async def test_wrong_or_missing_secret_is_401_and_unknown_app_is_404(
 
 
 async def test_body_that_is_not_json_is_400_decoding_error(http: httpx.AsyncClient) -> None:
-    session_id = await _new_session(http)
+    session_id = await new_session(http)
     response = await http.post(f"/sessions/{session_id}/tracks/new", content=b"{not json")
     _assert_error(response, 400, "decoding_error")
     response = await http.post(f"/sessions/{session_id}/tracks/new", json=["a", "list"])
@@ -124,7 +107,7 @@ async def test_body_that_is_not_json_is_400_decoding_error(http: httpx.AsyncClie
 
 
 async def test_bad_fields_and_limits_are_406_invalid_params(http: httpx.AsyncClient) -> None:
-    session_id = await _new_session(http)
+    session_id = await new_session(http)
     url = f"/sessions/{session_id}/tracks/new"
     bad_location = {"tracks": [{"location": "elsewhere", "trackName": "a"}]}
     _assert_error(await http.post(url, json=bad_location), 406, "invalid_params")
@@ -154,7 +137,7 @@ async def test_unknown_session_is_410_session_error(http: httpx.AsyncClient) -> 
 async def test_pull_of_an_unpublished_track_fails_per_item_with_empty_mid(
     http: httpx.AsyncClient,
 ) -> None:
-    session_id = await _new_session(http)
+    session_id = await new_session(http)
     response = await http.post(
         f"/sessions/{session_id}/tracks/new", json=_pull_body("f" * 32, "nobody")
     )
@@ -171,7 +154,7 @@ async def test_pull_offers_then_refuses_overlapping_mutation_until_renegotiated(
     http: httpx.AsyncClient, pcs: list[RTCPeerConnection]
 ) -> None:
     publisher = await _publish(http, pcs)
-    puller = await _new_session(http)
+    puller = await new_session(http)
     url = f"/sessions/{puller}/tracks/new"
     response = await http.post(url, json=_pull_body(publisher))
     body = response.json()
@@ -220,7 +203,7 @@ async def test_pull_offers_then_refuses_overlapping_mutation_until_renegotiated(
 
 
 async def test_renegotiate_without_a_pending_offer_is_400(http: httpx.AsyncClient) -> None:
-    session_id = await _new_session(http)
+    session_id = await new_session(http)
     response = await http.put(
         f"/sessions/{session_id}/renegotiate",
         json={"sessionDescription": {"type": "answer", "sdp": "v=0\r\n"}},
@@ -252,13 +235,13 @@ async def test_close_and_update_of_unknown_mids_fail_per_item(
     assert update.status_code == 200
     assert update.json()["tracks"][0]["errorCode"] == "update_track_error"
     # A closed published track can no longer be pulled.
-    puller = await _new_session(http)
+    puller = await new_session(http)
     pull = await http.post(f"/sessions/{puller}/tracks/new", json=_pull_body(publisher))
     assert pull.json()["tracks"][0]["errorCode"] == "not_found_track_error"
 
 
 async def test_data_channels_are_501(http: httpx.AsyncClient) -> None:
-    session_id = await _new_session(http)
+    session_id = await new_session(http)
     response = await http.post(f"/sessions/{session_id}/datachannels/new", json={})
     _assert_error(response, 501, "not_implemented")
 
@@ -290,7 +273,7 @@ async def test_session_whose_transport_closed_expires_to_410(
         publisher = await _publish(http, pcs)
         url = f"/sessions/{publisher}"
         # Wait for the transport to connect (the SFU reports the track active meanwhile).
-        puller = await _new_session(http)
+        puller = await new_session(http)
         pull = await http.post(f"/sessions/{puller}/tracks/new", json=_pull_body(publisher))
         assert pull.json()["tracks"][0]["mid"] != ""
         await pcs[0].close()
@@ -308,7 +291,7 @@ async def test_pull_with_the_callers_own_offer_is_answered_and_media_flows(
     http: httpx.AsyncClient, pcs: list[RTCPeerConnection]
 ) -> None:
     publisher = await _publish(http, pcs)
-    puller = await _new_session(http)
+    puller = await new_session(http)
     pc = RTCPeerConnection()
     pcs.append(pc)
     arrived: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -377,7 +360,7 @@ async def test_close_without_force_makes_an_sfu_offer_to_answer(
     http: httpx.AsyncClient, pcs: list[RTCPeerConnection]
 ) -> None:
     publisher = await _publish(http, pcs)
-    puller = await _new_session(http)
+    puller = await new_session(http)
     pc = RTCPeerConnection()
     pcs.append(pc)
 

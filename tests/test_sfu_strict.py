@@ -19,25 +19,12 @@ from aiortc.rtp import RtpPacket
 from bot.realtime import RealtimeClient
 from bot.testbed.participant import SyntheticParticipant
 from bot.testbed.sfu import LocalSfu, sdp_shape
+from tests.conftest import new_session, sfu_api
 
 pytestmark = pytest.mark.timeout(60)
 
 WAIT_S = 10.0
 _VP8_AND_RTX = ("video/VP8", "video/rtx")
-
-
-@pytest.fixture
-async def http(sfu: LocalSfu, sfu_app: Any) -> AsyncIterator[httpx.AsyncClient]:
-    async with _http(sfu, sfu_app) as client:
-        yield client
-
-
-def _http(sfu: LocalSfu, sfu_app: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        base_url=f"{sfu.base_url}/apps/{sfu_app.app_id}",
-        headers={"Authorization": f"Bearer {sfu_app.app_secret}"},
-        timeout=15,
-    )
 
 
 @pytest.fixture
@@ -48,18 +35,11 @@ async def pcs() -> AsyncIterator[list[RTCPeerConnection]]:
         await pc.close()
 
 
-async def _new_session(http: httpx.AsyncClient) -> str:
-    response = await http.post("/sessions/new")
-    assert response.status_code == 201
-    session_id: str = response.json()["sessionId"]
-    return session_id
-
-
 async def _publish(
     http: httpx.AsyncClient, pcs: list[RTCPeerConnection], names: tuple[str, ...] = ("mic", "cam")
 ) -> tuple[str, str]:
     """Publish aiortc tracks (``mic*`` audio, others VP8 video); (session id, SFU answer)."""
-    session_id = await _new_session(http)
+    session_id = await new_session(http)
     pc = RTCPeerConnection()
     pcs.append(pc)
     connected = asyncio.Event()
@@ -106,7 +86,7 @@ class Puller:
 
 
 async def _puller(http: httpx.AsyncClient, pcs: list[RTCPeerConnection]) -> Puller:
-    puller = Puller(await _new_session(http), RTCPeerConnection())
+    puller = Puller(await new_session(http), RTCPeerConnection())
     pcs.append(puller.pc)
     puller.pc.on("track", lambda track: puller.tracks.__setitem__(track.kind, track))
     return puller
@@ -199,7 +179,7 @@ async def test_no_incoming_check_for_the_consent_expiry_kills_the_session(
 ) -> None:
     # aiortc clients check consent every 4-6 s: with a 1 s expiry the SFU hears none in time.
     sfu = await sfu_factory(consent_expiry_s=1.0, session_expiry_s=0.1)
-    async with _http(sfu, sfu_app) as http:
+    async with sfu_api(sfu, sfu_app) as http:
         publisher, _ = await _publish(http, pcs, ("mic",))
         registry: Any = sfu._registry
         session = registry._sessions[publisher]
@@ -271,7 +251,7 @@ async def test_high_profile_publisher_is_offered_first_in_its_own_profile(
         participant = SyntheticParticipant(rt, number=1, role="clinician", codec="H264-high")
         await participant.start()
         try:
-            puller_id = await _new_session(http)
+            puller_id = await new_session(http)
             response = await http.post(
                 f"/sessions/{puller_id}/tracks/new",
                 json=_pull_body(participant.session_id, "video"),
