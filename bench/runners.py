@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
+from testbed.stack import LocalCall, participant_flag, start_local_sfu
 
 from bench.measure import MeasuredProcess, Usage, media_duration, video_packets
 from bot.config import RecordingSettings
 from bot.media.layout import grid
-from bot.testbed.stack import LocalCall, participant_flag, start_local_sfu
 
 log = structlog.get_logger("bot.bench")
 

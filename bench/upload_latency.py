@@ -25,12 +25,12 @@ from pathlib import Path
 
 import av
 import numpy as np
+from testbed.s3 import LocalS3
 
 from bot.logs import configure_logging
 from bot.manifest import Manifest
 from bot.storage import Spool, object_key_for, open_uploader
 from bot.storage.verify import top_level_boxes
-from bot.testbed.s3 import LocalS3
 
 FPS = 10
 WIDTH, HEIGHT = 192, 144

@@ -1,8 +1,10 @@
-"""Command line: ``bot record | selftest | demo | sfu | publish | recover | inspect``.
+"""Command line: ``bot record | selftest | recover | inspect`` (and the testbed's commands).
 
 Each command parses its flags here and hands a typed call to the module that owns the
 work, so this file is the map from a command to the code behind it. Errors a user can fix
-end as one line on stderr and a documented exit code (see ``bot.exitcodes``).
+end as one line on stderr and a documented exit code (see ``bot.exitcodes``). Other
+distributions add commands through the ``bot.commands`` entry points: the testbed adds
+``demo``, ``sfu`` and ``publish``, which the production image therefore does not have.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import logging
 import sys
 from collections.abc import Coroutine, Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -28,9 +31,10 @@ if TYPE_CHECKING:
 
 
 _T = TypeVar("_T")
+COMMANDS_ENTRY_POINTS = "bot.commands"
 
 
-def _run(main: Coroutine[Any, Any, _T]) -> _T:
+def run_on_uvloop(main: Coroutine[Any, Any, _T]) -> _T:
     """Run ``main`` on uvloop: the recorder's event loop handles a few hundred packets a
     second, and with uvloop's loop and UDP transports that thread uses 10-20% less CPU."""
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -70,7 +74,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
         # Built on the loop: the control server, audit writer and webhook belong to it.
         return await ControlledRecording(settings).run()
 
-    result = _run(run())
+    result = run_on_uvloop(run())
     if result.error:
         print(f"bot: error: {result.error}", file=sys.stderr)
     if result.path is not None:
@@ -80,7 +84,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
 
 def _cmd_selftest(args: argparse.Namespace) -> int:
     from bot.selftest import Step, config_failure, run_selftest
-    from bot.testbed.participant import SyntheticParticipant
+    from bot.synthetic.participant import SyntheticParticipant
 
     # Each step is one line here; log lines and library tracebacks would bury them.
     configure_logging("info" if args.verbose else "critical")
@@ -101,7 +105,7 @@ def _cmd_selftest(args: argparse.Namespace) -> int:
         realtime, recording = settings.realtime, settings.recording
         if not args.json:
             print(f"bot selftest: {args.duration:g} s through Cloudflare Realtime into the bucket")
-        report = _run(
+        report = run_on_uvloop(
             run_selftest(
                 settings,
                 lambda client: SyntheticParticipant(
@@ -120,53 +124,12 @@ def _cmd_selftest(args: argparse.Namespace) -> int:
     return int(report.exit_code)
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from bot.testbed.demo import run_demo
-
-    configure_logging("warning" if not args.verbose else "info")
-    return _run(run_demo(duration=args.duration, output_dir=args.output_dir, storage=args.storage))
-
-
-def _cmd_sfu(args: argparse.Namespace) -> int:
-    from bot.testbed.sfu import serve_forever
-
-    configure_logging("info")
-    _run(
-        serve_forever(
-            host=args.host,
-            port=args.port,
-            app_id=args.app_id,
-            app_secret=args.app_secret,
-            sender_reports=not args.no_sender_reports,
-            ssrc_in_sdp=not args.no_ssrc_lines,
-        )
-    )
-    return 0
-
-
-def _cmd_publish(args: argparse.Namespace) -> int:
-    from bot.testbed.participant import publish_until_stopped
-
-    configure_logging("info")
-    return _run(
-        publish_until_stopped(
-            base_url=args.base_url,
-            app_id=args.app_id,
-            app_secret=args.app_secret,
-            role=args.role,
-            number=args.number,
-            duration=args.duration,
-            codec=args.codec,
-        )
-    )
-
-
 def _cmd_recover(args: argparse.Namespace) -> int:
     from bot.storage.recover import recover_all
 
     settings = _settings(args)
     configure_logging(settings.logging.level, settings.logging.format)
-    return _run(recover_all(settings))
+    return run_on_uvloop(recover_all(settings))
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -232,37 +195,6 @@ def build_parser() -> argparse.ArgumentParser:
     selftest.add_argument("--verbose", action="store_true", help="the recorder's logs on stderr")
     selftest.set_defaults(run=_cmd_selftest)
 
-    demo = sub.add_parser("demo", help="local SFU + two synthetic participants + recorder")
-    demo.add_argument("--duration", type=float, default=10.0)
-    demo.add_argument("--output-dir", type=Path, default=Path("recordings"))
-    demo.add_argument("--storage", choices=["s3", "local"], default="s3")
-    demo.add_argument("--verbose", action="store_true")
-    demo.set_defaults(run=_cmd_demo)
-
-    sfu = sub.add_parser("sfu", help="run the local Cloudflare-compatible SFU")
-    sfu.add_argument("--host", default="127.0.0.1")
-    sfu.add_argument("--port", type=int, default=8787)
-    sfu.add_argument("--app-id", required=True)
-    sfu.add_argument("--app-secret", required=True)
-    sfu.add_argument("--no-sender-reports", action="store_true", help="withhold RTCP SRs")
-    sfu.add_argument("--no-ssrc-lines", action="store_true", help="omit a=ssrc from offers")
-    sfu.set_defaults(run=_cmd_sfu)
-
-    publish = sub.add_parser("publish", help="publish a synthetic participant")
-    publish.add_argument("--base-url", required=True, help="e.g. http://127.0.0.1:8787/v1")
-    publish.add_argument("--app-id", required=True)
-    publish.add_argument("--app-secret", required=True)
-    publish.add_argument("--role", default="clinician")
-    publish.add_argument("--number", type=int, default=1, help="participant number in the signal")
-    publish.add_argument("--duration", type=float, default=None, help="seconds (default: forever)")
-    publish.add_argument(
-        "--codec",
-        choices=("VP8", "H264", "H264-high"),
-        default="VP8",
-        help="video codec; H264-high is High profile offered as 640c1f only",
-    )
-    publish.set_defaults(run=_cmd_publish)
-
     recover = sub.add_parser("recover", help="finish uploads left by a crash")
     recover.add_argument("--config", type=Path)
     recover.set_defaults(run=_cmd_recover)
@@ -276,7 +208,21 @@ def build_parser() -> argparse.ArgumentParser:
     png.add_argument("--png", type=Path, help="timeline picture (default: <file>.timeline.png)")
     png.add_argument("--no-png", action="store_true", help="text report only")
     inspect.set_defaults(run=_cmd_inspect)
+    if not _add_registered_commands(sub):
+        parser.epilog = (
+            "demo, sfu and publish are the testbed's commands; a development checkout has "
+            "them after `pip install -e ./testbed` (make demo and make test do it)"
+        )
     return parser
+
+
+def _add_registered_commands(sub: Any) -> int:
+    """Let installed distributions add their commands (``bot.commands`` entry points);
+    returns how many did."""
+    found = sorted(entry_points(group=COMMANDS_ENTRY_POINTS), key=lambda entry: entry.name)
+    for entry in found:
+        entry.load()(sub)
+    return len(found)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,7 +17,7 @@ it in case a server echoed one back.
 The recording goes to its own key prefix (``selftest/``) and a temporary spool: a bucket
 lock on ``consultations/`` would make a test object undeletable, and ``bot recover``
 must never find a selftest spool among the real ones. The publisher is passed in (the
-CLI builds ``bot.testbed``'s synthetic participant) so the product never imports the
+CLI builds ``testbed``'s synthetic participant) so the product never imports the
 testbed.
 """
 

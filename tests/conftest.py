@@ -7,12 +7,11 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from testbed.s3 import LocalS3
+from testbed.sfu import LocalSfu
+from testbed.stack import LocalCall, start_local_sfu
 
-from bot.testbed.s3 import LocalS3
-from bot.testbed.sfu import LocalSfu
-from bot.testbed.stack import LocalCall, start_local_sfu
-
-# --- local SFU (bot.testbed.sfu) ------------------------------------------------------
+# --- local SFU (testbed.sfu) ------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from testbed.stack import LocalCall
+
 from bot.config import Participant, RealtimeSettings, RecordingSettings, Settings, StorageSettings
 from bot.media.layout import Rect, grid
-from bot.testbed.stack import LocalCall
 
 
 def recorder_settings(

@@ -26,20 +26,20 @@ import av
 import numpy as np
 import pytest
 import structlog
-
-from bot.exitcodes import ExitCode
-from bot.realtime import RealtimeClient, SimulcastPreference, UpdateTrackObject
-from bot.recorder import Recorder, RecordingResult, record
-from bot.testbed.analysis import (
+from testbed.analysis import (
     RecordingReport,
     abs_percentile,
     analyze_recording,
     audio_rms,
     detect_beeps,
 )
-from bot.testbed.browser.driver import CHROMIUM, BrowserCall, BrowserParticipant, VideoSendStats
-from bot.testbed.browser.media_files import FakeMedia, write_fake_media
-from bot.testbed.stack import LocalCall, start_local_sfu
+from testbed.browser.driver import CHROMIUM, BrowserCall, BrowserParticipant, VideoSendStats
+from testbed.browser.media_files import FakeMedia, write_fake_media
+from testbed.stack import LocalCall, start_local_sfu
+
+from bot.exitcodes import ExitCode
+from bot.realtime import RealtimeClient, SimulcastPreference, UpdateTrackObject
+from bot.recorder import Recorder, RecordingResult, record
 from tests.e2e import ffprobe, recorder_settings, slots
 from tests.faults import wait_until
 

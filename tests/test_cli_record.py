@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from testbed.stack import LocalCall, participant_flag, start_local_sfu
 
 from bot.exitcodes import ExitCode
-from bot.testbed.stack import LocalCall, participant_flag, start_local_sfu
 from tests.e2e import ffprobe
 
 

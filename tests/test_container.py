@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testbed.stack import start_local_sfu
 
 from bot import __version__
-from bot.testbed.stack import start_local_sfu
 
 ROOT = Path(__file__).resolve().parent.parent
 PODMAN = ROOT / "scripts" / "podman-local.sh"
@@ -135,16 +135,29 @@ def test_healthcheck_without_control_api(image: str) -> None:
     assert "control API not enabled" in out
 
 
-def test_demo_runs_in_a_read_only_container(image: str) -> None:
-    # Read-only root as in Kubernetes: /var/lib/recorder is the image's VOLUME (an
-    # anonymous volume here, an emptyDir there) and /tmp a tmpfs.
-    out = podman(
-        "run", "--rm", "--read-only", "--tmpfs", "/tmp", image,
-        "demo", "--duration", "5", "--storage", "local",
-        "--output-dir", "/var/lib/recorder/recordings",
+def _run_in_image(image: str, *command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(PODMAN), "run", "--rm", "--entrypoint", command[0], image, *command[1:]],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+
+
+def test_image_has_no_testbed(image: str) -> None:
+    """The production image carries the recorder only: no local SFU, no SeaweedFS, no demo
+    (the read-only run of a real recording is the SIGTERM test below)."""
+    found = _run_in_image(
+        image, "find", "/", "-xdev", "(", "-name", "testbed*", "-o", "-name", "weed",
+        "-o", "-name", "seaweedfs*", ")", "-print",
     )  # fmt: skip
-    assert "recording: /var/lib/recorder/recordings/consultations/" in out
-    assert "video h264 1280x720" in out and "audio aac mix" in out
+    assert found.stdout == "", found.stdout
+    imported = _run_in_image(image, "/opt/recorder/bin/python", "-c", "import testbed")
+    assert "No module named 'testbed'" in imported.stderr, imported.stderr
+    demo = _run_in_image(image, "bot", "demo")
+    assert demo.returncode == 2 and "invalid choice: 'demo'" in demo.stderr, demo.stderr
+    assert "pip install -e ./testbed" in _run_in_image(image, "bot", "--help").stdout
 
 
 @pytest.fixture

@@ -20,14 +20,14 @@ import httpx
 import jwt
 import numpy as np
 import pytest
+from testbed.analysis import _decode_audio, _scan_video
+from testbed.stack import start_local_sfu
 
 from bot.config import ControlSettings, Participant
 from bot.control.run import ControlledRecording
 from bot.exitcodes import ExitCode
 from bot.manifest import Gap
 from bot.recorder import RecordingResult
-from bot.testbed.analysis import _decode_audio, _scan_video
-from bot.testbed.stack import start_local_sfu
 from tests.e2e import recorder_settings, slots
 
 SECRET = "control-test-secret-0123456789abcdef"

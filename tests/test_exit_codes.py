@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from testbed.stack import LocalCall, free_port, start_local_sfu
 
 from bot.exitcodes import ExitCode
-from bot.testbed.stack import LocalCall, free_port, start_local_sfu
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

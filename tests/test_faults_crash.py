@@ -20,15 +20,15 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from testbed.proxy import ThrottlingProxy
+from testbed.s3 import LocalS3
+from testbed.stack import LocalCall
 
 from bot.exitcodes import ExitCode
 from bot.manifest import Manifest
 from bot.storage import manifest_key
 from bot.storage.spool import Spool
 from bot.storage.verify import decode_probe, fragment_layout
-from bot.testbed.proxy import ThrottlingProxy
-from bot.testbed.s3 import LocalS3
-from bot.testbed.stack import LocalCall
 from tests.faults import wait_until
 
 pytestmark = pytest.mark.slow

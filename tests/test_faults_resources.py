@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from testbed.stack import LocalCall, participant_flag
 
 from bot.exitcodes import ExitCode
-from bot.testbed.stack import LocalCall, participant_flag
 
 pytestmark = pytest.mark.slow
 

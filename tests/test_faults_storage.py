@@ -19,13 +19,13 @@ from urllib.parse import urlsplit
 
 import pytest
 import structlog
+from testbed.proxy import ThrottlingProxy
+from testbed.s3 import LocalS3
+from testbed.stack import LocalCall
 
 from bot.exitcodes import ExitCode
 from bot.recorder import Recorder, RecordingResult
 from bot.storage.verify import fragment_layout
-from bot.testbed.proxy import ThrottlingProxy
-from bot.testbed.s3 import LocalS3
-from bot.testbed.stack import LocalCall
 from tests.e2e import ffprobe, recorder_settings
 from tests.faults import wait_until
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 import structlog
+from testbed.analysis import analyze_recording
+from testbed.stack import LocalCall
 
 from bot.exitcodes import ExitCode
 from bot.recorder import Recorder
-from bot.testbed.analysis import analyze_recording
-from bot.testbed.stack import LocalCall
 from tests.e2e import recorder_settings, slots
 
 pytestmark = pytest.mark.slow

@@ -124,7 +124,7 @@ def test_not_a_recording_is_a_media_error(
 
 @pytest.fixture(scope="module")
 def demo_recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from bot.testbed.demo import run_demo
+    from testbed.demo import run_demo
 
     out = tmp_path_factory.mktemp("demo")
     assert asyncio.run(run_demo(duration=5.0, output_dir=out, storage="local")) == 0

@@ -3,7 +3,7 @@
 Publishers run in-process (``SyntheticParticipant``) so a test controls when each joins,
 leaves, mutes or changes resolution; the SFU is the local one, the recorder the real one.
 Sources run at 25 fps into a 30 fps output so the frame-grid phase sweeps and the video
-placement can be measured to well under a frame (see ``bot.testbed.analysis``).
+placement can be measured to well under a frame (see ``testbed.analysis``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import av
 import numpy as np
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+from testbed.analysis import abs_percentile, analyze_recording
+from testbed.sfu import LocalSfu
 
 from bot.config import (
     Participant,
@@ -29,10 +31,8 @@ from bot.config import (
 from bot.media.gaps import Gap
 from bot.realtime import RealtimeClient, SessionDescription, TrackObject
 from bot.recorder import Recorder, RecordingResult
-from bot.testbed.analysis import abs_percentile, analyze_recording
-from bot.testbed.participant import SyntheticParticipant
-from bot.testbed.sfu import LocalSfu
-from bot.testbed.signal import render_i420
+from bot.synthetic.participant import SyntheticParticipant
+from bot.synthetic.signal import render_i420
 from tests.e2e import ffprobe, slots
 
 pytestmark = pytest.mark.slow

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testbed.analysis import RecordingReport, abs_percentile, analyze_recording
+from testbed.stack import LocalCall, participant_flag, start_local_sfu
 
-from bot.testbed import netns
-from bot.testbed.analysis import RecordingReport, abs_percentile, analyze_recording
-from bot.testbed.stack import LocalCall, participant_flag, start_local_sfu
+from testbed import netns
 from tests.e2e import slots
 
 pytestmark = [

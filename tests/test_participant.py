@@ -12,21 +12,21 @@ import numpy as np
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
+from testbed.analysis import detect_beeps
+from testbed.commands import publish_until_stopped
+from testbed.sfu import LocalSfu
 
 from bot.exitcodes import ExitCode
 from bot.realtime import RealtimeClient, SessionDescription, TrackObject
-from bot.testbed.analysis import detect_beeps
-from bot.testbed.participant import (
+from bot.synthetic.participant import (
     MuteWindow,
     SyntheticParticipant,
     _MediaPlan,
     _MediaWorker,
     _Scheduled,
     ice_servers_for,
-    publish_until_stopped,
 )
-from bot.testbed.sfu import LocalSfu
-from bot.testbed.signal import SAMPLE_RATE, SAMPLES_PER_FRAME, ResolutionStep, read_barcode
+from bot.synthetic.signal import SAMPLE_RATE, SAMPLES_PER_FRAME, ResolutionStep, read_barcode
 
 WAIT_S = 15.0
 OPUS_DELAY = 312  # libopus's encoder delay at 48 kHz, carried in the packet timestamps

@@ -12,6 +12,7 @@ import pytest
 import structlog
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
+from testbed.sfu import LocalSfu
 
 from bot.realtime import (
     AppNotFoundError,
@@ -27,7 +28,6 @@ from bot.realtime import (
     UpdateTrackObject,
 )
 from bot.realtime import client as client_module
-from bot.testbed.sfu import LocalSfu
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -7,12 +7,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from testbed.analysis import analyze_recording, audio_rms
+from testbed.stack import start_local_sfu
 
 from bot.exitcodes import ExitCode
 from bot.recorder import RecordingResult, record
 from bot.storage.boxes import top_level_boxes
-from bot.testbed.analysis import analyze_recording, audio_rms
-from bot.testbed.stack import start_local_sfu
 from tests.e2e import ffprobe, recorder_settings, slots
 
 DURATION = 6.0

@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 import structlog
+from testbed.analysis import analyze_recording
+from testbed.stack import LocalCall, start_local_sfu
 
 from bot.config import TrackRef
 from bot.exitcodes import ExitCode
 from bot.recorder import Recorder, RecordingResult
-from bot.testbed.analysis import analyze_recording
-from bot.testbed.stack import LocalCall, start_local_sfu
 from tests.e2e import recorder_settings, slots
 from tests.faults import wait_until
 

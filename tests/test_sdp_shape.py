@@ -1,11 +1,10 @@
-"""The SFU's SDP rewriting (``bot.testbed.sfu.sdp_shape``), on text alone."""
+"""The SFU's SDP rewriting (``testbed.sfu.sdp_shape``), on text alone."""
 
 from __future__ import annotations
 
 from aiortc import sdp as aiortc_sdp
-
-from bot.testbed.sfu import sdp_shape
-from bot.testbed.sfu.sdp_shape import Codec, Payload, PayloadTypes
+from testbed.sfu import sdp_shape
+from testbed.sfu.sdp_shape import Codec, Payload, PayloadTypes
 
 FINGERPRINT = "a=fingerprint:sha-256 AA:BB"
 AIORTC_OFFER = (

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testbed.s3 import LocalS3
+from testbed.stack import LocalCall, start_local_sfu
 
 from bot.exitcodes import ExitCode
-from bot.testbed.s3 import LocalS3
-from bot.testbed.stack import LocalCall, start_local_sfu
 
 RUN_TIMEOUT = 120.0
 REQUIRED = ("config", "auth", "publish", "pull", "ice", "first_frame", "upload", "verify")

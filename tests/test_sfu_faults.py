@@ -15,6 +15,8 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack
 from hypothesis import given
 from hypothesis import strategies as st
+from testbed.sfu import LocalSfu
+from testbed.sfu.faults import Impairment
 
 from bot.realtime import RealtimeClient, SessionDescription, TrackObject
 from bot.realtime.errors import (
@@ -23,8 +25,6 @@ from bot.realtime.errors import (
     TrackError,
     TransientError,
 )
-from bot.testbed.sfu import LocalSfu
-from bot.testbed.sfu.faults import Impairment
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -11,8 +11,8 @@ import httpx
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack
+from testbed.sfu import LocalSfu
 
-from bot.testbed.sfu import LocalSfu
 from tests.conftest import new_session
 
 pytestmark = pytest.mark.timeout(60)

@@ -12,9 +12,9 @@ import pytest
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription, clock
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamTrack
 from aiortc.rtp import AnyRtcpPacket, RtcpSrPacket, RtpPacket
+from testbed.sfu import LocalSfu
 
 from bot.realtime import RealtimeClient, SessionDescription, TrackObject
-from bot.testbed.sfu import LocalSfu
 
 WAIT_S = 10.0
 

@@ -23,13 +23,10 @@ from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import AnyRtcpPacket, RtcpSrPacket, RtpPacket
 from av import VideoFrame
-
-from bot.realtime import RealtimeClient, SessionDescription, TrackObject
-from bot.realtime.models import SimulcastPreference, UpdateTrackObject
-from bot.testbed.browser.driver import CHROMIUM, BrowserCall, BrowserParticipant, LayerSendStats
-from bot.testbed.browser.media_files import write_fake_media
-from bot.testbed.sfu import LocalSfu
-from bot.testbed.sfu.simulcast import (
+from testbed.browser.driver import CHROMIUM, BrowserCall, BrowserParticipant, LayerSendStats
+from testbed.browser.media_files import write_fake_media
+from testbed.sfu import LocalSfu
+from testbed.sfu.simulcast import (
     LayerPreference,
     Splicer,
     accept_layers,
@@ -37,6 +34,9 @@ from bot.testbed.sfu.simulcast import (
     keyframe_start,
     offered_layers,
 )
+
+from bot.realtime import RealtimeClient, SessionDescription, TrackObject
+from bot.realtime.models import SimulcastPreference, UpdateTrackObject
 
 # -- SDP --------------------------------------------------------------------------------
 

@@ -15,10 +15,10 @@ from aioice.ice import StunProtocol
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamTrack
 from aiortc.rtp import RtpPacket
+from testbed.sfu import LocalSfu, sdp_shape
 
 from bot.realtime import RealtimeClient
-from bot.testbed.participant import SyntheticParticipant
-from bot.testbed.sfu import LocalSfu, sdp_shape
+from bot.synthetic.participant import SyntheticParticipant
 from tests.conftest import new_session, sfu_api
 
 pytestmark = pytest.mark.timeout(60)

@@ -10,9 +10,9 @@ import av
 import numpy as np
 import pytest
 from numpy.typing import NDArray
+from testbed.analysis import Rect, abs_percentile, analyze_recording, audio_rms, detect_beeps
 
-from bot.testbed.analysis import Rect, abs_percentile, analyze_recording, audio_rms, detect_beeps
-from bot.testbed.signal import (
+from bot.synthetic.signal import (
     SAMPLE_RATE,
     SAMPLES_PER_FRAME,
     ResolutionStep,

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from test_storage_fmp4 import Feeder, make_fmp4
 from test_storage_s3 import PART, _manifest, _spool, _wait_for
+from testbed.s3 import LocalS3
 
 from bot.config import Settings
 from bot.exitcodes import ExitCode
@@ -23,7 +24,6 @@ from bot.storage.journal import Journal
 from bot.storage.recover import recover_all, recover_spools
 from bot.storage.stores import S3Store
 from bot.storage.verify import decode_probe, fragment_layout
-from bot.testbed.s3 import LocalS3
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import av
 import pytest
 from botocore.exceptions import ClientError
 from test_storage_fmp4 import Feeder, make_fmp4
+from testbed.s3 import LocalS3
 
 from bot.config import StorageSettings
 from bot.manifest import Manifest, ParticipantEntry
@@ -23,7 +24,6 @@ from bot.storage import Spool, StorageError, Uploader, manifest_key, object_key_
 from bot.storage.journal import PartRecord
 from bot.storage.stores import S3Store
 from bot.storage.verify import verify_object
-from bot.testbed.s3 import LocalS3
 
 MiB = 1024 * 1024
 PART = 5 * MiB

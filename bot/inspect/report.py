@@ -6,7 +6,9 @@ the fragments, where each participant's picture went dark or froze and where eac
 track went silent (found in the pixels and samples, not taken from the recorder's word),
 and, when the manifest is next to the file, what the recorder itself reported: the
 participants, the gaps it filled, its sync figures and the upload parts. When the
-synthetic participants' barcode is in the picture, the A/V offset is measured over time.
+synthetic participants' barcode is in the picture, the A/V offset is measured over time
+by whatever measure is installed under the ``bot.inspect.av`` entry points (the testbed's
+analysis of the synthetic beep), so the product does not carry the test signal's analysis.
 ``bot.inspect.timeline_png`` draws the same findings.
 
 Everything here is blocking file and CPU work: call it from a thread in async code.
@@ -14,9 +16,10 @@ Everything here is blocking file and CPU work: call it from a thread in async co
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Final
 
@@ -27,6 +30,7 @@ from numpy.typing import NDArray
 from bot.manifest import Manifest
 from bot.media.layout import Rect, grid
 from bot.storage.boxes import top_level_boxes
+from bot.synthetic.signal import read_slot
 
 MIN_SPAN_S: Final = 0.5
 """Dark, still, silent stretches shorter than this are not reported (a blink, a pause)."""
@@ -42,6 +46,7 @@ BARCODE_PROBE_S: Final = 10.0
 """How far into the file to look for the synthetic participants' barcode."""
 MAX_LISTED: Final = 12
 """Spans listed per line of the text report; the rest are counted."""
+AV_MEASURE_ENTRY_POINTS: Final = "bot.inspect.av"
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,19 @@ class CellInfo:
     def label(self) -> str:
         who = " ".join(x for x in (self.role, self.participant_id) if x)
         return f"cell {self.number}" + (f" ({who})" if who else "")
+
+
+@dataclass(frozen=True)
+class Beep:
+    """What an A/V measure reports for one beep of synthetic participant ``participant``."""
+
+    participant: int
+    audio_onset_s: float
+    av_offset_s: float
+
+
+AvMeasure = Callable[[Path, Sequence[Rect]], Iterable[Beep]]
+"""Given the file and its cells, every beep it could match picture to sound for."""
 
 
 @dataclass(frozen=True)
@@ -171,9 +189,15 @@ def inspect_recording(path: Path, manifest_path: Path | None = None) -> Inspecti
     )
     if manifest is not None and manifest.storage is not None:
         inspection.part_ends = scan.byte_times(_part_ends(manifest))
-    if scan.barcode_cells:
-        inspection.av_offsets = _measure_av(path, scan)
+    measures = [entry.load() for entry in entry_points(group=AV_MEASURE_ENTRY_POINTS)]
+    if scan.barcode_cells and measures:
+        inspection.av_offsets = _measure_av(path, scan, measures)
         inspection.av_note = "synthetic barcode found: A/V offset measured at every beep"
+    elif scan.barcode_cells:
+        inspection.av_note = (
+            "synthetic barcode found, but no A/V measure is installed "
+            "(the testbed's: pip install -e ./testbed)"
+        )
     else:
         inspection.av_note = "no synthetic barcode in the picture: A/V offset not measurable"
     return inspection
@@ -314,8 +338,6 @@ class _Scan:
             self._probe_barcode(frame)
 
     def _probe_barcode(self, frame: Any) -> None:
-        from bot.testbed.signal import read_slot
-
         rgb = frame.to_ndarray(format="rgb24")
         for i, rect in enumerate(self.rects):
             crop = rgb[rect.y : rect.y + rect.height, rect.x : rect.x + rect.width]
@@ -399,25 +421,22 @@ def _part_ends(manifest: Manifest) -> list[int]:
     return ends
 
 
-def _measure_av(path: Path, scan: _Scan) -> list[AvSample]:
+def _measure_av(path: Path, scan: _Scan, measures: Sequence[AvMeasure]) -> list[AvSample]:
     """Each synthetic beep's A/V offset, named by the participant holding its cell."""
-    from bot.testbed import analysis
-
-    slots = list(scan.rects)
-    report = analysis.analyze_recording(path, slots)
-    names = {}
     cells = scan.cells()
-    for number, cell_index in scan.barcode_cells.items():
-        cell = cells[cell_index]
-        names[number] = cell.participant_id or f"participant {number}"
-    samples = []
-    for number, participant in sorted(report.participants.items()):
-        name = names.get(number, f"participant {number}")
-        for beep in participant.beeps:
-            offset = beep.av_offset_s
-            if offset is not None and beep.audio_onset_s is not None:
-                samples.append(AvSample(name, round(beep.audio_onset_s, 3), round(offset, 4)))
-    return samples
+    names = {
+        number: cells[index].participant_id or f"participant {number}"
+        for number, index in scan.barcode_cells.items()
+    }
+    beeps = (beep for measure in measures for beep in measure(path, list(scan.rects)))
+    return [
+        AvSample(
+            names.get(beep.participant, f"participant {beep.participant}"),
+            round(beep.audio_onset_s, 3),
+            round(beep.av_offset_s, 4),
+        )
+        for beep in sorted(beeps, key=lambda b: (b.participant, b.audio_onset_s))
+    ]
 
 
 # -- the text report -------------------------------------------------------------------

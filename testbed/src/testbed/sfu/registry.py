@@ -7,11 +7,11 @@ import secrets
 
 import structlog
 
-from bot.testbed.sfu.errors import session_gone
-from bot.testbed.sfu.faults import FaultInjector, Impairment, TrackFailure
-from bot.testbed.sfu.forwarder import PublishedTrack
-from bot.testbed.sfu.sdp_shape import Codec
-from bot.testbed.sfu.session import SfuSession
+from testbed.sfu.errors import session_gone
+from testbed.sfu.faults import FaultInjector, Impairment, TrackFailure
+from testbed.sfu.forwarder import PublishedTrack
+from testbed.sfu.sdp_shape import Codec
+from testbed.sfu.session import SfuSession
 
 log = structlog.get_logger("bot.sfu")
 

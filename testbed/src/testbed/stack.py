@@ -119,7 +119,7 @@ class LocalCall:
         return env
 
     async def inject_fault(self, body: dict[str, object]) -> None:
-        """``POST /admin/faults`` on this call's SFU (see ``bot.testbed.sfu.admin``)."""
+        """``POST /admin/faults`` on this call's SFU (see ``testbed.sfu.admin``)."""
         admin = self.base_url.removesuffix("/v1") + "/admin/faults"
         async with httpx.AsyncClient(timeout=10.0) as http:
             response = await http.post(

@@ -2,7 +2,7 @@
 
 Reads a decoded MP4 with PyAV and the slot rectangles the compositor used, and reports,
 per participant, which source frames made it into the output and where each beep of
-``bot.testbed.signal`` landed in video and in audio.
+``bot.synthetic.signal`` landed in video and in audio.
 
 Definitions (all times in seconds; "source time" is the participant's own clock, 0 at its
 first frame and first sample):
@@ -28,7 +28,7 @@ first frame and first sample):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,8 +36,9 @@ import av
 import numpy as np
 from numpy.typing import NDArray
 
+from bot.inspect.report import Beep
 from bot.media.layout import Rect
-from bot.testbed.signal import (
+from bot.synthetic.signal import (
     BEEP_HZ,
     BEEP_SAMPLES,
     FRAME_INDEX_MODULO,
@@ -192,6 +193,17 @@ def analyze_recording(
             )
         participants[number] = report
     return RecordingReport(participants, pooled, frames, fps)
+
+
+def measure_beeps(path: Path, cells: Sequence[Rect]) -> Iterator[Beep]:
+    """``bot inspect``'s A/V measure (entry point ``bot.inspect.av``): every beep whose
+    picture and sound were both found."""
+    report = analyze_recording(path, cells)
+    for number, participant in sorted(report.participants.items()):
+        for beep in participant.beeps:
+            offset = beep.av_offset_s
+            if offset is not None and beep.audio_onset_s is not None:
+                yield Beep(number, beep.audio_onset_s, offset)
 
 
 def _nearest(values: Sequence[float], target: float, tolerance: float) -> float | None:

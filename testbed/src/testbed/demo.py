@@ -12,8 +12,8 @@ from bot.config import RealtimeSettings, RecordingSettings, Settings, StorageSet
 from bot.inspect.report import summarize
 from bot.recorder import record
 from bot.storage import presigned_url
-from bot.testbed.s3 import LocalS3
-from bot.testbed.stack import start_local_sfu
+from testbed.s3 import LocalS3
+from testbed.stack import start_local_sfu
 
 
 async def run_demo(duration: float, output_dir: Path, storage: str = "s3") -> int:

@@ -39,8 +39,8 @@ from aiortc.rtp import (
 )
 from aiortc.utils import uint16_gt
 
-from bot.testbed.sfu import aiortc_hooks, simulcast
-from bot.testbed.sfu.faults import Impairment
+from testbed.sfu import aiortc_hooks, simulcast
+from testbed.sfu.faults import Impairment
 
 log = structlog.get_logger("bot.sfu")
 

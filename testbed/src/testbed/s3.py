@@ -28,7 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from bot.config import StorageSettings
 
-log = structlog.get_logger("bot.testbed.s3")
+log = structlog.get_logger("testbed.s3")
 
 # Every listener `weed mini` opens; each needs its own free port so that several stores
 # (parallel tests, other helpers' tests) can run side by side.

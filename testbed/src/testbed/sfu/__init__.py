@@ -53,9 +53,9 @@ import socket
 import structlog
 from aiohttp import web
 
-from bot.testbed.sfu.api import build_app
-from bot.testbed.sfu.faults import FaultInjector
-from bot.testbed.sfu.registry import SessionRegistry
+from testbed.sfu.api import build_app
+from testbed.sfu.faults import FaultInjector
+from testbed.sfu.registry import SessionRegistry
 
 __all__ = ["FaultInjector", "LocalSfu", "serve_forever"]
 

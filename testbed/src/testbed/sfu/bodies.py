@@ -11,7 +11,7 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from bot.testbed.sfu.errors import decoding_error, invalid_params
+from testbed.sfu.errors import decoding_error, invalid_params
 
 MAX_TRACKS_PER_CALL = 64
 

@@ -34,16 +34,16 @@ from aiortc import (
 )
 from aiortc import sdp as aiortc_sdp
 
-from bot.testbed.sfu import aiortc_hooks, sdp_shape, simulcast
-from bot.testbed.sfu.bodies import SessionDescription, Simulcast, TrackIn, UpdateTrackIn
-from bot.testbed.sfu.errors import (
+from testbed.sfu import aiortc_hooks, sdp_shape, simulcast
+from testbed.sfu.bodies import SessionDescription, Simulcast, TrackIn, UpdateTrackIn
+from testbed.sfu.errors import (
     invalid_params,
     invalid_session_description,
     session_gone,
     session_not_ready,
 )
-from bot.testbed.sfu.faults import Impairment, TrackFailure
-from bot.testbed.sfu.forwarder import PublishedTrack, Subscription
+from testbed.sfu.faults import Impairment, TrackFailure
+from testbed.sfu.forwarder import PublishedTrack, Subscription
 
 log = structlog.get_logger("bot.sfu")
 

@@ -17,7 +17,7 @@ from types import TracebackType
 
 import structlog
 
-log = structlog.get_logger("bot.testbed.proxy")
+log = structlog.get_logger("testbed.proxy")
 
 _CHUNK = 16 * 1024
 

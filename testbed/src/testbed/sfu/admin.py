@@ -23,9 +23,9 @@ from typing import Annotated, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
-from bot.testbed.sfu.bodies import parse_body
-from bot.testbed.sfu.errors import ApiError, invalid_params
-from bot.testbed.sfu.faults import FaultInjector, Operation, TrackErrorCode
+from testbed.sfu.bodies import parse_body
+from testbed.sfu.errors import ApiError, invalid_params
+from testbed.sfu.faults import FaultInjector, Operation, TrackErrorCode
 
 _FAULTS = web.AppKey("faults", FaultInjector)
 _SECRET = web.AppKey("admin_secret", str)

@@ -1,7 +1,7 @@
 """A synthetic participant that publishes the test signal the way a browser app does.
 
 It creates a Realtime session, offers one sendonly audio and one sendonly video
-transceiver, publishes them with ``tracks/new`` and sends ``bot.testbed.signal``.
+transceiver, publishes them with ``tracks/new`` and sends ``bot.synthetic.signal``.
 
 Timing is the point of this module. A worker thread renders and encodes each frame a
 little ahead of time (``lead_s``), off the event loop; the track's ``recv()`` then holds
@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import signal as signals
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,16 +41,13 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av.packet import Packet
 
-from bot.config import ConfigError
-from bot.exitcodes import ExitCode
 from bot.realtime import (
-    AuthenticationError,
     RealtimeClient,
     RealtimeError,
     SessionDescription,
     TrackObject,
 )
-from bot.testbed.signal import (
+from bot.synthetic.signal import (
     SAMPLE_RATE,
     SAMPLES_PER_FRAME,
     ResolutionStep,
@@ -61,7 +56,7 @@ from bot.testbed.signal import (
     resolution_at,
 )
 
-log = structlog.get_logger("bot.testbed.participant")
+log = structlog.get_logger("bot.synthetic.participant")
 
 CLOUDFLARE_STUN = "stun:stun.cloudflare.com:3478"
 VIDEO_CODECS = ("VP8", "H264", "H264-high")
@@ -524,60 +519,3 @@ def ice_servers_for(base_url: str) -> list[str]:
     """Cloudflare's STUN server, except against a local SFU where it would only slow ICE."""
     host = urlparse(base_url).hostname or ""
     return [] if host in _LOOPBACK_HOSTS else [CLOUDFLARE_STUN]
-
-
-async def publish_until_stopped(
-    *,
-    base_url: str,
-    app_id: str,
-    app_secret: str,
-    role: str,
-    number: int,
-    duration: float | None,
-    codec: str = "VP8",
-) -> int:
-    """``bot publish``: print the track references as one JSON line, publish until told.
-
-    Stops after ``duration`` seconds (None: never) or on SIGINT/SIGTERM; either is a
-    normal end (exit 0).
-    """
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signals.SIGINT, signals.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        try:
-            client = RealtimeClient(app_id, app_secret, base_url=base_url)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        async with client:
-            participant = SyntheticParticipant(
-                client,
-                number=number,
-                role=role,
-                codec=codec,
-                ice_servers=ice_servers_for(base_url),
-            )
-            try:
-                await participant.start()
-                line = {
-                    "role": role,
-                    "number": number,
-                    "session_id": participant.session_id,
-                    "tracks": participant.track_refs,
-                }
-                print(json.dumps(line), flush=True)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), duration)
-            finally:
-                await participant.stop()
-    except AuthenticationError as exc:
-        log.error("participant.auth_failed", error=str(exc))
-        return int(ExitCode.REALTIME_AUTH)
-    except (RealtimeError, PublishError) as exc:
-        log.error("participant.publish_failed", error=str(exc))
-        return int(ExitCode.REALTIME)
-    finally:
-        for sig in (signals.SIGINT, signals.SIGTERM):
-            loop.remove_signal_handler(sig)
-    return int(ExitCode.OK)

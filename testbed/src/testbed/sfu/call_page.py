@@ -14,7 +14,7 @@ from importlib import resources
 import aiohttp
 from aiohttp import web
 
-_STATIC = resources.files("bot.testbed.sfu") / "static"
+_STATIC = resources.files("testbed.sfu") / "static"
 _HTTP = web.AppKey("call_page_http", aiohttp.ClientSession)
 _APP_PATH = web.AppKey("call_page_app_path", str)
 _BEARER = web.AppKey("call_page_bearer", str)

@@ -20,9 +20,9 @@ import structlog
 from playwright.async_api import Browser, Page, Playwright, async_playwright
 
 from bot.config import Participant, TrackRef
-from bot.testbed.browser.media_files import FakeMedia
+from testbed.browser.media_files import FakeMedia
 
-log = structlog.get_logger("bot.testbed.browser")
+log = structlog.get_logger("testbed.browser")
 
 CHROMIUM = Path("/usr/bin/chromium")
 PUBLISH_TIMEOUT_S = 30.0

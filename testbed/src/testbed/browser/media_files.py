@@ -13,7 +13,7 @@ import wave
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.testbed.signal import SAMPLE_RATE, render_audio, render_i420
+from bot.synthetic.signal import SAMPLE_RATE, render_audio, render_i420
 
 WIDTH = 640
 HEIGHT = 360

@@ -15,8 +15,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from bot.testbed.sfu.admin import add_admin_routes
-from bot.testbed.sfu.bodies import (
+from testbed.sfu.admin import add_admin_routes
+from testbed.sfu.bodies import (
     CloseTracksBody,
     NewSessionBody,
     NewTracksBody,
@@ -24,11 +24,11 @@ from bot.testbed.sfu.bodies import (
     UpdateTracksBody,
     parse_body,
 )
-from bot.testbed.sfu.call_page import add_call_page
-from bot.testbed.sfu.errors import ApiError, invalid_params
-from bot.testbed.sfu.faults import FaultInjector
-from bot.testbed.sfu.registry import SessionRegistry
-from bot.testbed.sfu.session import SfuSession
+from testbed.sfu.call_page import add_call_page
+from testbed.sfu.errors import ApiError, invalid_params
+from testbed.sfu.faults import FaultInjector
+from testbed.sfu.registry import SessionRegistry
+from testbed.sfu.session import SfuSession
 
 log = structlog.get_logger("bot.sfu")
 

@@ -5,7 +5,7 @@ recorder runs in the namespace, so everything it exchanges with the SFU (API cal
 media) crosses the veth, where nftables rules inject faults: random UDP loss and total
 outages. (This machine's kernel has no ``sch_netem``; delay, jitter and reordering are
 injected by the local SFU on its way out instead: ``impair_downlink`` in
-``bot.testbed.sfu.faults``.) Needs root.
+``testbed.sfu.faults``.) Needs root.
 """
 
 from __future__ import annotations
