@@ -28,7 +28,8 @@ from pydantic import (
 ENV_PREFIX = "BOT_"
 
 _TRACK_REF = re.compile(r"^(?P<session>[A-Za-z0-9_-]{1,128})/(?P<track>[A-Za-z0-9_.:-]{1,128})$")
-_OPAQUE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+OPAQUE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+"""An id that can appear in object keys, logs and metrics: never a name, 1-64 safe chars."""
 
 
 class ConfigError(Exception):
@@ -72,7 +73,7 @@ class Participant(_Section):
     @field_validator("id")
     @classmethod
     def _opaque(cls, value: str) -> str:
-        if not _OPAQUE_ID.match(value):
+        if not OPAQUE_ID.match(value):
             raise ValueError("participant id must be an opaque id: 1-64 of [A-Za-z0-9_-]")
         return value
 
@@ -151,7 +152,7 @@ class RecordingSettings(_Section):
     @field_validator("consultation_id")
     @classmethod
     def _opaque(cls, value: str | None) -> str | None:
-        if value is not None and not _OPAQUE_ID.match(value):
+        if value is not None and not OPAQUE_ID.match(value):
             raise ValueError("consultation id must be an opaque id: 1-64 of [A-Za-z0-9_-]")
         return value
 

@@ -4,18 +4,27 @@ The recorder creates a ``Spool``, writes its fragmented MP4 to ``spool.media_pat
 starts the ``Uploader`` from ``open_uploader`` and pokes it after each fragment; at the
 end it calls ``finish`` (blocking, from a thread). ``bot recover`` finishes what a crash
 left behind (``bot.storage.recover``).
+
+The spool owns the local copy and its disk caps; the uploader streams it while the
+recording runs (``uploader``), opening or resuming the upload through ``resume`` and
+completing it through ``finalize``, which proves the object with ``verify`` before the
+spool may go; ``stores`` hides whether that object is in R2 or a local folder.
+It may import the foundation (``bot.config``, ``bot.logs``, ...) and ``bot.manifest``,
+nothing else of the product: the recorder uses storage, never the other way round.
 """
 
 from __future__ import annotations
 
 from bot.config import StorageSettings
 from bot.storage.errors import StorageError
+from bot.storage.finalize import UploadResult
 from bot.storage.keys import manifest_key, object_key_for
 from bot.storage.spool import Spool
-from bot.storage.stores import S3Store, open_store
-from bot.storage.uploader import Uploader, UploadResult, UploadStatus
+from bot.storage.stores import ObjectStore, S3Store, open_store
+from bot.storage.uploader import Uploader, UploadStatus
 
 __all__ = [
+    "ObjectStore",
     "S3Store",
     "Spool",
     "StorageError",
@@ -29,9 +38,12 @@ __all__ = [
 ]
 
 
-def open_uploader(settings: StorageSettings, spool: Spool) -> Uploader:
-    """An uploader for ``settings.backend`` ("s3" or "local"); nothing runs until ``start``."""
-    return Uploader(settings, spool, open_store(settings))
+def open_uploader(
+    settings: StorageSettings, spool: Spool, store: ObjectStore | None = None
+) -> Uploader:
+    """An uploader of ``spool`` into ``store`` (default: the one ``settings.backend`` names,
+    "s3" or "local"); nothing runs until ``start``."""
+    return Uploader(settings, spool, store or open_store(settings))
 
 
 def presigned_url(settings: StorageSettings, object_key: str) -> str | None:

@@ -9,9 +9,8 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-from bot.config import ConfigError, StorageSettings
+from bot.config import OPAQUE_ID, ConfigError, StorageSettings
 
-_OPAQUE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 
 MANIFEST_SUFFIX = ".manifest.json"
@@ -21,7 +20,7 @@ def object_key_for(
     settings: StorageSettings, *, consultation_id: str, recording_id: str, started_at: datetime
 ) -> str:
     for name, value in (("consultation_id", consultation_id), ("recording_id", recording_id)):
-        if not _OPAQUE_ID.match(value):
+        if not OPAQUE_ID.match(value):
             raise ConfigError(f"{name} must be an opaque id (1-64 of [A-Za-z0-9_-])")
     if started_at.tzinfo is None:
         raise ConfigError("started_at must be timezone-aware to name the object")

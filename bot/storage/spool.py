@@ -3,30 +3,41 @@
 The spool is the only copy until the object is verified, so it is deleted only by the
 uploader after verification. A live recorder holds an exclusive ``flock`` on it; a crash
 releases the lock, which is how ``bot recover`` tells an orphan from a live recording.
+It also owns the disk figures (its size, the free space under it) and so the check of
+the disk caps against them; the uploader enforces that check while the recording grows.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-import re
 import shutil
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from bot import __version__
+from bot.config import OPAQUE_ID
 from bot.manifest import Manifest
 from bot.storage.journal import Journal, write_atomic
-
-_OPAQUE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 MEDIA_NAME = "recording.mp4"
 INFO_NAME = "spool.json"
 JOURNAL_NAME = "journal.json"
 DRAFT_NAME = "manifest.draft.json"
 LOCK_NAME = "lock"
+
+
+@dataclass(frozen=True)
+class DiskLimit:
+    """A disk cap the spool has reached, with the figures that show it."""
+
+    cap: Literal["max_spool_bytes", "min_free_bytes"]
+    bytes_spooled: int
+    free_bytes: int
 
 
 class SpoolInfo(BaseModel):
@@ -53,7 +64,7 @@ class Spool:
         cls, spool_dir: Path, *, consultation_id: str, recording_id: str, object_key: str
     ) -> Spool:
         for name, value in (("consultation_id", consultation_id), ("recording_id", recording_id)):
-            if not _OPAQUE_ID.match(value):
+            if not OPAQUE_ID.match(value):
                 raise ValueError(f"{name} must be an opaque id (1-64 of [A-Za-z0-9_-])")
         spool_dir.mkdir(parents=True, exist_ok=True)
         directory = spool_dir / recording_id
@@ -99,6 +110,16 @@ class Spool:
         while not where.exists() and where != where.parent:
             where = where.parent
         return shutil.disk_usage(where).free
+
+    def disk_limit(self, *, max_spool_bytes: int, min_free_bytes: int) -> DiskLimit | None:
+        """The cap the recording has reached (it may not grow any more), or None."""
+        spooled = self.media_size()
+        free = self.free_bytes()
+        if spooled >= max_spool_bytes:
+            return DiskLimit("max_spool_bytes", spooled, free)
+        if free < min_free_bytes:
+            return DiskLimit("min_free_bytes", spooled, free)
+        return None
 
     def journal(self) -> Journal | None:
         return Journal.load(self.journal_path)

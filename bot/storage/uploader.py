@@ -1,11 +1,14 @@
-"""Streaming multipart upload of a growing spool, from a worker thread.
+"""Streaming a growing spool to the store while the recording runs, from a worker thread.
 
 The recorder appends fragments to the spool and pokes; the worker uploads every full
 ``part_size`` slice as soon as it exists, hashing as it goes, and journals after each
-part. When the store is down it raises an alarm, keeps its place and backs off while the
-recording keeps growing on disk; it catches up when the store returns. ``finish`` uploads
-the tail, checks the parts with ListParts, completes, verifies and only then deletes the
-spool, so no byte is lost to a failure anywhere on the way.
+part, so the end of a recording leaves only the tail to upload. When the store is down it
+raises an alarm, keeps its place and backs off while the recording keeps growing on disk;
+it catches up when the store returns. While the recording grows it also enforces the
+spool's disk caps, so ``status`` is a plain read. ``finish`` has the worker upload the
+tail, then ``finalize`` completes and verifies (retried here until ``finish_timeout``);
+opening or resuming the upload is ``resume``. No byte is lost to a failure on the way:
+the spool stays until the object is verified.
 """
 
 from __future__ import annotations
@@ -16,26 +19,24 @@ import random
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Literal
 
 import structlog
 
 from bot.config import StorageSettings
-from bot.manifest import Manifest, PartEntry, StorageRecord
+from bot.manifest import Manifest
 from bot.storage.errors import StorageError
+from bot.storage.finalize import UploadResult, finalize
 from bot.storage.journal import Journal, PartRecord
-from bot.storage.keys import manifest_key
+from bot.storage.resume import open_or_resume, sha256_of_prefix
 from bot.storage.spool import Spool
-from bot.storage.stores import ObjectStore, PartInfo
-from bot.storage.verify import multipart_etag, verify_object
+from bot.storage.stores import ObjectStore
 
 log = structlog.get_logger("bot.storage")
 
 _POLL_SECONDS = 1.0
 """Tail the spool at least this often even without pokes (a writer may forget to poke)."""
 _FIRST_BACKOFF = 0.5
-_READ_CHUNK = 8 * 1024 * 1024
 
 State = Literal["idle", "uploading", "finishing", "done", "failed"]
 
@@ -60,19 +61,6 @@ class UploadStatus:
     disk_limit: str | None = None
     """Why the spool may not grow any more ("max_spool_bytes" or "min_free_bytes"), or
     None. Once set it stays set: the recorder should stop, and the file so far is kept."""
-
-
-@dataclass(frozen=True)
-class UploadResult:
-    object_key: str
-    location: str
-    manifest_key: str
-    size: int
-    sha256: str
-    parts: int
-    seconds_to_verified: float
-    """From ``finish`` being called to the verified object and its manifest."""
-    manifest: Manifest
 
 
 class Uploader:
@@ -125,14 +113,19 @@ class Uploader:
         self._thread.start()
 
     def poke(self) -> None:
+        """The spool grew (a fragment was written): check the disk caps, wake the worker.
+
+        The caps are checked here as well as on the worker's turns because the worker may
+        be busy with a part or backing off from a failing store while the spool grows.
+        """
+        self._enforce_disk_caps()
         with self._cond:
             self._cond.notify()
 
     def status(self) -> UploadStatus:
-        """A snapshot for the recorder's watch loop and metrics; also checks the disk caps."""
+        """A snapshot for the recorder's watch loop and metrics; only reads."""
         spooled = self._spool.media_size()
         free = self._spool.free_bytes()
-        self._check_disk(spooled, free)
         with self._cond:
             uploaded = self._journal.uploaded_bytes
             lag = max(0, spooled - uploaded)
@@ -152,27 +145,6 @@ class Uploader:
                 disk_limit=self._disk_limit,
             )
 
-    def _check_disk(self, spooled: int, free: int) -> None:
-        settings = self._settings
-        if spooled >= settings.max_spool_bytes:
-            reason = "max_spool_bytes"
-        elif free < settings.min_free_bytes:
-            reason = "min_free_bytes"
-        else:
-            return
-        with self._cond:
-            if self._disk_limit is not None:
-                return
-            self._disk_limit = reason
-        self._log.error(
-            "storage_disk_limit",
-            limit=reason,
-            bytes_spooled=spooled,
-            free_bytes=free,
-            max_spool_bytes=settings.max_spool_bytes,
-            min_free_bytes=settings.min_free_bytes,
-        )
-
     def finish(self, manifest: Manifest) -> UploadResult:
         """Upload the tail, complete, verify, write the manifest, delete the spool.
 
@@ -182,9 +154,12 @@ class Uploader:
         began = time.monotonic()
         if manifest.recording_id != self._spool.info.recording_id:
             raise ValueError("manifest belongs to another recording")
+        with self._cond:
+            # Set before a worker can start (``bot recover`` starts it here): a spool being
+            # finished no longer grows, so the worker leaves its disk caps alone.
+            self._finishing = True
         self.start()
         with self._cond:
-            self._finishing = True
             self._state = "finishing"
             self._cond.notify()
         assert self._thread is not None
@@ -195,28 +170,7 @@ class Uploader:
             self._state = "failed"
             self._spool.unlock()  # let `bot recover` (even in this process) take it over
             raise self._worker_error
-        deadline = began + self._settings.finish_timeout
-        backoff = _FIRST_BACKOFF
-        while True:
-            try:
-                result = self._finalize(manifest, began)
-            except StorageError as exc:
-                self._raise_alarm(exc)
-                if exc.permanent or time.monotonic() + backoff > deadline:
-                    self._state = "failed"
-                    self._spool.unlock()
-                    self._log.error(
-                        "storage_finish_failed",
-                        kind=exc.kind,
-                        error=str(exc),
-                        spool=str(self._spool.directory),
-                    )
-                    raise
-                time.sleep(backoff)  # this is the caller's worker thread, never the event loop
-                backoff = min(backoff * 2, self._settings.retry_backoff_max)
-                continue
-            self._state = "done"
-            return result
+        return self._finalize_until_deadline(manifest, began)
 
     def abandon(self) -> None:
         """Stop uploading without completing (the recorder failed): the spool stays for
@@ -239,6 +193,8 @@ class Uploader:
                 finishing = self._finishing
             if finishing and deadline is None:
                 deadline = time.monotonic() + self._settings.finish_timeout
+            if not finishing:
+                self._enforce_disk_caps()  # pokes may not come: a writer may forget them
             try:
                 self._upload_available(final=finishing)
             except StorageError as exc:
@@ -281,6 +237,25 @@ class Uploader:
 
     def _full_part_waiting(self) -> bool:
         return self._spool.media_size() - self._journal.uploaded_bytes >= self._part_size
+
+    def _enforce_disk_caps(self) -> None:
+        """Latch the first disk cap the recording reaches; the recorder stops on it."""
+        settings = self._settings
+        reached = self._spool.disk_limit(
+            max_spool_bytes=settings.max_spool_bytes, min_free_bytes=settings.min_free_bytes
+        )
+        with self._cond:
+            if reached is None or self._disk_limit is not None:
+                return
+            self._disk_limit = reached.cap
+        self._log.error(
+            "storage_disk_limit",
+            limit=reached.cap,
+            bytes_spooled=reached.bytes_spooled,
+            free_bytes=reached.free_bytes,
+            max_spool_bytes=settings.max_spool_bytes,
+            min_free_bytes=settings.min_free_bytes,
+        )
 
     def _upload_available(self, *, final: bool) -> None:
         if not self._synced:
@@ -325,180 +300,49 @@ class Uploader:
         self._log.debug("storage_part_uploaded", part=number, size=length)
 
     def _sync(self) -> None:
-        """Open or resume the multipart upload; ListParts is the authority on resume."""
-        self._store.preflight()
-        journal = self._journal
-        if journal.upload_id is None:
-            journal.upload_id = self._store.create_upload(self._key, self._spool.info.recording_id)
-            journal.parts = []
-        elif not journal.completed:
-            try:
-                listed = self._store.list_parts(self._key, journal.upload_id)
-            except StorageError as exc:
-                if exc.kind != "no_upload":
-                    raise
-                self._restart_or_adopt()
-            else:
-                accepted = self._accept_listed(_latest_per_number(listed))
-                with self._cond:
-                    journal.parts = accepted
-                self._log.info("storage_upload_resumed", parts=len(accepted), listed=len(listed))
+        """Open or resume the multipart upload, and hash what the store already holds."""
+        journal = open_or_resume(self._store, self._spool, self._journal, self._log)
+        with self._cond:
+            self._journal = journal
         journal.save(self._spool.journal_path)
-        self._rehash(journal.uploaded_bytes)
+        self._sha = sha256_of_prefix(self._spool.media_path, journal.uploaded_bytes)
         self._synced = True
 
-    def _restart_or_adopt(self) -> None:
-        """The upload is gone: completed before a crash (adopt it) or expired (start over)."""
-        journal = self._journal
-        size = self._spool.media_size()
-        head = self._store.head(self._key)
-        if head is not None and head[0] == size:
-            parts = []
-            with self._spool.media_path.open("rb") as src:
-                for number, offset in enumerate(range(0, max(size, 1), self._part_size), 1):
-                    data = src.read(min(self._part_size, size - offset))
-                    md5 = hashlib.md5(data).hexdigest()
-                    parts.append(PartRecord(number=number, size=len(data), etag=md5, md5=md5))
-            with self._cond:
-                journal.parts = parts
-                journal.completed = True
-            self._log.info("storage_upload_adopted", size=size)
-            return
-        self._log.warning("storage_upload_restarted", reason="upload no longer exists")
-        with self._cond:
-            journal.parts = []
-        journal.upload_id = self._store.create_upload(self._key, self._spool.info.recording_id)
+    # -- completion -------------------------------------------------------------------
 
-    def _accept_listed(self, listed: list[PartInfo]) -> list[PartRecord]:
-        """Keep the leading run of full parts whose bytes match the spool; redo the rest."""
-        known = {p.number: p for p in self._journal.parts}
-        accepted: list[PartRecord] = []
-        size = self._spool.media_size()
-        with self._spool.media_path.open("rb") as src:
-            for part in listed:
-                offset = (part.number - 1) * self._part_size
-                if (
-                    part.number != len(accepted) + 1
-                    or part.size != self._part_size
-                    or offset + part.size > size
-                ):
-                    break
-                src.seek(offset)
-                md5 = hashlib.md5(src.read(part.size)).hexdigest()
-                journaled = known.get(part.number)
-                if self._store.encrypted:
-                    # Under SSE-C an ETag need not be the MD5: trust only what we journaled.
-                    matches = journaled is not None and journaled.etag == part.etag
-                    matches = matches and journaled is not None and journaled.md5 == md5
-                else:
-                    matches = part.etag == md5
-                if not matches:
-                    break
-                accepted.append(
-                    PartRecord(number=part.number, size=part.size, etag=part.etag, md5=md5)
+    def _finalize_until_deadline(self, manifest: Manifest, began: float) -> UploadResult:
+        """Complete and verify, retrying a failing store until ``finish_timeout``."""
+        deadline = began + self._settings.finish_timeout
+        backoff = _FIRST_BACKOFF
+        while True:
+            try:
+                result = finalize(
+                    self._store,
+                    self._spool,
+                    self._journal,
+                    sha256=self._sha.hexdigest(),
+                    manifest=manifest,
+                    verify_read=self._settings.verify_read,
+                    began=began,
+                    log=self._log,
                 )
-        return accepted
-
-    def _rehash(self, upto: int) -> None:
-        self._sha = hashlib.sha256()
-        with self._spool.media_path.open("rb") as src:
-            remaining = upto
-            while remaining > 0:
-                chunk = src.read(min(_READ_CHUNK, remaining))
-                if not chunk:
-                    raise OSError(0, "spool shorter than the uploaded parts")
-                self._sha.update(chunk)
-                remaining -= len(chunk)
-
-    # -- completion ---------------------------------------------------------------------
-
-    def _finalize(self, manifest: Manifest, began: float) -> UploadResult:
-        journal = self._journal
-        size = self._spool.media_size()
-        if journal.uploaded_bytes != size:
-            raise StorageError(
-                f"spool has {size} bytes but {journal.uploaded_bytes} were uploaded",
-                kind="integrity",
-                permanent=True,
-            )
-        if not journal.completed:
-            assert journal.upload_id is not None
-            listed = self._store.list_parts(self._key, journal.upload_id)
-            self._check_parts(_latest_per_number(listed))
-            parts = [PartInfo(p.number, p.size, p.etag) for p in journal.parts]
-            self._log.info("storage_completing", parts=len(parts), size=size)
-            self._store.complete(self._key, journal.upload_id, parts)
-            journal.completed = True
-            journal.save(self._spool.journal_path)
-        mode = self._settings.verify_read
-        # Under SSE-C the ETags are not MD5s, so only a full read can prove the bytes.
-        full_read = (
-            mode == "full" or (mode == "auto" and self._store.loopback) or self._store.encrypted
-        )
-        sha256 = self._sha.hexdigest()
-        verification = verify_object(
-            self._store,
-            self._key,
-            media_path=self._spool.media_path,
-            size=size,
-            sha256=sha256,
-            parts=journal.parts,
-            full_read=full_read,
-        )
-        bucket = getattr(self._store, "bucket", None)
-        record = StorageRecord(
-            backend="s3" if self._store.backend == "s3" else "local",
-            bucket=bucket if isinstance(bucket, str) else None,
-            object_key=self._key,
-            size=size,
-            sha256=sha256,
-            etag=None if self._store.encrypted else multipart_etag(journal.parts),
-            part_size=self._part_size,
-            parts=tuple(
-                PartEntry(number=p.number, size=p.size, etag=p.etag) for p in journal.parts
-            ),
-            encryption="sse-c" if self._store.encrypted else "none",
-            verification=verification,
-        )
-        final = manifest.model_copy(update={"storage": record})
-        if final.ended_at is None:
-            final = final.model_copy(update={"ended_at": datetime.now(UTC)})
-        self._store.put_small(manifest_key(self._key), final.to_json(), "application/json")
-        self._spool.delete()
-        seconds = time.monotonic() - began
-        self._log.info(
-            "storage_verified",
-            object_key=self._key,
-            size=size,
-            parts=len(journal.parts),
-            sha256_method=verification.sha256_method,
-            seconds_to_verified=round(seconds, 3),
-        )
-        return UploadResult(
-            object_key=self._key,
-            location=self._store.describe(self._key),
-            manifest_key=manifest_key(self._key),
-            size=size,
-            sha256=sha256,
-            parts=len(journal.parts),
-            seconds_to_verified=seconds,
-            manifest=final,
-        )
-
-    def _check_parts(self, listed: list[PartInfo]) -> None:
-        """R2 rejects unequal parts only at completion: check everything before asking it."""
-        journal = self._journal
-        expected = [(p.number, p.size, p.etag) for p in journal.parts]
-        actual = [(p.number, p.size, p.etag) for p in listed]
-        problem = None
-        if actual != expected:
-            problem = f"store lists parts {actual[:3]}... but the journal has {expected[:3]}..."
-        elif any(p.size != self._part_size for p in listed[:-1]):
-            problem = "a non-final part differs from part_size"
-        if problem is not None:
-            raise StorageError(
-                f"ListParts check failed: {problem}", kind="integrity", permanent=True
-            )
+            except StorageError as exc:
+                self._raise_alarm(exc)
+                if exc.permanent or time.monotonic() + backoff > deadline:
+                    self._state = "failed"
+                    self._spool.unlock()
+                    self._log.error(
+                        "storage_finish_failed",
+                        kind=exc.kind,
+                        error=str(exc),
+                        spool=str(self._spool.directory),
+                    )
+                    raise
+                time.sleep(backoff)  # this is the caller's worker thread, never the event loop
+                backoff = min(backoff * 2, self._settings.retry_backoff_max)
+                continue
+            self._state = "done"
+            return result
 
     # -- alarms -------------------------------------------------------------------------
 
@@ -526,14 +370,3 @@ class Uploader:
                 return
             self._alarm = False
         self._log.info("storage_alarm_cleared", bytes_uploaded=self._journal.uploaded_bytes)
-
-
-def _latest_per_number(listed: list[PartInfo]) -> list[PartInfo]:
-    """One entry per part number, the last listed, in order.
-
-    Uploading a part number again replaces it (S3 semantics), but a store may still list
-    the replaced upload (SeaweedFS does after a part upload cut short by a crash and redone
-    by ``bot recover``); completion uses the latest, so the check does too.
-    """
-    latest = {part.number: part for part in listed}
-    return [latest[number] for number in sorted(latest)]
