@@ -27,7 +27,7 @@ from bot.exitcodes import ExitCode
 from bot.logs import configure_logging
 
 if TYPE_CHECKING:
-    from bot.recorder import RecordingResult
+    from bot.recording import RecordingResult
 
 
 _T = TypeVar("_T")
@@ -164,7 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bot", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"bot {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_record(sub)
+    _add_selftest(sub)
+    _add_recover(sub)
+    _add_inspect(sub)
+    if not _add_registered_commands(sub):
+        parser.epilog = (
+            "demo, sfu and publish are the testbed's commands; a development checkout has "
+            "them after `pip install -e ./testbed` (make demo and make test do it)"
+        )
+    return parser
 
+
+def _add_record(sub: Any) -> None:
     record = sub.add_parser("record", help="record one consultation")
     record.add_argument("--config", type=Path, help="config.toml (default: built-in defaults)")
     record.add_argument("--consultation-id", help="opaque consultation id (no patient data)")
@@ -181,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--storage", choices=["local", "s3"], help="override storage.backend")
     record.set_defaults(run=_cmd_record)
 
+
+def _add_selftest(sub: Any) -> None:
     selftest = sub.add_parser(
         "selftest", help="publish, record, store and delete a 10-s test against the real service"
     )
@@ -195,10 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
     selftest.add_argument("--verbose", action="store_true", help="the recorder's logs on stderr")
     selftest.set_defaults(run=_cmd_selftest)
 
+
+def _add_recover(sub: Any) -> None:
     recover = sub.add_parser("recover", help="finish uploads left by a crash")
     recover.add_argument("--config", type=Path)
     recover.set_defaults(run=_cmd_recover)
 
+
+def _add_inspect(sub: Any) -> None:
     inspect = sub.add_parser("inspect", help="report on a recording and draw its timeline")
     inspect.add_argument("file", type=Path)
     inspect.add_argument(
@@ -208,12 +226,6 @@ def build_parser() -> argparse.ArgumentParser:
     png.add_argument("--png", type=Path, help="timeline picture (default: <file>.timeline.png)")
     png.add_argument("--no-png", action="store_true", help="text report only")
     inspect.set_defaults(run=_cmd_inspect)
-    if not _add_registered_commands(sub):
-        parser.epilog = (
-            "demo, sfu and publish are the testbed's commands; a development checkout has "
-            "them after `pip install -e ./testbed` (make demo and make test do it)"
-        )
-    return parser
 
 
 def _add_registered_commands(sub: Any) -> int:

@@ -12,28 +12,30 @@ from typing import Any
 import aiortc
 import pytest
 import structlog
-from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
-from aiortc.rtp import RtpPacket, wrap_rtx
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCSessionDescription
+from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket, RtpPacket, wrap_rtx
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bot.exitcodes import ExitCode
-from bot.rtc import aiortc_compat
+from bot.rtc import receiver_tap
 from bot.rtc.aiortc_compat import (
     AiortcCompatError,
-    ReceiverTap,
-    _AudioReorder,
-    _BoundedDecoderQueue,
-    _DroppingFrameQueue,
-    _LossTolerantJitterBuffer,
+    AudioPassThrough,
+    LossTolerantJitterBuffer,
     accept_lower_dynamic_payload_types,
     check_private_api,
+    ice_check,
     negotiated_codecs,
+    on_keyframe_request,
     route_by_mid,
 )
+from bot.rtc.buffers import AudioReorder, BoundedDecoderQueue, DroppingFrameQueue
 from bot.rtc.clock import StreamClock
 from bot.rtc.codec_policy import prepare_offer
-from tests.cloudflare_sdp import VP8_WITH_HELPERS, Section, offer
+from bot.rtc.receiver_tap import ReceiverTap
+from bot.timeline import Timeline
+from tests.cloudflare_sdp import OPUS_WITH_RED, VP8_WITH_HELPERS, Section, offer
 
 
 def packet(seq: int, timestamp: int) -> RtpPacket:
@@ -42,7 +44,7 @@ def packet(seq: int, timestamp: int) -> RtpPacket:
     return p
 
 
-def sequence(reorder: _AudioReorder, arrivals: list[int]) -> list[int]:
+def sequence(reorder: AudioReorder, arrivals: list[int]) -> list[int]:
     out: list[int] = []
     for seq in arrivals:
         out += [p.sequence_number for p in reorder.push(packet(seq & 0xFFFF, seq * 960))]
@@ -52,7 +54,7 @@ def sequence(reorder: _AudioReorder, arrivals: list[int]) -> list[int]:
 def test_audio_is_put_back_in_order_and_a_loss_costs_only_its_own_frame() -> None:
     # 3 and 4 swapped, 7 overtaken by three later packets, 10 lost, 15 a late duplicate.
     arrivals = [0, 1, 2, 4, 3, 5, 6, 8, 9, 11, 7, *range(12, 20), 15, *range(20, 30)]
-    reorder = _AudioReorder(wait=8)
+    reorder = AudioReorder(wait=8)
     assert sequence(reorder, arrivals) == [n for n in range(30) if n != 10]
     assert reorder.given_up == 1 and reorder.too_late == 1
 
@@ -60,7 +62,7 @@ def test_audio_is_put_back_in_order_and_a_loss_costs_only_its_own_frame() -> Non
 def test_audio_order_survives_the_sequence_number_wrap() -> None:
     start = 65530
     arrivals = [start, start + 2, start + 1, *range(start + 3, start + 12)]
-    got = sequence(_AudioReorder(wait=4), arrivals)
+    got = sequence(AudioReorder(wait=4), arrivals)
     assert got[:3] == [65530, 65531, 65532] and got[-1] == (start + 11) & 0xFFFF
 
 
@@ -70,13 +72,13 @@ def test_jittered_audio_comes_out_in_order_without_loss(seed: int, spread: int) 
     packets overtaken by the very first to arrive (the stream starts there) are lost."""
     rng = random.Random(seed)
     arrivals = sorted(range(200), key=lambda n: n + rng.uniform(0, spread + 0.99))
-    out = sequence(_AudioReorder(wait=8), arrivals)
+    out = sequence(AudioReorder(wait=8), arrivals)
     assert out == list(range(arrivals[0], arrivals[0] + len(out)))
     assert out[-1] >= 200 - 1 - 8
 
 
 def test_video_waits_for_a_retransmission_then_gives_up_with_a_keyframe_request() -> None:
-    buffer = _LossTolerantJitterBuffer(512, give_up_after=48)
+    buffer = LossTolerantJitterBuffer(512, give_up_after=48)
     frames, plis = [], 0
     for seq in range(200):
         if seq in (20, 120):
@@ -94,7 +96,7 @@ def test_video_waits_for_a_retransmission_then_gives_up_with_a_keyframe_request(
 
 
 def test_decoder_queue_drops_the_oldest_frames_but_never_the_stop_sentinel() -> None:
-    q = _BoundedDecoderQueue(3)
+    q = BoundedDecoderQueue(3)
     for i in range(10):
         q.put(("codec", i))
     q.put(None)
@@ -104,7 +106,7 @@ def test_decoder_queue_drops_the_oldest_frames_but_never_the_stop_sentinel() -> 
 
 
 async def test_frame_queue_keeps_the_newest_frames_and_the_end_marker() -> None:
-    q = _DroppingFrameQueue(2)
+    q = DroppingFrameQueue(2)
     for i in range(5):
         await q.put(i)
     await q.put(None)
@@ -112,12 +114,12 @@ async def test_frame_queue_keeps_the_newest_frames_and_the_end_marker() -> None:
     assert q.dropped == 3
 
 
-async def _video_receiver(sdp: str) -> tuple[RTCPeerConnection, Any]:
-    """A real aiortc receiver for the offer's video m-line (not connected)."""
+async def _receiver(sdp: str, kind: str = "video") -> tuple[RTCPeerConnection, Any]:
+    """A real aiortc receiver for the offer's m-line of ``kind`` (not connected)."""
     accept_lower_dynamic_payload_types()
     pc = RTCPeerConnection()
     await pc.setRemoteDescription(RTCSessionDescription(prepare_offer(sdp).sdp, "offer"))
-    transceiver = next(t for t in pc.getTransceivers() if t.kind == "video")
+    transceiver = next(t for t in pc.getTransceivers() if t.kind == kind)
     return pc, transceiver
 
 
@@ -137,11 +139,11 @@ async def test_retransmissions_on_their_own_ssrc_never_reach_the_clock() -> None
     away. Here the offer has no ``a=ssrc-group:FID``: the RTX SSRC is learned.
     """
     sdp = offer([Section("video", "0", VP8_WITH_HELPERS, 2000)], ssrc_lines=False)
-    pc, transceiver = await _video_receiver(sdp)
+    pc, transceiver = await _receiver(sdp)
     try:
         receiver = transceiver.receiver
         tap = ReceiverTap(receiver, "video")
-        clock = StreamClock(90_000, None, time.time())
+        clock = StreamClock(90_000, None, Timeline(time.time()))
         seen: list[int] = []
         tap.retarget(clock, negotiated_codecs(transceiver), seen.append)
         media_ssrc, rtx_ssrc = 1111, 2222
@@ -164,15 +166,15 @@ async def test_retransmissions_on_their_own_ssrc_never_reach_the_clock() -> None
 
 async def test_a_reused_m_line_starts_afresh_for_its_new_track() -> None:
     sdp = offer([Section("video", "0", VP8_WITH_HELPERS, 2000)])
-    pc, transceiver = await _video_receiver(sdp)
+    pc, transceiver = await _receiver(sdp)
     try:
         receiver = transceiver.receiver
         tap = ReceiverTap(receiver, "video")
-        first = StreamClock(90_000, None, time.time())
+        first = StreamClock(90_000, None, Timeline(time.time()))
         tap.retarget(first, negotiated_codecs(transceiver))
         await receiver._handle_rtp_packet(_vp8_keyframe(7, 9000, 1111), 0)
         receiver.track._queue.put_nowait("a frame of the previous track")
-        second = StreamClock(90_000, None, time.time())
+        second = StreamClock(90_000, None, Timeline(time.time()))
         tap.retarget(second, negotiated_codecs(transceiver))
         await receiver._handle_rtp_packet(_vp8_keyframe(40000, 1, 3333), 0)
         assert first.ssrc == 1111 and second.ssrc == 3333
@@ -190,7 +192,7 @@ async def test_a_packet_still_missing_is_asked_for_again(
     """aiortc NACKs a packet once, when its gap appears: a lost retransmission (or a lost
     NACK) froze the picture until the jitter buffer gave up. The tap asks again."""
     sdp = offer([Section("video", "0", VP8_WITH_HELPERS, 2000)])
-    pc, transceiver = await _video_receiver(sdp)
+    pc, transceiver = await _receiver(sdp)
     try:
         receiver = transceiver.receiver
         asked: list[list[int]] = []
@@ -200,9 +202,11 @@ async def test_a_packet_still_missing_is_asked_for_again(
 
         monkeypatch.setattr(receiver, "_send_rtcp_nack", nack)
         tap = ReceiverTap(receiver, "video")
-        tap.retarget(StreamClock(90_000, None, time.time()), negotiated_codecs(transceiver))
+        tap.retarget(
+            StreamClock(90_000, None, Timeline(time.time())), negotiated_codecs(transceiver)
+        )
         now = [100.0]
-        monkeypatch.setattr(aiortc_compat.time, "monotonic", lambda: now[0])
+        monkeypatch.setattr(receiver_tap.time, "monotonic", lambda: now[0])
         for seq in (0, 1, 3, 4):  # 2 lost: aiortc asks at 3
             await receiver._handle_rtp_packet(_vp8_keyframe(seq, seq * 3000, 1111), 0)
         assert asked == [[2]]
@@ -227,11 +231,28 @@ async def test_the_installed_aiortc_has_every_private_name_used() -> None:
     await check_private_api()
 
 
+@pytest.mark.parametrize(
+    ("owner", "name"), [(RTCRtpReceiver, "_send_rtcp_pli"), (RTCRtpSender, "_send_keyframe")]
+)
 async def test_a_missing_private_name_fails_at_start_up_naming_it(
+    monkeypatch: pytest.MonkeyPatch, owner: type, name: str
+) -> None:
+    monkeypatch.delattr(owner, name)
+    with pytest.raises(AiortcCompatError, match=rf"{name}.*aiortc 1\.16"):
+        await check_private_api()
+
+
+async def test_a_packet_attribute_no_longer_set_fails_at_start_up_naming_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.delattr(RTCRtpReceiver, "_send_rtcp_pli")
-    with pytest.raises(AiortcCompatError, match=r"_send_rtcp_pli.*aiortc 1\.16"):
+    """``packet._data`` (what the audio pass-through hands on) is set per packet, so the
+    check looks for it in the receiver's code."""
+
+    async def renamed(self: Any, packet: Any, arrival_time_ms: int) -> None:
+        packet.depayloaded = b""
+
+    monkeypatch.setattr(RTCRtpReceiver, "_handle_rtp_packet", renamed)
+    with pytest.raises(AiortcCompatError, match=r"no longer sets '_data'.*aiortc 1\.16"):
         await check_private_api()
 
 
@@ -245,7 +266,7 @@ async def test_a_renamed_private_attribute_is_refused_not_created() -> None:
     """Assigning a renamed attribute would create an unused one and leave aiortc's own
     jitter buffer (seconds of stall per loss) in place, with everything still running."""
     sdp = offer([Section("video", "0", VP8_WITH_HELPERS, 2000)])
-    pc, transceiver = await _video_receiver(sdp)
+    pc, transceiver = await _receiver(sdp)
     try:
         receiver = transceiver.receiver
         del receiver._RTCRtpReceiver__timestamp_mapper  # as if aiortc renamed it
@@ -260,20 +281,61 @@ async def test_every_patch_takes_effect_on_a_real_receiver() -> None:
     accept_lower_dynamic_payload_types()
     assert 36 in aiortc.rtp.DYNAMIC_PAYLOAD_TYPES
     sdp = offer([Section("video", "0", VP8_WITH_HELPERS, 2000)])
-    pc, transceiver = await _video_receiver(sdp)
+    pc, transceiver = await _receiver(sdp)
     try:
         receiver = transceiver.receiver
         tap = ReceiverTap(receiver, "video")
-        tap.retarget(StreamClock(90_000, None, time.time()), negotiated_codecs(transceiver))
+        tap.retarget(
+            StreamClock(90_000, None, Timeline(time.time())), negotiated_codecs(transceiver)
+        )
         route_by_mid(receiver.transport)
         assert receiver._handle_rtp_packet == tap._on_rtp
         assert receiver._handle_rtcp_packet == tap._on_rtcp
-        assert isinstance(receiver._RTCRtpReceiver__jitter_buffer, _LossTolerantJitterBuffer)
-        assert isinstance(receiver._RTCRtpReceiver__decoder_queue, _BoundedDecoderQueue)
-        assert isinstance(receiver.track._queue, _DroppingFrameQueue)
+        assert isinstance(receiver._RTCRtpReceiver__jitter_buffer, LossTolerantJitterBuffer)
+        assert isinstance(receiver._RTCRtpReceiver__decoder_queue, BoundedDecoderQueue)
+        assert isinstance(receiver.track._queue, DroppingFrameQueue)
         mapper = receiver._RTCRtpReceiver__timestamp_mapper
         assert mapper.map(1000) == 1000, "frames keep their RTP time, not aiortc's from 0"
         assert receiver.transport._rtp_router.route_rtp.__name__ == "route"
+        assert ice_check(receiver.transport) is None, "no nominated pair before connecting"
+    finally:
+        await pc.close()
+
+
+async def test_audio_is_put_in_order_then_handed_on_frame_by_frame() -> None:
+    """A real audio receiver: packets reordered by the tap, then past aiortc's audio
+    jitter buffer (four frames held back, 320 ms of silence per loss) at once."""
+    sdp = offer([Section("audio", "0", OPUS_WITH_RED, 1000)])
+    pc, transceiver = await _receiver(sdp, "audio")
+    try:
+        receiver = transceiver.receiver
+        receiver._RTCRtpReceiver__decoder_thread = True  # as when receiving: frames go on
+        tap = ReceiverTap(receiver, "audio")
+        tap.retarget(StreamClock(48_000, None, time.time()), negotiated_codecs(transceiver))
+        assert isinstance(receiver._RTCRtpReceiver__jitter_buffer, AudioPassThrough)
+        for seq in (0, 2, 1, 3):
+            opus = RtpPacket(payload_type=111, sequence_number=seq, timestamp=seq * 960)
+            opus.ssrc, opus.payload = 1000, bytes([seq + 1])
+            await receiver._handle_rtp_packet(opus, 0)
+        decoded = receiver._RTCRtpReceiver__decoder_queue
+        frames = [decoded.get_nowait()[1] for _ in range(decoded.qsize())]
+        assert [(f.timestamp, f.data) for f in frames] == [
+            (n * 960, bytes([n + 1])) for n in range(4)
+        ]
+    finally:
+        await pc.close()
+
+
+async def test_a_keyframe_request_reaches_a_sender_that_does_not_encode() -> None:
+    """The synthetic participant sends frames already encoded: a PLI from the SFU must
+    reach its encoder, not aiortc's (which it does not use)."""
+    pc = RTCPeerConnection()
+    try:
+        sender = pc.addTransceiver("video", direction="sendonly").sender
+        asked: list[bool] = []
+        on_keyframe_request(sender, lambda: asked.append(True))
+        await sender._handle_rtcp_packet(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=2))
+        assert asked == [True]
     finally:
         await pc.close()
 

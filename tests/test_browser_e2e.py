@@ -39,7 +39,7 @@ from testbed.stack import LocalCall, start_local_sfu
 
 from bot.exitcodes import ExitCode
 from bot.realtime import RealtimeClient, SimulcastPreference, UpdateTrackObject
-from bot.recorder import Recorder, RecordingResult, record
+from bot.recording import Recorder, RecordingResult, record
 from tests.e2e import ffprobe, recorder_settings, slots
 from tests.faults import wait_until
 

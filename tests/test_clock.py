@@ -1,6 +1,7 @@
 """The timeline mapping: RTP unwrapping, sender reports, arrival fallback, clock steps."""
 
 from bot.rtc.clock import NTP_UNIX_OFFSET, ClockDomain, MinOffset, RtpUnwrapper, StreamClock
+from bot.timeline import Timeline
 
 
 def ntp(unix: float) -> int:
@@ -17,7 +18,7 @@ def test_unwrap_handles_wrap_and_steps_back() -> None:
 
 def test_fallback_uses_least_delayed_packet() -> None:
     origin = 1000.0
-    clock = StreamClock(48_000, ClockDomain("pub"), origin)
+    clock = StreamClock(48_000, ClockDomain("pub"), Timeline(origin))
     base = 123_456
     for i, delay in enumerate([0.050, 0.020, 0.080, 0.021]):
         clock.on_packet(1, base + i * 960, origin + 1.0 + i * 0.02 + delay)
@@ -29,8 +30,8 @@ def test_fallback_uses_least_delayed_packet() -> None:
 def test_sender_report_aligns_audio_and_video_of_one_publisher() -> None:
     origin = 5000.0
     domain = ClockDomain("pub")
-    audio = StreamClock(48_000, domain, origin)
-    video = StreamClock(90_000, domain, origin)
+    audio = StreamClock(48_000, domain, Timeline(origin))
+    video = StreamClock(90_000, domain, Timeline(origin))
     capture = origin + 2.0  # both captured at the same instant, different RTP bases
     a_rtp, v_rtp = 1_000, 3_000_000_000
     audio.on_packet(7, a_rtp, capture + 0.010)
@@ -46,7 +47,7 @@ def test_sender_report_aligns_audio_and_video_of_one_publisher() -> None:
 
 
 def test_sender_report_with_zero_ntp_is_ignored() -> None:
-    clock = StreamClock(48_000, ClockDomain("pub"), 0.0)
+    clock = StreamClock(48_000, ClockDomain("pub"), Timeline(0.0))
     clock.on_packet(1, 100, 10.0)
     clock.on_sender_report(1, 0, 100)
     assert not clock.synced
@@ -66,7 +67,7 @@ def test_min_offset_reanchors_after_a_sustained_step_only() -> None:
 def test_sender_report_jitter_does_not_move_the_mapping() -> None:
     """aiortc stamps SRs at send time: the earliest of recent reports is the capture time."""
     domain = ClockDomain("pub")
-    clock = StreamClock(90_000, domain, 0.0)
+    clock = StreamClock(90_000, domain, Timeline(0.0))
     clock.on_packet(5, 0, 100.0)
     for i, late in enumerate([0.004, 0.0, 0.007, 0.002]):
         clock.on_sender_report(5, ntp(100.0 + i + late), i * 90_000)

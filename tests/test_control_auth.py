@@ -29,7 +29,7 @@ from bot.config import (
 from bot.control import ROLE_POLICY, Action, AuthError, Authorizer, ControlServer
 from bot.observe.audit import AuditLog
 from bot.observe.metrics import Metrics
-from bot.recorder import Recorder
+from bot.recording import Recorder
 
 SECRET = "auth-test-secret-0123456789abcdefghij"
 CONSULTATION = "c-auth"

@@ -27,7 +27,7 @@ from bot.config import ControlSettings, Participant
 from bot.control.run import ControlledRecording
 from bot.exitcodes import ExitCode
 from bot.manifest import Gap
-from bot.recorder import RecordingResult
+from bot.recording import RecordingResult
 from tests.e2e import recorder_settings, slots
 
 SECRET = "control-test-secret-0123456789abcdef"
@@ -105,7 +105,7 @@ async def _scenario(output_dir: Path) -> Scenario:
         patient_auth = {"Authorization": f"Bearer {token('patient', 'pat-9')}"}
 
         def now() -> float:
-            return float(recorder.status()["duration_s"])
+            return recorder.status().duration_s
 
         async def at(t: float) -> None:
             # Scheduling the scenario itself, not waiting for a result.

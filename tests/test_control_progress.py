@@ -2,50 +2,69 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from rich.console import Console
 
 from bot.observe.progress import render_status, warnings_for
+from bot.recording.status import ParticipantStatus, RecorderStatus
+from bot.rtc.track_status import TrackStatus
+from bot.storage import UploadStatus
 
 
-def _status(**override: Any) -> dict[str, Any]:
-    status: dict[str, Any] = {
-        "consultation_id": "c-42",
-        "recording_id": "r-1",
-        "duration_s": 3725.4,
-        "paused": False,
-        "participants": [{"id": "c1", "role": "clinician", "slot": 0}],
-        "tracks": [
-            {
-                "participant": "c1",
-                "kind": "audio",
-                "active": True,
-                "packets": 10,
-                "frames": 50,
-                "clock": "sender_reports",
-                "seconds_since_packet": 0.1,
-            },
-            {
-                "participant": "c1",
-                "kind": "video",
-                "active": True,
-                "packets": 10,
-                "frames": 30,
-                "clock": "sender_reports",
-                "seconds_since_packet": 0.1,
-            },
-        ],
-        "bytes_recorded": 25_000_000,
-        "bytes_uploaded": 16_000_000,
-        "upload_alarm": False,
-        "last_error": None,
-    }
-    status.update(override)
-    return status
+def _track(kind: str, frames: int, silent_s: float = 0.1) -> TrackStatus:
+    return TrackStatus(
+        participant="c1",
+        kind=kind,
+        mid="0" if kind == "audio" else "1",
+        codec="opus" if kind == "audio" else "VP8",
+        active=True,
+        packets=10,
+        rtx_packets=0,
+        nack_retries=0,
+        frames=frames,
+        sizes=(),
+        clock="sender_reports",
+        sender_reports=3,
+        seconds_since_packet=silent_s,
+    )
 
 
-def _text(status: dict[str, Any]) -> str:
+def _upload(spooled: int, uploaded: int, error: str | None = None) -> UploadStatus:
+    return UploadStatus(
+        state="uploading",
+        bytes_spooled=spooled,
+        bytes_uploaded=uploaded,
+        parts=3,
+        lag_bytes=spooled - uploaded,
+        lag_seconds=0.0,
+        alarm=error is not None,
+        alarms=int(error is not None),
+        errors=int(error is not None),
+        last_error=error,
+        free_bytes=10**10,
+    )
+
+
+def _status(**override: Any) -> RecorderStatus:
+    status = RecorderStatus(
+        consultation_id="c-42",
+        recording_id="r-1",
+        started=True,
+        stopping=False,
+        duration_s=3725.4,
+        paused=False,
+        participants=(ParticipantStatus("c1", "clinician", 0),),
+        tracks=(_track("audio", 50), _track("video", 30)),
+        transport=None,
+        media=None,
+        upload=_upload(25_000_000, 16_000_000),
+    )
+    return replace(status, **override)
+
+
+def _text(status: RecorderStatus) -> str:
     console = Console(record=True, width=100, color_system=None)
     console.print(render_status(status))
     return console.export_text()
@@ -61,9 +80,8 @@ def test_panel_shows_participants_duration_sizes_and_progress() -> None:
 
 
 def test_panel_warns_about_pause_outage_and_silence() -> None:
-    silent = _status()["tracks"][:1]
-    silent[0] = {**silent[0], "seconds_since_packet": 7.2}
-    text = _text(_status(paused=True, upload_alarm=True, last_error="store down", tracks=silent))
+    silent = (_track("audio", 50, silent_s=7.2),)
+    text = _text(_status(paused=True, upload=_upload(1, 0, error="store down"), tracks=silent))
     assert "PAUSED" in text
     assert "! privacy pause" in text
     assert "! object store failing" in text
@@ -72,6 +90,6 @@ def test_panel_warns_about_pause_outage_and_silence() -> None:
 
 
 def test_empty_recording() -> None:
-    status = _status(participants=[], tracks=[], bytes_recorded=0, bytes_uploaded=0)
+    status = _status(participants=(), tracks=(), upload=None)
     assert "(nobody yet)" in _text(status)
     assert warnings_for(status) == []

@@ -40,7 +40,7 @@ import asyncio, json, sys
 from pathlib import Path
 from bot.config import Participant, Settings
 from bot.logs import configure_logging
-from bot.recorder import Recorder
+from bot.recording import Recorder
 
 configure_logging("debug", "json")
 spec = json.loads(Path(sys.argv[1]).read_text())
@@ -51,7 +51,7 @@ async def main() -> None:
     recorder = Recorder(settings)
     task = asyncio.create_task(recorder.run())
     await recorder.started.wait()
-    while recorder.status()["bytes_recorded"] < spec["late_after_bytes"]:
+    while recorder.status().as_dict()["bytes_recorded"] < spec["late_after_bytes"]:
         await asyncio.sleep(0.2)
     await recorder.add_participant(late)
     await task

@@ -24,7 +24,7 @@ from testbed.s3 import LocalS3
 from testbed.stack import LocalCall
 
 from bot.exitcodes import ExitCode
-from bot.recorder import Recorder, RecordingResult
+from bot.recording import Recorder, RecordingResult
 from bot.storage.verify import fragment_layout
 from tests.e2e import ffprobe, recorder_settings
 from tests.faults import wait_until
@@ -64,7 +64,7 @@ def captured() -> Iterator[Events]:
 
 
 def _status(recorder: Recorder) -> dict[str, Any]:
-    return recorder.status()
+    return recorder.status().as_dict()
 
 
 PART = 5 * 1024 * 1024

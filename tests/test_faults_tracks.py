@@ -19,7 +19,8 @@ from testbed.analysis import analyze_recording
 from testbed.stack import LocalCall
 
 from bot.exitcodes import ExitCode
-from bot.recorder import Recorder
+from bot.realtime import RealtimeClient
+from bot.recording import Recorder
 from tests.e2e import recorder_settings, slots
 
 pytestmark = pytest.mark.slow
@@ -109,9 +110,10 @@ async def test_a_track_in_a_codec_the_recorder_cannot_decode_is_declined(
     call = two_party_call
     clinician, patient = call.participants
     video = next(ref for ref in patient.tracks if ref.track_name == "video")
-    recorder = Recorder(recorder_settings(call, tmp_path, max_duration=8))
-    http = recorder._client._http
-    http._transport = _CodecSwap(http._transport, video.session_id)
+    settings = recorder_settings(call, tmp_path, max_duration=8)
+    swap = _CodecSwap(httpx.AsyncHTTPTransport(), video.session_id)
+    client = RealtimeClient(call.app_id, call.app_secret, base_url=call.base_url, transport=swap)
+    recorder = Recorder(settings, client=client)
     result = await asyncio.wait_for(recorder.run(), 90)
 
     assert result.exit_code == ExitCode.OK, result.error

@@ -9,10 +9,12 @@ import ast
 from pathlib import Path
 
 BOT = Path(__file__).resolve().parent.parent / "bot"
-FOUNDATION = frozenset({"bot", "bot.config", "bot.exitcodes", "bot.logs", "bot.tasks"})
+FOUNDATION = frozenset(
+    {"bot", "bot.config", "bot.exitcodes", "bot.logs", "bot.tasks", "bot.timeline"}
+)
 """Importable from anywhere: the version, settings, exit codes, logging, task helper."""
 EVERYTHING = frozenset(
-    {"bot.realtime", "bot.rtc", "bot.media", "bot.storage", "bot.manifest", "bot.recorder"}
+    {"bot.realtime", "bot.rtc", "bot.media", "bot.storage", "bot.manifest", "bot.recording"}
     | {"bot.observe", "bot.control", "bot.inspect", "bot.selftest", "bot.synthetic"}
 )
 ALLOWED: dict[str, frozenset[str]] = {
@@ -20,18 +22,19 @@ ALLOWED: dict[str, frozenset[str]] = {
     "bot.exitcodes": frozenset(),
     "bot.logs": frozenset(),
     "bot.tasks": frozenset(),
+    "bot.timeline": frozenset(),
     "bot.manifest": FOUNDATION,
     "bot.realtime": FOUNDATION | {"bot.realtime"},
     "bot.rtc": FOUNDATION | {"bot.realtime", "bot.rtc"},
     "bot.media": FOUNDATION | {"bot.media"},
     "bot.storage": FOUNDATION | {"bot.storage", "bot.manifest"},
-    "bot.recorder": FOUNDATION
+    "bot.recording": FOUNDATION
     | {"bot.realtime", "bot.rtc", "bot.media", "bot.storage"}
     | {"bot.manifest"},
-    "bot.observe": FOUNDATION | {"bot.observe", "bot.storage", "bot.recorder"},
+    "bot.observe": FOUNDATION | {"bot.observe", "bot.storage", "bot.recording"},
     # The synthetic participant: the selftest's publisher (and the testbed's).
     "bot.synthetic": FOUNDATION | {"bot.realtime", "bot.rtc", "bot.synthetic"},
-    "bot.selftest": FOUNDATION | {"bot.realtime", "bot.rtc", "bot.storage", "bot.recorder"},
+    "bot.selftest": FOUNDATION | {"bot.realtime", "bot.rtc", "bot.storage", "bot.recording"},
     "bot.control": FOUNDATION | EVERYTHING,
     "bot.inspect": FOUNDATION
     | {"bot.inspect", "bot.media", "bot.storage", "bot.manifest", "bot.synthetic"},

@@ -30,7 +30,7 @@ from bot.config import (
 )
 from bot.media.gaps import Gap
 from bot.realtime import RealtimeClient, SessionDescription, TrackObject
-from bot.recorder import Recorder, RecordingResult
+from bot.recording import Recorder, RecordingResult
 from bot.synthetic.participant import SyntheticParticipant
 from bot.synthetic.signal import render_i420
 from tests.e2e import ffprobe, slots
@@ -62,9 +62,9 @@ def as_participant(pid: str, source: SyntheticParticipant) -> Participant:
 
 def timeline_seconds(recorder: Recorder, loop_instant: float) -> float:
     """A loop-clock instant on the recorder's timeline."""
-    assert recorder.origin_wall is not None
+    assert recorder.timeline is not None
     wall = time.time() - (asyncio.get_running_loop().time() - loop_instant)
-    return wall - recorder.origin_wall
+    return recorder.timeline.at(wall)
 
 
 def gaps_of(result: RecordingResult, participant: str, kind: str) -> list[Gap]:
@@ -160,8 +160,8 @@ async def test_late_join_leave_and_return_resolution_changes_and_mute(
         await recorder.started.wait()
 
         async def at(second: float) -> None:
-            assert recorder.origin_wall is not None
-            await asyncio.sleep(max(0.0, recorder.origin_wall + second - time.time()))
+            assert recorder.timeline is not None
+            await asyncio.sleep(max(0.0, second - recorder.timeline.now()))
 
         await at(5.0)  # the patient joins 5 s late, and mutes 3-8 s into its own stream
         patient = SyntheticParticipant(
@@ -251,21 +251,22 @@ async def test_two_video_tracks_on_one_session_without_ssrc_lines(
             Participant(id=f"v{i}", role=role, tracks=(TrackRef(session_id=session, track_name=n),))
             for i, (role, n) in enumerate(zip(("camera", "screen"), names, strict=True))
         )
-        recorder = Recorder(
-            settings_for(sfu, tmp_path, participants=participants, max_duration=5.0)
-        )
+        settings = settings_for(sfu, tmp_path, participants=participants, max_duration=5.0)
         pulled_offer: list[str] = []
-        original = recorder._client.pull_tracks
 
-        async def spy(session_id, tracks, answer):  # type: ignore[no-untyped-def]
-            async def keep(offer: SessionDescription) -> SessionDescription:
-                pulled_offer.append(offer.sdp)
-                return await answer(offer)
+        class OfferKeepingClient(RealtimeClient):
+            async def pull_tracks(self, session_id, tracks, answer):  # type: ignore[no-untyped-def]
+                async def keep(offer: SessionDescription) -> SessionDescription:
+                    pulled_offer.append(offer.sdp)
+                    return await answer(offer)
 
-            return await original(session_id, tracks, keep)
+                return await super().pull_tracks(session_id, tracks, keep)
 
-        recorder._client.pull_tracks = spy  # type: ignore[method-assign]
-        result = await recorder.run()
+        realtime = settings.realtime
+        keeping = OfferKeepingClient(
+            realtime.app_id, realtime.app_secret.get_secret_value(), base_url=realtime.base_url
+        )
+        result = await Recorder(settings, client=keeping).run()
         await publisher.close()
 
     assert pulled_offer and all("a=ssrc" not in sdp for sdp in pulled_offer)

@@ -12,6 +12,7 @@ from bot.media.layout import Rect, grid
 from bot.media.mixer import SAMPLE_RATE, Mixer
 from bot.media.pipeline import MediaPipeline, SlotInfo
 from bot.media.writer import Mp4Writer
+from bot.timeline import Timeline
 
 
 def gray(value: int, width: int = 64, height: int = 36) -> av.VideoFrame:
@@ -120,7 +121,7 @@ def small_pipeline(path: Path, origin_wall: float) -> MediaPipeline:
         width=320,
         height=180,
         fps=30,
-        origin_wall=origin_wall,
+        timeline=Timeline(origin_wall),
         latency=0.05,
     )
 

@@ -18,14 +18,8 @@ from testbed.sfu import LocalSfu
 
 from bot.exitcodes import ExitCode
 from bot.realtime import RealtimeClient, SessionDescription, TrackObject
-from bot.synthetic.participant import (
-    MuteWindow,
-    SyntheticParticipant,
-    _MediaPlan,
-    _MediaWorker,
-    _Scheduled,
-    ice_servers_for,
-)
+from bot.synthetic.media import MediaPlan, MediaWorker, MuteWindow, Scheduled
+from bot.synthetic.participant import SyntheticParticipant, ice_servers_for
 from bot.synthetic.signal import SAMPLE_RATE, SAMPLES_PER_FRAME, ResolutionStep, read_barcode
 
 WAIT_S = 15.0
@@ -173,7 +167,7 @@ def test_stun_only_for_remote_sfus_and_bad_options_rejected() -> None:
         SyntheticParticipant(client, number=16, role="clinician")
 
 
-def _pts(item: _Scheduled) -> int:
+def _pts(item: Scheduled) -> int:
     assert item.packet.pts is not None
     return item.packet.pts
 
@@ -181,7 +175,7 @@ def _pts(item: _Scheduled) -> int:
 def test_media_worker_follows_schedule_mutes_and_keyframes() -> None:
     """The worker alone, with a clock far ahead so it never waits."""
     fps = 10
-    plan = _MediaPlan(
+    plan = MediaPlan(
         number=3,
         fps=fps,
         codec="VP8",
@@ -191,11 +185,11 @@ def test_media_worker_follows_schedule_mutes_and_keyframes() -> None:
         video_mutes=(MuteWindow(1.5, 2.0),),
         near_silent_mute=False,
     )
-    audio: list[_Scheduled] = []
-    video: list[_Scheduled] = []
+    audio: list[Scheduled] = []
+    video: list[Scheduled] = []
     done = threading.Event()
 
-    def on_video(item: _Scheduled | None) -> None:
+    def on_video(item: Scheduled | None) -> None:
         if item is None:
             done.set()
             return
@@ -203,7 +197,7 @@ def test_media_worker_follows_schedule_mutes_and_keyframes() -> None:
         if _pts(item) >= 25:
             worker.stop()
 
-    worker = _MediaWorker(
+    worker = MediaWorker(
         plan,
         clock=lambda: 1e9,
         start_at=100.0,

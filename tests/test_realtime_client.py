@@ -27,7 +27,6 @@ from bot.realtime import (
     TransientError,
     UpdateTrackObject,
 )
-from bot.realtime import client as client_module
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -190,17 +189,13 @@ class Recorder:
         return self._responder(request)
 
 
-@pytest.fixture(autouse=True)
-def _no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(client_module, "_BACKOFF_BASE", 0.0)
-
-
 def _mock_client(recorder: Recorder, max_retries: int = 3) -> RealtimeClient:
     return RealtimeClient(
         "app",
         SECRET,
         base_url="https://rtc.example/v1",
         max_retries=max_retries,
+        backoff_base=0.0,
         transport=httpx.MockTransport(recorder),
     )
 
@@ -295,10 +290,17 @@ async def test_every_call_times_out_into_a_retried_transient_error() -> None:
     assert recorder.attempts == 2 * len(calls)
 
 
-async def test_client_sets_a_timeout_on_its_http_client() -> None:
-    async with RealtimeClient("app", SECRET, timeout=2.5) as client:
-        assert client._http.timeout.read == 2.5
-        assert client._http.timeout.connect == 2.5
+async def test_client_sets_a_timeout_on_every_request() -> None:
+    seen: list[dict[str, float]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.extensions["timeout"])
+        return httpx.Response(200, json={"sessionId": "s"})
+
+    transport = httpx.MockTransport(answer)
+    async with RealtimeClient("app", SECRET, timeout=2.5, transport=transport) as client:
+        await client.new_session()
+    assert seen and seen[0]["read"] == 2.5 and seen[0]["connect"] == 2.5
 
 
 async def test_response_over_4_mib_is_rejected_without_retry() -> None:

@@ -11,7 +11,7 @@ from testbed.analysis import analyze_recording, audio_rms
 from testbed.stack import start_local_sfu
 
 from bot.exitcodes import ExitCode
-from bot.recorder import RecordingResult, record
+from bot.recording import RecordingResult, record
 from bot.storage.boxes import top_level_boxes
 from tests.e2e import ffprobe, recorder_settings, slots
 

@@ -23,7 +23,7 @@ from testbed.stack import LocalCall, start_local_sfu
 
 from bot.config import TrackRef
 from bot.exitcodes import ExitCode
-from bot.recorder import Recorder, RecordingResult
+from bot.recording import Recorder, RecordingResult
 from tests.e2e import recorder_settings, slots
 from tests.faults import wait_until
 

@@ -15,6 +15,7 @@ import pytest
 from bot.config import Participant, TrackRef
 from bot.realtime import OfferRefusedError, RealtimeClient
 from bot.rtc.subscriber import Subscriber
+from bot.timeline import Timeline
 from tests.cloudflare_sdp import OPUS_WITH_RED, VP8_WITH_HELPERS, Section, offer
 
 PUBLISHER = "p" * 32
@@ -60,7 +61,7 @@ class FakeCloudflare:
 async def _pull(sdp: str) -> tuple[FakeCloudflare, Subscriber, Callable[[], object]]:
     cloudflare = FakeCloudflare(sdp)
     client = RealtimeClient("app", "secret", transport=httpx.MockTransport(cloudflare))
-    subscriber = Subscriber(client, lambda *_: None, origin_wall=0.0)
+    subscriber = Subscriber(client, lambda *_: None, timeline=Timeline(0.0))
     await subscriber.open()
 
     async def close() -> None:

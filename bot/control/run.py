@@ -22,8 +22,8 @@ from bot.observe.audit import AuditLog, audit_path, follow_uploads, upload_audit
 from bot.observe.metrics import Metrics
 from bot.observe.progress import Progress
 from bot.observe.webhook import Webhook
-from bot.recorder import Recorder, RecordingResult
-from bot.storage import StorageError
+from bot.recording import Recorder, RecordingResult
+from bot.storage import StorageError, UploadStatus
 
 log = structlog.get_logger("bot.control")
 
@@ -51,7 +51,7 @@ class ControlledRecording:
 
     async def run(self) -> RecordingResult:
         recorder, audit = self.recorder, self.audit
-        audit.record("recorder.starting", layout=[s.role for s in recorder.slots])
+        audit.record("recorder.starting", layout=recorder.roster.roles)
         try:
             if self.server is not None:
                 await self.server.start()
@@ -88,20 +88,17 @@ class ControlledRecording:
         status = recorder.status()
         self.audit.record(
             "recorder.started",
-            participants=[{"id": p["id"], "role": p["role"]} for p in status["participants"]],
-            tracks=len(status["tracks"]),
+            participants=[{"id": p.id, "role": p.role} for p in status.participants],
+            tracks=len(status.tracks),
         )
-        for track in status["tracks"]:
-            self.audit.record(
-                "track.pulled", participant_id=track["participant"], kind=track["kind"]
-            )
+        for track in status.tracks:
+            self.audit.record("track.pulled", participant_id=track.participant, kind=track.kind)
         self.webhook.notify("recording.started", self._ids())
         if self._progress is not None:
             self._progress.start()
 
-        def upload_status() -> Any:
-            uploader = recorder.uploader
-            return uploader.status() if uploader is not None else None
+        def upload_status() -> UploadStatus | None:
+            return recorder.status().upload
 
         await follow_uploads(self.audit, upload_status)
 

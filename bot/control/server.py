@@ -29,7 +29,7 @@ from bot.observe.metrics import Metrics
 from bot.realtime import RealtimeError
 
 if TYPE_CHECKING:
-    from bot.recorder import Recorder
+    from bot.recording import Recorder
 
 log = structlog.get_logger("bot.control")
 
@@ -110,17 +110,16 @@ class ControlServer:
 
     def readiness(self) -> tuple[bool, str]:
         """Recording and connected: what ``/readyz`` reports, with the reason if not."""
-        recorder = self._recorder
-        if not recorder.started.is_set():
+        status = self._recorder.status()
+        if not status.started:
             return False, "starting"
-        if self._stop_requested or recorder.stopping:
+        if self._stop_requested or status.stopping:
             return False, "stopping"
-        subscriber, pipeline = recorder.subscriber, recorder.pipeline
-        if pipeline is None or not pipeline.alive:
+        if status.media is None or not status.media.alive:
             return False, "media pipeline stopped"
-        if subscriber is None or subscriber.failed.is_set():
+        if status.transport is None or status.transport.failed:
             return False, "transport failed"
-        if subscriber.tracks and not subscriber.connected.is_set():
+        if status.tracks and not status.transport.connected:
             return False, "connecting"
         return True, "recording"
 
@@ -236,7 +235,7 @@ class ControlServer:
         return web.json_response({"participant_id": participant_id, "dropped": True})
 
     async def _pause(self, _: web.Request, caller: Caller) -> web.Response:
-        changed = not self._recorder.status()["paused"]
+        changed = not self._recorder.status().paused
         if changed:
             self._recorder.pause()
         self._audit.record(
@@ -245,7 +244,7 @@ class ControlServer:
         return web.json_response({"paused": True, "changed": changed})
 
     async def _resume(self, _: web.Request, caller: Caller) -> web.Response:
-        changed = bool(self._recorder.status()["paused"])
+        changed = self._recorder.status().paused
         if changed:
             self._recorder.resume()
         self._audit.record(
@@ -262,7 +261,8 @@ class ControlServer:
     async def _status(self, _: web.Request, caller: Caller) -> web.Response:
         self._audit.record("status.read", actor=caller.subject, role=caller.role)
         ready, state = self.readiness()
-        return web.json_response({**self._recorder.status(), "ready": ready, "state": state})
+        body = {**self._recorder.status().as_dict(), "ready": ready, "state": state}
+        return web.json_response(body)
 
     # -- open routes -------------------------------------------------------------------
 

@@ -11,6 +11,12 @@ by whatever measure is installed under the ``bot.inspect.av`` entry points (the 
 analysis of the synthetic beep), so the product does not carry the test signal's analysis.
 ``bot.inspect.timeline_png`` draws the same findings.
 
+Owns the ``Inspection`` (what decoding found, from ``bot.inspect.scan``, with the
+manifest and the A/V offsets beside it), the A/V measure plug-in point (``Beep``,
+``AV_MEASURE_ENTRY_POINTS``) and the text report. May import the foundation,
+``bot.inspect``, ``bot.manifest``, ``bot.media.layout`` and ``bot.storage`` (the MP4 box
+walker, to count fragments).
+
 Everything here is blocking file and CPU work: call it from a thread in async code.
 """
 
@@ -18,82 +24,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from fractions import Fraction
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import av
 import numpy as np
-from numpy.typing import NDArray
 
+from bot.inspect.scan import CellInfo, Scan, Span, StreamInfo
 from bot.manifest import Manifest
-from bot.media.layout import Rect, grid
+from bot.media.layout import Rect
 from bot.storage.boxes import top_level_boxes
-from bot.synthetic.signal import read_slot
 
-MIN_SPAN_S: Final = 0.5
-"""Dark, still, silent stretches shorter than this are not reported (a blink, a pause)."""
-SILENCE_RMS: Final = 10 ** (-50 / 20)
-"""Below -50 dBFS is silence: well under speech, above the AAC encoder's noise floor."""
-DARK_LUMA: Final = 24.0
-"""Mean luma (0-255) under which a cell counts as dark: the compositor's black is ~0."""
-STILL_DIFF: Final = 0.25
-"""Mean absolute luma change between frames under which a cell counts as frozen."""
-ANALYSIS_SCALE: Final = 4
-"""Cells are examined at a quarter of the output size: enough for dark and frozen."""
-BARCODE_PROBE_S: Final = 10.0
-"""How far into the file to look for the synthetic participants' barcode."""
 MAX_LISTED: Final = 12
 """Spans listed per line of the text report; the rest are counted."""
 AV_MEASURE_ENTRY_POINTS: Final = "bot.inspect.av"
-
-
-@dataclass(frozen=True)
-class Span:
-    """A stretch of the recording's timeline, in seconds from its start."""
-
-    start: float
-    end: float
-    label: str = ""
-
-    @property
-    def length(self) -> float:
-        return self.end - self.start
-
-
-@dataclass(frozen=True)
-class StreamInfo:
-    index: int
-    kind: str
-    codec: str
-    title: str
-    detail: str
-    frames: int
-    start: float
-    end: float
-    holes: tuple[Span, ...]
-    """Timestamp jumps longer than two frames: time the file has no frame for."""
-    silent: tuple[Span, ...] = ()
-    """Audio only: stretches below ``SILENCE_RMS``."""
-
-
-@dataclass(frozen=True)
-class CellInfo:
-    """One cell of the output grid, with who held it according to the manifest."""
-
-    number: int
-    rect: Rect
-    participant_id: str | None
-    role: str | None
-    dark: tuple[Span, ...]
-    still: tuple[Span, ...]
-    """Frozen but not dark: the compositor holding a last picture, or a stuck source."""
-
-    @property
-    def label(self) -> str:
-        who = " ".join(x for x in (self.role, self.participant_id) if x)
-        return f"cell {self.number}" + (f" ({who})" if who else "")
 
 
 @dataclass(frozen=True)
@@ -173,7 +118,7 @@ def inspect_recording(path: Path, manifest_path: Path | None = None) -> Inspecti
     """
     manifest_path = manifest_path or manifest_beside(path)
     manifest = Manifest.from_json(manifest_path.read_bytes()) if manifest_path is not None else None
-    scan = _Scan(path, manifest)
+    scan = Scan(path, manifest)
     scan.run()
     inspection = Inspection(
         path=path,
@@ -203,215 +148,6 @@ def inspect_recording(path: Path, manifest_path: Path | None = None) -> Inspecti
     return inspection
 
 
-def inspect_file(path: Path, manifest_path: Path | None = None) -> str:
-    """The one-line summary and the full text report."""
-    return summarize(path) + "\n" + inspect_recording(path, manifest_path).report()
-
-
-# -- decoding --------------------------------------------------------------------------
-
-
-class _SpanTracker:
-    """Turns a per-frame yes/no into spans of at least ``MIN_SPAN_S``."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.spans: list[Span] = []
-        self._start: float | None = None
-        self._end = 0.0
-
-    def update(self, start: float, end: float, condition: bool) -> None:
-        if condition:
-            if self._start is None:
-                self._start = start
-            self._end = end
-        else:
-            self.close()
-
-    def close(self) -> None:
-        if self._start is not None and self._end - self._start >= MIN_SPAN_S:
-            self.spans.append(Span(round(self._start, 3), round(self._end, 3), self.label))
-        self._start = None
-
-
-@dataclass
-class _StreamState:
-    stream: Any
-    kind: str
-    frames: int = 0
-    start: float | None = None
-    end: float = 0.0
-    holes: list[Span] = field(default_factory=list)
-    silence: _SpanTracker = field(default_factory=lambda: _SpanTracker("silent"))
-
-    def frame(self, start: float, length: float) -> None:
-        if self.start is None:
-            self.start = start
-        elif start - self.end > 2 * length:
-            self.holes.append(Span(round(self.end, 3), round(start, 3), "no frames"))
-        self.end = max(self.end, start + length)
-        self.frames += 1
-
-
-class _Scan:
-    """One demux-and-decode pass over every stream of the file."""
-
-    def __init__(self, path: Path, manifest: Manifest | None) -> None:
-        self.path = path
-        self.manifest = manifest
-        self.duration = 0.0
-        self.width = 0
-        self.height = 0
-        self.streams: list[StreamInfo] = []
-        self.rects: list[Rect] = []
-        self.barcode_cells: dict[int, int] = {}
-        """Synthetic participant number -> cell index where its barcode was read."""
-        self._dark: list[_SpanTracker] = []
-        self._still: list[_SpanTracker] = []
-        self._previous: list[NDArray[np.float32] | None] = []
-        self._positions: list[tuple[int, float]] = []
-        self._next_probe = 0.0
-
-    def run(self) -> None:
-        with av.open(str(self.path)) as container:
-            self.duration = (container.duration or 0) / av.time_base
-            states = {s.index: _StreamState(s, s.type) for s in container.streams}
-            video = container.streams.video[0] if container.streams.video else None
-            if video is not None:
-                self.width = video.codec_context.width
-                self.height = video.codec_context.height
-                self._layout(len(self._slots()) or 1)
-            for packet in container.demux():
-                state = states[packet.stream.index]
-                if packet.pos is not None and packet.pos >= 0 and packet.pts is not None:
-                    self._positions.append((packet.pos, float(packet.pts * packet.time_base)))
-                for frame in packet.decode():
-                    if not isinstance(frame, av.VideoFrame | av.AudioFrame):
-                        continue
-                    if frame.pts is None or frame.time_base is None:
-                        continue
-                    start = float(frame.pts * frame.time_base)
-                    if isinstance(frame, av.VideoFrame):
-                        self._video_frame(state, frame, start)
-                    else:
-                        self._audio_frame(state, frame, start)
-            self.streams = [self._stream_info(s) for s in states.values()]
-
-    def _slots(self) -> list[dict[str, Any]]:
-        if self.manifest is None:
-            return []
-        slots = self.manifest.sync.get("slots", [])
-        return [s for s in slots if isinstance(s, dict)]
-
-    def _layout(self, count: int) -> None:
-        self.rects = grid(count, self.width, self.height)
-        self._dark = [_SpanTracker("dark") for _ in self.rects]
-        self._still = [_SpanTracker("frozen") for _ in self.rects]
-        self._previous = [None for _ in self.rects]
-
-    def _video_frame(self, state: _StreamState, frame: Any, start: float) -> None:
-        rate = state.stream.guessed_rate or state.stream.average_rate or 30
-        length = float(1 / Fraction(rate))
-        state.frame(start, length)
-        small = frame.reformat(
-            width=max(2, self.width // ANALYSIS_SCALE),
-            height=max(2, self.height // ANALYSIS_SCALE),
-            format="gray",
-        ).to_ndarray()
-        for i, rect in enumerate(self.rects):
-            cell = small[
-                rect.y // ANALYSIS_SCALE : (rect.y + rect.height) // ANALYSIS_SCALE,
-                rect.x // ANALYSIS_SCALE : (rect.x + rect.width) // ANALYSIS_SCALE,
-            ].astype(np.float32)
-            dark = float(cell.mean()) < DARK_LUMA
-            self._dark[i].update(start, start + length, dark)
-            previous = self._previous[i]
-            still = (
-                not dark
-                and previous is not None
-                and float(np.abs(cell - previous).mean()) < STILL_DIFF
-            )
-            self._still[i].update(start, start + length, still)
-            self._previous[i] = cell
-        if start >= self._next_probe and start < BARCODE_PROBE_S:
-            self._next_probe = start + 0.5
-            self._probe_barcode(frame)
-
-    def _probe_barcode(self, frame: Any) -> None:
-        rgb = frame.to_ndarray(format="rgb24")
-        for i, rect in enumerate(self.rects):
-            crop = rgb[rect.y : rect.y + rect.height, rect.x : rect.x + rect.width]
-            reading = read_slot(crop)
-            if reading.participant is not None:
-                self.barcode_cells.setdefault(reading.participant, i)
-
-    def _audio_frame(self, state: _StreamState, frame: Any, start: float) -> None:
-        rate = frame.sample_rate or 48000
-        length = frame.samples / rate
-        state.frame(start, length)
-        decoded = frame.to_ndarray()
-        samples = decoded.astype(np.float32)
-        if np.issubdtype(decoded.dtype, np.integer):
-            samples /= float(np.iinfo(decoded.dtype).max)
-        rms = float(np.sqrt(np.mean(np.square(samples)))) if samples.size else 0.0
-        state.silence.update(start, start + length, rms < SILENCE_RMS)
-
-    def _stream_info(self, state: _StreamState) -> StreamInfo:
-        stream = state.stream
-        ctx = stream.codec_context
-        title = stream.metadata.get("handler_name", "") or stream.metadata.get("title", "")
-        if state.kind == "video":
-            rate = stream.guessed_rate or stream.average_rate
-            detail = f"{ctx.width}x{ctx.height} @ {float(rate or 0):g} fps"
-        elif state.kind == "audio":
-            layout = getattr(ctx.layout, "name", "")
-            detail = f"{ctx.sample_rate} Hz {layout}".rstrip()
-        else:
-            detail = ""
-        state.silence.close()
-        return StreamInfo(
-            index=stream.index,
-            kind=state.kind,
-            codec=ctx.name if ctx is not None else "?",
-            title=title,
-            detail=detail,
-            frames=state.frames,
-            start=round(state.start or 0.0, 3),
-            end=round(state.end, 3),
-            holes=tuple(state.holes),
-            silent=tuple(state.silence.spans) if state.kind == "audio" else (),
-        )
-
-    def cells(self) -> list[CellInfo]:
-        slots = self._slots()
-        out = []
-        for i, rect in enumerate(self.rects):
-            self._dark[i].close()
-            self._still[i].close()
-            slot = slots[i] if i < len(slots) else {}
-            out.append(
-                CellInfo(
-                    number=i + 1,
-                    rect=rect,
-                    participant_id=slot.get("participant") or None,
-                    role=slot.get("role") or None,
-                    dark=tuple(self._dark[i].spans),
-                    still=tuple(self._still[i].spans),
-                )
-            )
-        return out
-
-    def byte_times(self, offsets: Sequence[int]) -> list[float]:
-        """Media time of each byte offset, from where the demuxer found packets."""
-        if not self._positions or not offsets:
-            return []
-        points = sorted(self._positions)
-        pos = np.array([p for p, _ in points], dtype=np.float64)
-        # Fragments interleave streams; the running maximum keeps time monotonic.
-        times = np.maximum.accumulate(np.array([t for _, t in points], dtype=np.float64))
-        return [round(float(t), 3) for t in np.interp(np.asarray(offsets, float), pos, times)]
-
-
 def _part_ends(manifest: Manifest) -> list[int]:
     assert manifest.storage is not None
     ends, total = [], 0
@@ -421,7 +157,7 @@ def _part_ends(manifest: Manifest) -> list[int]:
     return ends
 
 
-def _measure_av(path: Path, scan: _Scan, measures: Sequence[AvMeasure]) -> list[AvSample]:
+def _measure_av(path: Path, scan: Scan, measures: Sequence[AvMeasure]) -> list[AvSample]:
     """Each synthetic beep's A/V offset, named by the participant holding its cell."""
     cells = scan.cells()
     names = {

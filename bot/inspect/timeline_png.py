@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from bot.inspect.report import Inspection, Span
+from bot.inspect.report import Inspection
+from bot.inspect.scan import Span
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

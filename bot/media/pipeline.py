@@ -13,7 +13,6 @@ logged as an alarm.
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +25,7 @@ from bot.media.gaps import Gap, GapTracker
 from bot.media.layout import grid
 from bot.media.mixer import SAMPLE_RATE, Mixer
 from bot.media.writer import Mp4Writer
+from bot.timeline import Timeline
 
 log = structlog.get_logger("bot.media")
 
@@ -70,13 +70,13 @@ class MediaPipeline:
         width: int,
         height: int,
         fps: int,
-        origin_wall: float,
+        timeline: Timeline,
         latency: float,
     ) -> None:
         self._writer = writer
         self._slots = list(slots)
         self._fps = fps
-        self._origin_wall = origin_wall
+        self._timeline = timeline
         self._latency = latency
         self._compositor = Compositor(width, height, fps)
         self._mixer = Mixer()
@@ -110,7 +110,7 @@ class MediaPipeline:
 
     def now(self) -> float:
         """Seconds since the recording's origin."""
-        return time.time() - self._origin_wall
+        return self._timeline.now()
 
     def start(self) -> None:
         self._thread.start()

@@ -54,14 +54,44 @@ class Mp4Writer:
                 "flush_packets": "1",
             },
         )
+        self._video_time_base = Fraction(1, fps)
+        self._video = self._add_video(
+            width=width,
+            height=height,
+            fps=fps,
+            bitrate=video_bitrate,
+            keyframe_seconds=keyframe_seconds,
+            preset=preset,
+            threads=encoder_threads,
+        )
+        self._audio = [
+            self._add_audio(audio_codec, audio_bitrate, title, default=index == 0)
+            for index, title in enumerate(["mix", *speaker_titles])
+        ]
+        self._audio_positions = [0] * len(self._audio)
+        self.video_frames = 0
+        self.bytes_written = 0
+
+    def _add_video(
+        self,
+        *,
+        width: int,
+        height: int,
+        fps: int,
+        bitrate: int,
+        keyframe_seconds: float,
+        preset: str,
+        threads: int,
+    ) -> av.VideoStream:
+        """H.264 High with a keyframe exactly every ``keyframe_seconds`` (each starts a
+        fragment) and no B-frames: frames leave the encoder as soon as they are written."""
         keyint = max(1, round(fps * keyframe_seconds))
         video = self._container.add_stream("libx264", rate=fps)
         assert isinstance(video, av.VideoStream)
         video.width = width
         video.height = height
         video.pix_fmt = "yuv420p"
-        video.bit_rate = video_bitrate
-        self._video_time_base = Fraction(1, fps)
+        video.bit_rate = bitrate
         video.codec_context.time_base = self._video_time_base
         video.options = {
             "preset": preset,
@@ -74,26 +104,24 @@ class Mp4Writer:
         }
         # x264's sliced threads cost ~20% more CPU for the same frames; one thread keeps a
         # 720p30 composite at about a fifth of a core, and the decoders run on their own.
-        video.codec_context.thread_count = encoder_threads
-        self._video = video
-        self._audio: list[av.AudioStream] = []
-        for index, title in enumerate(["mix", *speaker_titles]):
-            stream = self._container.add_stream(_AUDIO_ENCODER[audio_codec], rate=SAMPLE_RATE)
-            assert isinstance(stream, av.AudioStream)
-            stream.layout = "mono"
-            stream.bit_rate = audio_bitrate
-            if audio_codec == "aac":
-                # Half the CPU of the default "twoloop" search, which its author found no
-                # better above low bit rates; three tracks are encoded for every second.
-                stream.options = {"aac_coder": "fast"}
-            stream.metadata["title"] = title
-            stream.metadata["handler_name"] = title
-            if index > 0:
-                stream.disposition = av.stream.Disposition(0)
-            self._audio.append(stream)
-        self._audio_positions = [0] * len(self._audio)
-        self.video_frames = 0
-        self.bytes_written = 0
+        video.codec_context.thread_count = threads
+        return video
+
+    def _add_audio(self, codec: str, bitrate: int, title: str, *, default: bool) -> av.AudioStream:
+        """One mono track named ``title``; players pick the ``default`` one (the mix)."""
+        stream = self._container.add_stream(_AUDIO_ENCODER[codec], rate=SAMPLE_RATE)
+        assert isinstance(stream, av.AudioStream)
+        stream.layout = "mono"
+        stream.bit_rate = bitrate
+        if codec == "aac":
+            # Half the CPU of the default "twoloop" search, which its author found no
+            # better above low bit rates; three tracks are encoded for every second.
+            stream.options = {"aac_coder": "fast"}
+        stream.metadata["title"] = title
+        stream.metadata["handler_name"] = title
+        if not default:
+            stream.disposition = av.stream.Disposition(0)
+        return stream
 
     def write_video(self, frame: av.VideoFrame) -> None:
         frame.pts = self.video_frames

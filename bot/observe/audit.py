@@ -32,8 +32,8 @@ import structlog
 
 from bot.config import StorageSettings
 from bot.logs import redact_secrets
+from bot.storage import UploadStatus
 from bot.storage.stores import open_store
-from bot.storage.uploader import UploadStatus
 
 log = structlog.get_logger("bot.observe.audit")
 

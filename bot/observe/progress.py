@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -21,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from bot.recorder import Recorder
+    from bot.recording import Recorder, RecorderStatus
 
 STALE_SECONDS: Final = 3.0
 """A pulled track silent for longer than this is shown as a warning."""
@@ -43,52 +42,56 @@ def _duration(seconds: float) -> str:
     return f"{whole // 3600:d}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
 
 
-def warnings_for(status: Mapping[str, Any]) -> list[str]:
+def warnings_for(status: RecorderStatus) -> list[str]:
     """What a person watching should notice; plain strings, opaque ids only."""
     found = []
-    if status.get("paused"):
+    upload = status.upload
+    if status.paused:
         found.append("privacy pause: recording black and silence")
-    if status.get("upload_alarm"):
+    if upload is not None and upload.alarm:
         found.append("object store failing: recording continues to the local spool")
-    if status.get("last_error"):
-        found.append(f"last storage error: {status['last_error']}")
-    for track in status.get("tracks", []):
-        silent = track.get("seconds_since_packet")
-        if track.get("active") and silent is not None and silent > STALE_SECONDS:
-            found.append(f"no {track['kind']} from {track['participant']} for {silent:.0f} s")
-        if track.get("active") and not track.get("packets"):
-            found.append(f"waiting for {track['kind']} from {track['participant']}")
+    if upload is not None and upload.last_error:
+        found.append(f"last storage error: {upload.last_error}")
+    for track in status.tracks:
+        silent = track.seconds_since_packet
+        if track.active and silent is not None and silent > STALE_SECONDS:
+            found.append(f"no {track.kind} from {track.participant} for {silent:.0f} s")
+        if track.active and not track.packets:
+            found.append(f"waiting for {track.kind} from {track.participant}")
     return found
 
 
-def render_status(status: Mapping[str, Any]) -> RenderableType:
+def render_status(status: RecorderStatus) -> RenderableType:
     """The panel for one ``Recorder.status()`` snapshot."""
-    recorded, uploaded = int(status.get("bytes_recorded", 0)), int(status.get("bytes_uploaded", 0))
+    upload = status.upload
+    recorded = upload.bytes_spooled if upload else 0
+    uploaded = upload.bytes_uploaded if upload else 0
     share = f" ({uploaded / recorded:.0%})" if recorded else ""
-    state = "[yellow]PAUSED[/]" if status.get("paused") else "[green]recording[/]"
+    state = "[yellow]PAUSED[/]" if status.paused else "[green]recording[/]"
     head = Text.from_markup(
-        f"{state}  {_duration(float(status.get('duration_s', 0.0)))}  "
+        f"{state}  {_duration(status.duration_s)}  "
         f"recorded {_size(recorded)}  uploaded {_size(uploaded)}{share}"
     )
     table = Table(expand=True, box=None, pad_edge=False)
     for column in ("participant", "role", "tracks", "clock"):
         table.add_column(column)
-    tracks = [t for t in status.get("tracks", []) if t.get("active")]
-    for person in status.get("participants", []):
-        own = [t for t in tracks if t.get("participant") == person["id"]]
+    tracks = [t for t in status.tracks if t.active]
+    for person in status.participants:
+        own = [t for t in tracks if t.participant == person.id]
         table.add_row(
-            person["id"],
-            person["role"],
-            ", ".join(f"{t['kind']} {t['frames']}f" for t in own) or "-",
-            ", ".join(sorted({str(t["clock"]) for t in own})) or "-",
+            person.id,
+            person.role,
+            ", ".join(f"{t.kind} {t.frames}f" for t in own) or "-",
+            ", ".join(sorted({t.clock for t in own})) or "-",
         )
-    if not status.get("participants"):
+    if not status.participants:
         table.add_row("(nobody yet)", "", "", "")
     parts: list[RenderableType] = [head, table]
     parts += [Text(f"! {w}", style="bold red") for w in warnings_for(status)]
-    title = f"consultation {status.get('consultation_id', '?')}"
     return Panel(
-        Group(*parts), title=title, subtitle=f"recording {status.get('recording_id', '?')}"
+        Group(*parts),
+        title=f"consultation {status.consultation_id}",
+        subtitle=f"recording {status.recording_id}",
     )
 
 

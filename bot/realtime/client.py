@@ -14,13 +14,14 @@ import random
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import httpx
 import structlog
 from pydantic import BaseModel, ValidationError
 
 from bot import __version__
+from bot.config import ConfigError, RealtimeSettings
 from bot.realtime.errors import (
     RealtimeError,
     SessionNotReadyError,
@@ -46,7 +47,8 @@ from bot.realtime.models import (
 log = structlog.get_logger("bot.realtime")
 
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
-_BACKOFF_BASE = 0.25
+BACKOFF_BASE = 0.25
+"""Seconds before the first retry; each next waits up to twice as long (full jitter)."""
 _BACKOFF_CAP = 4.0
 
 ResponseT = TypeVar("ResponseT", bound=BaseModel)
@@ -64,6 +66,7 @@ class RealtimeClient:
         base_url: str = "https://rtc.live.cloudflare.com/v1",
         timeout: float = 10.0,
         max_retries: int = 4,
+        backoff_base: float = BACKOFF_BASE,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if not app_id:
@@ -76,6 +79,7 @@ class RealtimeClient:
         self._app_path = f"/apps/{app_id}"
         self._secret = app_secret
         self._max_retries = max_retries
+        self._backoff_base = backoff_base
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
@@ -86,6 +90,20 @@ class RealtimeClient:
             timeout=httpx.Timeout(timeout),
             transport=transport,
         )
+
+    @classmethod
+    def from_settings(cls, settings: RealtimeSettings) -> Self:
+        """A client for the configured app; ``ConfigError`` naming what is missing."""
+        try:
+            return cls(
+                settings.app_id,
+                settings.app_secret.get_secret_value(),
+                base_url=settings.base_url,
+                timeout=settings.request_timeout,
+                max_retries=settings.max_retries,
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     async def __aenter__(self) -> RealtimeClient:
         return self
@@ -233,7 +251,7 @@ class RealtimeClient:
             except (TransientError, SessionNotReadyError) as exc:
                 if attempt >= self._max_retries:
                     raise
-                delay = random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2**attempt))
+                delay = random.uniform(0, min(_BACKOFF_CAP, self._backoff_base * 2**attempt))
                 attempt += 1
                 log.warning(
                     "realtime.retry",

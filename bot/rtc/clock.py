@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import structlog
 
+from bot.timeline import Timeline
+
 log = structlog.get_logger("bot.rtc.clock")
 
 NTP_UNIX_OFFSET = 2_208_988_800
@@ -120,12 +122,12 @@ class StreamClock:
     our answer, but which publisher it carries is known only from the SFU's response.
     """
 
-    def __init__(self, clock_rate: int, domain: ClockDomain | None, origin_wall: float) -> None:
+    def __init__(self, clock_rate: int, domain: ClockDomain | None, timeline: Timeline) -> None:
         self.clock_rate = clock_rate
         self.domain: ClockDomain | None = None
         if domain is not None:
             domain.attach(self)
-        self.origin_wall = origin_wall
+        self._timeline = timeline
         self._packets = RtpUnwrapper()
         self._frames = RtpUnwrapper()
         self._arrival = MinOffset()
@@ -194,4 +196,4 @@ class StreamClock:
             local = media + self._arrival.value
         else:
             return None
-        return local - self.origin_wall
+        return self._timeline.at(local)

@@ -2,112 +2,56 @@
 
 Pulls go through the Cloudflare API (tracks/new remote, the SFU offers, we answer with
 PUT renegotiate). Each received track gets a clock (``bot.rtc.clock``) and a reader task
-that hands decoded frames, placed on the timeline, to the media pipeline. Every accepted
-track is drained for as long as it lives: an unread aiortc track queue grows forever.
+(``bot.rtc.track_reader``) that hands decoded frames, placed on the timeline, to the
+media pipeline.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import av
 import structlog
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError
 
 from bot.config import Participant, TrackRef
 from bot.realtime import (
     OfferRefusedError,
     RealtimeClient,
     SessionDescription,
-    SimulcastPreference,
     TrackObject,
     TrackResult,
-    UpdateTrackObject,
 )
 from bot.rtc.aiortc_compat import (
-    ReceiverTap,
     accept_lower_dynamic_payload_types,
+    ice_check,
     ice_path,
     negotiated_codecs,
-    probe_ice_path,
     request_keyframe,
     route_by_mid,
 )
 from bot.rtc.clock import ClockDomain, StreamClock
 from bot.rtc.codec_policy import Declined, OfferPlan, prepare_offer
+from bot.rtc.receiver_tap import ReceiverTap
+from bot.rtc.simulcast import prefer_layer
+from bot.rtc.track_reader import FrameSink, read_track, watch_keyframes
+from bot.rtc.track_status import TrackStatus
+from bot.rtc.tracks import FailedTrack, PulledTrack
 from bot.tasks import stop_task
+from bot.timeline import Timeline
+
+__all__ = ["FailedTrack", "FrameSink", "PulledTrack", "Subscriber"]
 
 log = structlog.get_logger("bot.rtc.subscriber")
-
-FrameSink = Callable[[int, float, av.VideoFrame | av.AudioFrame], None]
-"""``(slot, timeline_seconds, frame)``: where decoded frames go (the media pipeline)."""
-
-KEYFRAME_STALL_SECONDS = 1.0
-MAX_SIZES = 64
-"""Packets flowing but no picture decoded for this long: ask for a keyframe again."""
-
-
-@dataclass
-class PulledTrack:
-    """One remote track on our session, from pull to end."""
-
-    ref: TrackRef
-    participant: Participant
-    slot: int
-    mid: str
-    kind: str
-    clock: StreamClock
-    receiver: Any
-    tap: ReceiverTap
-    codec: str | None = None
-    active: bool = True
-    frames: int = 0
-    packets: int = 0
-    last_packet: float = 0.0
-    last_frame: float = 0.0
-    last_keyframe_request: float = 0.0
-    foreign_reported: bool = False
-    sizes: list[tuple[float, int, int]] = field(default_factory=list)
-    """``(timeline seconds, width, height)`` at the first picture and at every change of
-    size (a simulcast layer switch, the sender's own adaptation), at most ``MAX_SIZES``."""
-    reader: asyncio.Task[None] | None = field(default=None, repr=False)
-
-
-REPULL_CODES = frozenset({"not_found_track_error", "empty_track_error"})
-"""Per-track errors that can pass: the publisher's track is not there yet, or has no
-media yet (a publisher still connecting, or reconnecting)."""
-
-
-@dataclass(frozen=True)
-class FailedTrack:
-    """A track that cannot be recorded now: whose, where it would go, and why."""
-
-    participant: Participant
-    slot: int
-    code: str
-    reason: str | None
-    """Our own explanation; the SFU's error text is left out: it may quote the app's
-    track names."""
-
-    @property
-    def can_pass(self) -> bool:
-        """Worth pulling again while recording (``REPULL_CODES``)."""
-        return self.code in REPULL_CODES
-
-    def report(self) -> dict[str, str | None]:
-        """Plain data for the result and the manifest."""
-        return {"participant": self.participant.id, "errorCode": self.code, "reason": self.reason}
 
 
 @dataclass(frozen=True)
 class _Prepared:
     """An m-line made ready to receive, before the SFU sees our answer."""
 
+    mid: str
     tap: ReceiverTap
     receiver: Any
     clock: StreamClock
@@ -123,14 +67,14 @@ class Subscriber:
         client: RealtimeClient,
         sink: FrameSink,
         *,
-        origin_wall: float,
+        timeline: Timeline,
         ice_servers: tuple[str, ...] = (),
         simulcast_layer: str | None = None,
     ) -> None:
         accept_lower_dynamic_payload_types()
         self._client = client
         self._sink = sink
-        self._origin_wall = origin_wall
+        self._timeline = timeline
         self._simulcast_layer = simulcast_layer
         self._pc = RTCPeerConnection(
             RTCConfiguration(iceServers=[RTCIceServer(urls=url) for url in ice_servers])
@@ -166,7 +110,7 @@ class Subscriber:
         session = await self._client.new_session()
         self.session_id = session.sessionId
         log.info("subscriber.session_created")
-        self._watchdog = asyncio.create_task(self._watch_keyframes())
+        self._watchdog = asyncio.create_task(watch_keyframes(self._on_mid))
         return session.sessionId
 
     async def pull(self, participant: Participant, slot: int) -> list[TrackResult]:
@@ -185,86 +129,95 @@ class Subscriber:
         new_declines: dict[str, Declined] = {}
 
         async def answer(offer: SessionDescription) -> SessionDescription:
-            plan = await self._apply_offer(offer.sdp)
-            previously = self._declined
-            self._declined = {d.mid: d for d in plan.declined}
-            new_declines.update((m, d) for m, d in self._declined.items() if m not in previously)
-            # Hook the new receivers before the SFU sees our answer: media may follow at once.
-            for transceiver in self._pc.getTransceivers():
-                mid = transceiver.mid
-                if mid is None or mid in self._on_mid:
-                    continue
-                if mid in self._declined:
-                    self._tap(transceiver).decline()
-                elif mid in plan.sending and mid not in prepared:
-                    prepared[mid] = self._prepare(transceiver)
-            reply = await self._pc.createAnswer()
-            await self._pc.setLocalDescription(reply)
-            return SessionDescription(type="answer", sdp=plan.finish(self._pc.localDescription.sdp))
+            return await self._answer(offer, prepared, new_declines)
 
         result = await self._client.pull_tracks(self.session_id, objects, answer)
         by_key = {(t.sessionId, t.trackName): t for t in result.tracks}
         failures = []
         pulled: list[PulledTrack] = []
         for ref in refs:
-            item = by_key.get((ref.session_id, ref.track_name)) or TrackResult(
-                sessionId=ref.session_id,
-                trackName=ref.track_name,
-                errorCode="missing_from_response",
-            )
+            item = _outcome(ref, by_key, new_declines)
             mid = item.mid or ""
-            if mid in new_declines:
-                item = item.model_copy(
-                    update={
-                        "errorCode": new_declines[mid].code,
-                        "errorDescription": new_declines[mid].reason,
-                    }
-                )
             if item.failed or mid not in prepared:
-                code = item.errorCode or "mid_missing_from_offer"
                 failures.append(item)
-                log.error(
-                    "subscriber.track_failed",
-                    participant=participant.id,
-                    track=ref.track_name,
-                    error_code=code,
-                    error=item.errorDescription,
-                )
-                self.failures.append(item)
-                ours = item.errorDescription if mid in new_declines else None
-                self.failed_tracks[ref] = FailedTrack(participant, slot, code, ours)
-                continue
-            self.failed_tracks.pop(ref, None)
-            ready = prepared[mid]
-            self._domains.setdefault(ref.session_id, ClockDomain(ref.session_id)).attach(
-                ready.clock
-            )
-            track = PulledTrack(
-                ref,
-                participant,
-                slot,
-                mid,
-                ready.kind,
-                ready.clock,
-                ready.receiver,
-                ready.tap,
-                ready.codec,
-            )
-            self._on_mid[mid] = track
-            self.tracks.append(track)
-            pulled.append(track)
-            track.reader = asyncio.create_task(self._read(track), name=f"read-{track.mid}")
-            log.info(
-                "subscriber.track_pulled",
-                participant=participant.id,
-                role=participant.role,
-                track=ref.track_name,
-                kind=ready.kind,
-                mid=mid,
-                codec=ready.codec,
-            )
-        await self._prefer_layer([t for t in pulled if t.kind == "video"])
+                self._fail(participant, slot, ref, item, ours=mid in new_declines)
+            else:
+                pulled.append(self._start(participant, slot, ref, prepared[mid]))
+        video = [t for t in pulled if t.kind == "video"]
+        await prefer_layer(self._client, self.session_id, video, self._simulcast_layer)
         return failures
+
+    async def _answer(
+        self,
+        offer: SessionDescription,
+        prepared: dict[str, _Prepared],
+        new_declines: dict[str, Declined],
+    ) -> SessionDescription:
+        """Answer the SFU's offer, adding the m-lines it prepares to ``prepared`` and
+        those it declines for the first time to ``new_declines``."""
+        plan = await self._apply_offer(offer.sdp)
+        previously = self._declined
+        self._declined = {d.mid: d for d in plan.declined}
+        new_declines.update((m, d) for m, d in self._declined.items() if m not in previously)
+        # Hook the new receivers before the SFU sees our answer: media may follow at once.
+        for transceiver in self._pc.getTransceivers():
+            mid = transceiver.mid
+            if mid is None or mid in self._on_mid:
+                continue
+            if mid in self._declined:
+                self._tap(transceiver).decline()
+            elif mid in plan.sending and mid not in prepared:
+                prepared[mid] = self._prepare(transceiver)
+        reply = await self._pc.createAnswer()
+        await self._pc.setLocalDescription(reply)
+        return SessionDescription(type="answer", sdp=plan.finish(self._pc.localDescription.sdp))
+
+    def _fail(
+        self, participant: Participant, slot: int, ref: TrackRef, item: TrackResult, *, ours: bool
+    ) -> None:
+        """Log and keep a track that cannot be recorded; ``ours`` when we declined it."""
+        code = item.errorCode or "mid_missing_from_offer"
+        log.error(
+            "subscriber.track_failed",
+            participant=participant.id,
+            track=ref.track_name,
+            error_code=code,
+            error=item.errorDescription,
+        )
+        self.failures.append(item)
+        reason = item.errorDescription if ours else None
+        self.failed_tracks[ref] = FailedTrack(participant, slot, code, reason)
+
+    def _start(
+        self, participant: Participant, slot: int, ref: TrackRef, ready: _Prepared
+    ) -> PulledTrack:
+        """Start recording a track the SFU now sends on the m-line made ``ready``."""
+        self.failed_tracks.pop(ref, None)
+        self._domains.setdefault(ref.session_id, ClockDomain(ref.session_id)).attach(ready.clock)
+        track = PulledTrack(
+            ref,
+            participant,
+            slot,
+            ready.mid,
+            ready.kind,
+            ready.clock,
+            ready.receiver,
+            ready.tap,
+            ready.codec,
+        )
+        self._on_mid[track.mid] = track
+        self.tracks.append(track)
+        track.reader = asyncio.create_task(read_track(track, self._sink), name=f"read-{track.mid}")
+        log.info(
+            "subscriber.track_pulled",
+            participant=participant.id,
+            role=participant.role,
+            track=ref.track_name,
+            kind=ready.kind,
+            mid=track.mid,
+            codec=ready.codec,
+        )
+        return track
 
     async def _apply_offer(self, sdp: str) -> OfferPlan:
         """Set the SFU's offer; when aiortc refuses it, decline every new m-line instead.
@@ -306,7 +259,7 @@ class Subscriber:
         codecs = negotiated_codecs(transceiver)
         codec = next(iter(codecs), None)  # negotiated codecs, the forwarded one first
         rate = codec.clockRate if codec is not None else (48_000 if kind == "audio" else 90_000)
-        clock = StreamClock(rate, None, self._origin_wall)
+        clock = StreamClock(rate, None, self._timeline)
 
         def on_packet(ssrc: int) -> None:
             now = time.time()
@@ -321,39 +274,7 @@ class Subscriber:
 
         tap = self._tap(transceiver)
         tap.retarget(clock, codecs, on_packet)
-        return _Prepared(tap, receiver, clock, kind, codec.mimeType if codec else None)
-
-    async def _prefer_layer(self, tracks: list[PulledTrack]) -> None:
-        """Ask for ``recording.simulcast_layer`` on each video track (``tracks/update``).
-
-        Sent after the pull, once the track's kind is known from the offer: a simulcast
-        preference on an audio track is not something Cloudflare documents. With
-        ``ridNotAvailable: asciibetical`` the SFU falls to the next layer in a-z order
-        when the preferred one is not sent; a publisher without simulcast is unaffected.
-        """
-        if not tracks or self._simulcast_layer is None:
-            return
-        assert self.session_id is not None
-        preference = SimulcastPreference(
-            preferredRid=self._simulcast_layer,
-            priorityOrdering="none",
-            ridNotAvailable="asciibetical",
-        )
-        result = await self._client.update_tracks(
-            self.session_id,
-            [
-                UpdateTrackObject(
-                    mid=t.mid,
-                    sessionId=t.ref.session_id,
-                    trackName=t.ref.track_name,
-                    simulcast=preference,
-                )
-                for t in tracks
-            ],
-        )
-        for item in result.tracks:
-            if item.failed:
-                log.warning("subscriber.layer_not_set", mid=item.mid, error_code=item.errorCode)
+        return _Prepared(mid, tap, receiver, clock, kind, codec.mimeType if codec else None)
 
     async def drop(self, participant_id: str) -> None:
         """Close a participant's tracks on our session (Cloudflare ``tracks/close``)."""
@@ -385,27 +306,21 @@ class Subscriber:
             }
         return ice_path(transceivers[0].receiver.transport)
 
-    def track_status(self) -> list[dict[str, object]]:
-        """Plain data per track for status, metrics and the manifest's sync report."""
+    def track_status(self) -> list[TrackStatus]:
+        """A snapshot per track for status, metrics and the manifest's sync report."""
         now = time.time()
-        return [
-            {
-                "participant": t.participant.id,
-                "kind": t.kind,
-                "mid": t.mid,
-                "codec": t.codec,
-                "active": t.active,
-                "packets": t.packets,
-                "rtx_packets": t.tap.rtx_packets if t.active else None,
-                "nack_retries": t.tap.nack_retries if t.active else None,
-                "frames": t.frames,
-                "sizes": [list(size) for size in t.sizes],
-                "clock": "sender_reports" if t.clock.synced else "arrival",
-                "sender_reports": t.clock.sender_reports,
-                "seconds_since_packet": round(now - t.last_packet, 3) if t.packets else None,
-            }
-            for t in self.tracks
-        ]
+        return [track.status(now) for track in self.tracks]
+
+    async def packets_lost(self) -> dict[str, int]:
+        """Cumulative RTP packets lost per active track's mid, from aiortc's statistics
+        (a closed receiver keeps its last value where the caller stored it)."""
+        lost: dict[str, int] = {}
+        for track in list(self.tracks):
+            if track.active:
+                value = await track.packets_lost()
+                if value is not None:
+                    lost[track.mid] = value
+        return lost
 
     async def close(self) -> None:
         if self._watchdog is not None:
@@ -421,63 +336,43 @@ class Subscriber:
         await self._pc.close()
 
     async def probe(self, answer_within: float = 1.0) -> bool | None:
-        """Is the path to the SFU alive? None before it ever connected or after close."""
+        """Is the path to the SFU alive right now? None when there is no path to check:
+        before it ever connected, or after close.
+
+        aiortc notices a dead path only when consent expires (about 30 s), and says
+        nothing while media is merely absent (a publisher may be muted or gone, which
+        Cloudflare does not signal). One STUN check answered proves the path.
+        """
         transceivers = self._pc.getTransceivers()
         if not transceivers or not self.connected.is_set():
             return None
-        return await probe_ice_path(transceivers[0].receiver.transport, answer_within)
+        check = ice_check(transceivers[0].receiver.transport)
+        if check is None:
+            return None
+        try:
+            await asyncio.wait_for(check, answer_within)
+        except (TimeoutError, ConnectionError, OSError):
+            return False
+        return True
 
     def last_media(self) -> float:
         """Wall-clock time of the newest packet on any track (0 if none yet)."""
         return max((t.last_packet for t in self.tracks if t.active), default=0.0)
 
-    async def _read(self, track: PulledTrack) -> None:
-        media = track.receiver.track
-        try:
-            while True:
-                frame = await media.recv()
-                t = track.clock.timeline_seconds(frame.pts)
-                track.last_frame = time.time()
-                if t is None:
-                    continue
-                track.frames += 1
-                if track.kind == "video":
-                    self._note_size(track, t, frame.width, frame.height)
-                self._sink(track.slot, t, frame)
-        except MediaStreamError:
-            log.info("subscriber.track_ended", participant=track.participant.id, mid=track.mid)
 
-    @staticmethod
-    def _note_size(track: PulledTrack, t: float, width: int, height: int) -> None:
-        if track.sizes and track.sizes[-1][1:] == (width, height):
-            return
-        if len(track.sizes) < MAX_SIZES:
-            track.sizes.append((round(t, 3), width, height))
-        log.info("subscriber.picture_size", mid=track.mid, width=width, height=height)
-
-    async def _watch_keyframes(self) -> None:
-        """Ask again for a keyframe when packets arrive but no picture comes out."""
-        while True:
-            await asyncio.sleep(0.5)
-            now = time.time()
-            for track in self._on_mid.values():
-                if track.tap.foreign_packets and not track.foreign_reported:
-                    # The SFU sends a payload type the answer did not accept (a codec it
-                    # forwards that was not first in its offer): the track stays dark.
-                    track.foreign_reported = True
-                    log.warning(
-                        "subscriber.unexpected_payload_type",
-                        mid=track.mid,
-                        payload_type=track.tap.foreign_payload_type,
-                    )
-                stalled = (
-                    track.kind == "video"
-                    and track.clock.ssrc is not None
-                    and now - track.last_packet < KEYFRAME_STALL_SECONDS
-                    and now - max(track.last_frame, track.last_keyframe_request)
-                    > KEYFRAME_STALL_SECONDS
-                )
-                if stalled and track.clock.ssrc is not None:
-                    track.last_keyframe_request = now
-                    request_keyframe(track.receiver, track.clock.ssrc)
-                    log.info("subscriber.keyframe_requested", mid=track.mid)
+def _outcome(
+    ref: TrackRef,
+    by_key: dict[tuple[str | None, str | None], TrackResult],
+    new_declines: dict[str, Declined],
+) -> TrackResult:
+    """The SFU's result for ``ref``, with our own code and reason when we declined its
+    m-line (the SFU knows nothing of that)."""
+    item = by_key.get((ref.session_id, ref.track_name)) or TrackResult(
+        sessionId=ref.session_id,
+        trackName=ref.track_name,
+        errorCode="missing_from_response",
+    )
+    declined = new_declines.get(item.mid or "")
+    if declined is None:
+        return item
+    return item.model_copy(update={"errorCode": declined.code, "errorDescription": declined.reason})

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from bot.config import RealtimeSettings, RecordingSettings, Settings, StorageSettings
 from bot.inspect.report import summarize
-from bot.recorder import record
+from bot.recording import record
 from bot.storage import presigned_url
 from testbed.s3 import LocalS3
 from testbed.stack import start_local_sfu

@@ -1,0 +1,112 @@
+"""The manifest of a recording, from the roster, the transport and the media report.
+
+Built twice: as a draft before the first frame (so that ``bot recover`` can finish a
+recording whose process died) and at the end with what the media thread did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from bot.config import RecordingSettings
+from bot.manifest import AudioInfo, Gap, Manifest, ParticipantEntry, TrackEntry, VideoInfo
+from bot.media.mixer import SAMPLE_RATE
+from bot.media.pipeline import MediaReport
+from bot.recording.roster import Roster
+from bot.recording.supervisor import TransportSupervisor
+from bot.rtc.subscriber import FailedTrack, PulledTrack, Subscriber
+from bot.rtc.track_status import TrackStatus
+
+CLOCK_NOTE = "wall clock from RTCP sender reports, else packet arrival"
+
+
+@dataclass(frozen=True)
+class TransportFacts:
+    """What the WebRTC side contributes: every track ever pulled, per-track timing, the
+    tracks never (or no longer) recorded, and how often the transport was rebuilt."""
+
+    tracks: Sequence[PulledTrack]
+    track_status: Sequence[TrackStatus]
+    failed_tracks: Sequence[FailedTrack]
+    rebuilds: int
+
+    @classmethod
+    def of(cls, supervisor: TransportSupervisor[Subscriber] | None) -> TransportFacts:
+        """What the supervisor's transports knew; nothing before the recorder runs."""
+        if supervisor is None:
+            return cls(tracks=[], track_status=[], failed_tracks=[], rebuilds=0)
+        transport = supervisor.current
+        return cls(
+            tracks=supervisor.retired + transport.tracks,
+            track_status=transport.track_status(),
+            failed_tracks=list(transport.failed_tracks.values()),
+            rebuilds=supervisor.rebuilds,
+        )
+
+
+def build_manifest(
+    rec: RecordingSettings,
+    *,
+    consultation_id: str,
+    recording_id: str,
+    roster: Roster,
+    transport: TransportFacts,
+    started_at: datetime,
+    ended_at: datetime | None,
+    media: MediaReport | None,
+) -> Manifest:
+    return Manifest(
+        consultation_id=consultation_id,
+        recording_id=recording_id,
+        participants=tuple(ParticipantEntry(id=p.id, role=p.role) for p in roster.ever()),
+        tracks=tuple(
+            TrackEntry(participant_id=t.participant.id, kind=t.kind, track_name=t.ref.track_name)
+            for t in transport.tracks
+        ),
+        started_at=started_at,
+        ended_at=ended_at,
+        duration_seconds=media.duration if media else None,
+        video=VideoInfo(codec="h264", width=rec.width, height=rec.height, fps=rec.fps),
+        audio=AudioInfo(codec=rec.audio_codec, sample_rate=SAMPLE_RATE, channels=1),
+        gaps=tuple(
+            Gap(
+                participant_id=g.participant or None,
+                kind=g.kind,
+                start=round(g.start, 3),
+                end=round(g.end, 3),
+                reason=g.reason,
+            )
+            for g in (media.gaps if media else [])
+        ),
+        sync=sync_report(rec.fps, transport, media),
+    )
+
+
+def sync_report(fps: int, transport: TransportFacts, media: MediaReport | None) -> dict[str, Any]:
+    """How each track was timed and what the media thread did (the manifest's ``sync``)."""
+    report: dict[str, Any] = {
+        "clock": CLOCK_NOTE,
+        "rebuilds": transport.rebuilds,
+        "tracks": [track.as_dict() for track in transport.track_status],
+        "failed_tracks": [f.report() for f in transport.failed_tracks],
+    }
+    if media is None:
+        return report
+    video_s = media.video_frames / fps
+    audio_s = media.audio_samples / SAMPLE_RATE
+    report.update(
+        duration_error_s=round(
+            max(abs(video_s - media.duration), abs(audio_s - media.duration)), 4
+        ),
+        output_video_s=round(video_s, 4),
+        output_audio_s=round(audio_s, 4),
+        video_frames=media.video_frames,
+        video_frames_dropped_in_queue=media.video_frames_dropped_in_queue,
+        video_frames_repeated=media.video_frames_repeated,
+        audio_frames_dropped_in_queue=media.audio_frames_dropped_in_queue,
+        slots=media.slots,
+    )
+    return report

@@ -1,0 +1,69 @@
+"""Where a recording's bytes go before the first frame: spool, uploader, MP4 writer.
+
+Made in one place, from a thread (it is disk work), so that the recorder's loop never
+blocks on a file and the three are wired the same way every time: the writer writes into
+the spool and pokes the uploader after each fragment, the uploader streams the spool to
+the store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from bot.config import Settings
+from bot.manifest import Manifest
+from bot.media.writer import Mp4Writer
+from bot.storage import ObjectStore, Spool, Uploader, open_uploader
+
+
+@dataclass(frozen=True)
+class Output:
+    spool: Spool
+    uploader: Uploader
+    writer: Mp4Writer
+
+
+def open_output(
+    settings: Settings,
+    store: ObjectStore | None,
+    *,
+    consultation_id: str,
+    recording_id: str,
+    object_key: str,
+    draft: Manifest,
+    speaker_titles: list[str],
+) -> Output:
+    """The spool with its draft manifest (what ``bot recover`` needs after a crash), the
+    uploader (not started) and the writer with the MP4 header written."""
+    rec = settings.recording
+    spool = Spool.create(
+        settings.storage.spool_dir,
+        consultation_id=consultation_id,
+        recording_id=recording_id,
+        object_key=object_key,
+    )
+    spool.save_manifest_draft(draft)
+    uploader = open_uploader(settings.storage, spool, store)
+    writer = Mp4Writer(
+        spool.media_path,
+        width=rec.width,
+        height=rec.height,
+        fps=rec.fps,
+        video_bitrate=rec.video_bitrate,
+        keyframe_seconds=rec.keyframe_seconds,
+        audio_codec=rec.audio_codec,
+        audio_bitrate=rec.audio_bitrate,
+        speaker_titles=speaker_titles,
+        preset=rec.video_preset,
+        encoder_threads=rec.encoder_threads,
+        on_fragment=uploader.poke,
+    )
+    return Output(spool, uploader, writer)
+
+
+def local_copy(settings: Settings, object_key: str) -> Path | None:
+    """Where the local backend put the verified recording (None for object storage)."""
+    if settings.storage.backend == "local":
+        return settings.storage.local_dir / object_key
+    return None

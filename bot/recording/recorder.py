@@ -1,0 +1,398 @@
+"""One consultation, from session to verified object: the recorder's lifecycle.
+
+Order matters: the Cloudflare session is created first and the configured tracks pulled
+(a wrong secret or no pullable track fails before any file exists); then the spool, the
+uploader and the media pipeline start. Participants can join, leave and come back while
+it records (``add_participant``/``drop_participant``); the roster keeps each in one slot.
+The supervisor keeps the transport alive, the stop policy says when to end; whatever the
+reason, the pipeline is finished so the MP4 is complete, then uploaded and verified.
+
+Its collaborators (the API client, the object store, the wall clock) are constructor
+arguments: production builds them from the settings, tests hand in their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from bot.config import ConfigError, Participant, Settings
+from bot.exitcodes import ExitCode
+from bot.manifest import Manifest
+from bot.media.pipeline import MediaPipeline, MediaReport
+from bot.realtime import AuthenticationError, RealtimeClient, RealtimeError, TrackResult
+from bot.recording.manifest_builder import TransportFacts, build_manifest
+from bot.recording.output import Output, local_copy, open_output
+from bot.recording.result import RecordingResult, failed
+from bot.recording.roster import Roster
+from bot.recording.status import (
+    MediaStatus,
+    ParticipantStatus,
+    RecorderStatus,
+    TransportStatus,
+)
+from bot.recording.stop_policy import StopPolicy, StopSignals, failure_of, stop_on_signals
+from bot.recording.supervisor import TransportSupervisor
+from bot.rtc.aiortc_compat import AiortcCompatError, check_private_api
+from bot.rtc.subscriber import Subscriber
+from bot.storage import ObjectStore, StorageError, object_key_for
+from bot.tasks import stop_task
+from bot.timeline import Timeline
+
+log = structlog.get_logger("bot.recorder")
+
+DEFAULT_LAYOUT = ("clinician", "patient")
+STOP_CHECK_INTERVAL = 0.25
+
+
+class Recorder:
+    """Records one consultation; its public methods are what the control API calls."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        client: RealtimeClient | None = None,
+        store: ObjectStore | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        rec = settings.recording
+        if rec.consultation_id is None:
+            raise ConfigError(
+                "no consultation id: pass --consultation-id ID (an opaque id, never patient "
+                "data) or set BOT_RECORDING_CONSULTATION_ID"
+            )
+        self.settings = settings
+        self.consultation_id: str = rec.consultation_id
+        self.recording_id = uuid.uuid4().hex
+        self.roster = Roster(
+            rec.layout or tuple(p.role for p in rec.participants) or DEFAULT_LAYOUT
+        )
+        self.started = asyncio.Event()
+        self.timeline: Timeline | None = None
+        """The recording's timeline, once running."""
+        self._client = client or RealtimeClient.from_settings(settings.realtime)
+        self._store = store
+        self._wall_clock = wall_clock
+        self._stop = asyncio.Event()
+        self._stop_reason = ""
+        self._policy = StopPolicy(rec)
+        self._supervisor: TransportSupervisor[Subscriber] | None = None
+        self._pipeline: MediaPipeline | None = None
+        self._output: Output | None = None
+        self._packets_lost: dict[str, int] = {}
+
+    # -- live control ------------------------------------------------------------------
+
+    async def add_participant(self, participant: Participant) -> list[TrackResult]:
+        """Pull a participant's tracks into its role's slot; returns per-track failures.
+
+        A returning participant (same id, perhaps a new session) gets its old slot back.
+        Frames that arrive before the media pipeline exists (the first pulls, a few
+        milliseconds) are dropped.
+        """
+        supervisor = self._running()
+        if participant.id in self.roster:
+            await self.drop_participant(participant.id)
+        slot = self.roster.place(participant)
+        if self._pipeline is not None:
+            self._pipeline.assign(slot, self.roster.slots[slot])
+        failures = await supervisor.current.pull(participant, slot)
+        log.info(
+            "recorder.participant_added",
+            participant=participant.id,
+            role=participant.role,
+            slot=slot,
+            failed_tracks=len(failures),
+        )
+        return failures
+
+    async def drop_participant(self, participant_id: str) -> None:
+        """Stop pulling a participant's tracks; its cell shows black until it returns."""
+        supervisor = self._running()
+        slot = self.roster.remove(participant_id)
+        if self._pipeline is not None:
+            self._pipeline.cut(slot, self._pipeline.now())
+        await supervisor.current.drop(participant_id)
+        log.info("recorder.participant_dropped", participant=participant_id)
+
+    def pause(self) -> None:
+        assert self._pipeline is not None
+        self._pipeline.pause(self._pipeline.now())
+        log.info("recorder.paused")
+
+    def resume(self) -> None:
+        assert self._pipeline is not None
+        self._pipeline.resume(self._pipeline.now())
+        log.info("recorder.resumed")
+
+    def stop(self, reason: str = "stop_requested") -> None:
+        self._stop_reason = self._stop_reason or reason
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def subscriber(self) -> Subscriber | None:
+        """The live transport (replaced when rebuilt), for the selftest's ICE facts and
+        tests; everyone else reads ``status()``."""
+        return self._supervisor.current if self._supervisor else None
+
+    @property
+    def pipeline(self) -> MediaPipeline | None:
+        return self._pipeline
+
+    def status(self) -> RecorderStatus:
+        supervisor, pipeline = self._supervisor, self._pipeline
+        transport = supervisor.current if supervisor else None
+        return RecorderStatus(
+            consultation_id=self.consultation_id,
+            recording_id=self.recording_id,
+            started=self.started.is_set(),
+            stopping=self.stopping,
+            duration_s=round(pipeline.now(), 3) if pipeline else 0.0,
+            paused=pipeline.paused if pipeline else False,
+            participants=tuple(
+                ParticipantStatus(p.id, p.role, slot) for p, slot in self.roster.present()
+            ),
+            tracks=tuple(transport.track_status()) if transport else (),
+            transport=TransportStatus.of(transport, supervisor.rebuilds, self._packets_lost)
+            if supervisor and transport
+            else None,
+            media=MediaStatus.of(pipeline) if pipeline else None,
+            upload=self._output.uploader.status() if self._output else None,
+        )
+
+    async def refresh(self) -> None:
+        """Gather what only async APIs report (packet loss), for the next ``status()``."""
+        if self._supervisor is not None:
+            self._packets_lost.update(await self._supervisor.current.packets_lost())
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def run(self) -> RecordingResult:
+        """Record until a stop condition; the result always says what happened."""
+        structlog.contextvars.bind_contextvars(
+            consultation_id=self.consultation_id, recording_id=self.recording_id
+        )
+        try:
+            await check_private_api()  # before any network call
+        except AiortcCompatError as exc:
+            return failed(self.recording_id, ExitCode.FAILURE, str(exc))
+        async with self._client:
+            return await self._run()
+
+    async def _run(self) -> RecordingResult:
+        timeline = self.timeline = Timeline.starting_now(self._wall_clock)
+        started_at = datetime.fromtimestamp(timeline.origin_wall, UTC)
+        supervisor = self._supervisor = self._new_supervisor(timeline)
+        refused = await self._join()
+        if refused is not None:
+            await supervisor.current.close()
+            return refused
+        object_key = object_key_for(
+            self.settings.storage,
+            consultation_id=self.consultation_id,
+            recording_id=self.recording_id,
+            started_at=started_at,
+        )
+        output = self._output = await asyncio.to_thread(self._open_output, object_key, started_at)
+        pipeline = self._pipeline = self._new_pipeline(output, timeline)
+        output.uploader.start()
+        pipeline.start()
+        self.started.set()
+        log.info("recorder.started", slots=self.roster.roles, object_key=object_key)
+        result = RecordingResult(
+            ExitCode.OK, self.recording_id, object_key=object_key, started_at=started_at
+        )
+        await self._record_until_stopped(result, supervisor, pipeline)
+        await self._store_result(result, output)
+        return result
+
+    async def _join(self) -> RecordingResult | None:
+        """Open the session and pull the configured tracks; a failure result if that is
+        all there can be (before any file exists)."""
+        assert self._supervisor is not None
+        transport = self._supervisor.current
+        try:
+            await transport.open()
+            for participant in self.settings.recording.participants:
+                await self.add_participant(participant)
+        except RealtimeError as exc:
+            code = (
+                ExitCode.REALTIME_AUTH
+                if isinstance(exc, AuthenticationError)
+                else ExitCode.REALTIME
+            )
+            return failed(self.recording_id, code, str(exc))
+        if self.settings.recording.participants and not transport.tracks:
+            return failed(
+                self.recording_id,
+                ExitCode.REALTIME,
+                "no track could be pulled; check the SESSION_ID/TRACK references"
+                + _failure_detail(transport),
+            )
+        return None
+
+    async def _record_until_stopped(
+        self,
+        result: RecordingResult,
+        supervisor: TransportSupervisor[Subscriber],
+        pipeline: MediaPipeline,
+    ) -> None:
+        watchdog = asyncio.create_task(supervisor.watch(), name="transport-watchdog")
+        repull = asyncio.create_task(supervisor.repull(), name="repull-tracks")
+        try:
+            result.stop_reason = await self._wait_for_stop()
+            failure = failure_of(result.stop_reason)
+            if failure is not None:
+                result.exit_code, result.error = failure
+        except RealtimeError as exc:
+            result.exit_code = ExitCode.REALTIME
+            result.error = str(exc)
+            result.stop_reason = "realtime_error"
+        finally:
+            end = pipeline.now()
+            await stop_task(watchdog)
+            await stop_task(repull)
+            # Frames up to ``end`` still in flight arrive while the pipeline finishes.
+            result.media = await asyncio.to_thread(pipeline.finish, end)
+            result.failed_tracks = [f.report() for f in supervisor.current.failed_tracks.values()]
+            await supervisor.current.close()
+            result.ended_at = datetime.now(UTC)
+
+    async def _store_result(self, result: RecordingResult, output: Output) -> None:
+        assert result.started_at is not None
+        manifest = self._manifest(result.started_at, result.ended_at, result.media)
+        try:
+            result.upload = await asyncio.to_thread(output.uploader.finish, manifest)
+            result.path = local_copy(self.settings, result.upload.object_key)
+        except StorageError as exc:
+            result.exit_code = ExitCode.STORAGE
+            result.error = (
+                f"{exc}; the recording is complete in {output.spool.directory}: run `bot recover`"
+            )
+            result.path = output.spool.media_path
+        log.info(
+            "recorder.finished",
+            stop_reason=result.stop_reason,
+            duration_s=round(result.media.duration, 3),
+            gaps=len(result.media.gaps),
+            verified=result.upload is not None,
+            exit_code=int(result.exit_code),
+        )
+
+    def _new_supervisor(self, timeline: Timeline) -> TransportSupervisor[Subscriber]:
+        realtime = self.settings.realtime
+
+        def new_subscriber() -> Subscriber:
+            return Subscriber(
+                self._client,
+                self._submit,
+                timeline=timeline,
+                ice_servers=realtime.ice_servers,
+                simulcast_layer=self.settings.recording.simulcast_layer or None,
+            )
+
+        return TransportSupervisor(
+            new_subscriber,
+            self.roster,
+            dead_after=realtime.transport_dead_after,
+            connect_within=realtime.request_timeout,
+            stopping=self._stop.is_set,
+        )
+
+    def _open_output(self, object_key: str, started_at: datetime) -> Output:
+        return open_output(
+            self.settings,
+            self._store,
+            consultation_id=self.consultation_id,
+            recording_id=self.recording_id,
+            object_key=object_key,
+            draft=self._manifest(started_at, None, None),
+            speaker_titles=self.roster.roles,
+        )
+
+    def _new_pipeline(self, output: Output, timeline: Timeline) -> MediaPipeline:
+        rec = self.settings.recording
+        return MediaPipeline(
+            output.writer,
+            self.roster.slots,
+            width=rec.width,
+            height=rec.height,
+            fps=rec.fps,
+            timeline=timeline,
+            latency=rec.latency,
+        )
+
+    def _submit(self, slot: int, t: float, frame: Any) -> None:
+        if self._pipeline is not None:
+            self._pipeline.submit(slot, t, frame)
+
+    def _running(self) -> TransportSupervisor[Subscriber]:
+        assert self._supervisor is not None, "the recorder is not running"
+        return self._supervisor
+
+    async def _wait_for_stop(self) -> str:
+        with stop_on_signals(self.stop):
+            while not self._stop.is_set():
+                seen = self._observe()
+                reason = self._policy.reason(seen)
+                if reason is not None:
+                    return reason
+                wait = min(STOP_CHECK_INTERVAL, self._policy.time_left(seen.elapsed_s))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout=wait)
+            return self._stop_reason
+
+    def _observe(self) -> StopSignals:
+        assert self._supervisor is not None and self._pipeline is not None
+        transport, pipeline = self._supervisor.current, self._pipeline
+        elapsed = pipeline.now()
+        last = transport.last_media()
+        upload = self._output.uploader.status() if self._output else None
+        return StopSignals(
+            elapsed_s=elapsed,
+            silent_for_s=self._wall_clock() - last if last else elapsed,
+            has_tracks=bool(transport.tracks),
+            connected=transport.connected.is_set(),
+            pipeline_alive=pipeline.alive,
+            disk_limit=bool(upload and upload.disk_limit),
+        )
+
+    def _manifest(
+        self, started_at: datetime, ended_at: datetime | None, media: MediaReport | None
+    ) -> Manifest:
+        return build_manifest(
+            self.settings.recording,
+            consultation_id=self.consultation_id,
+            recording_id=self.recording_id,
+            roster=self.roster,
+            transport=TransportFacts.of(self._supervisor),
+            started_at=started_at,
+            ended_at=ended_at,
+            media=media,
+        )
+
+
+async def record(settings: Settings) -> RecordingResult:
+    """Record one consultation with these settings (``bot record``)."""
+    return await Recorder(settings).run()
+
+
+def _failure_detail(transport: Subscriber) -> str:
+    failures = transport.failures
+    if not failures:
+        return ""
+    return ": " + "; ".join(
+        f"{f.trackName}: [{f.errorCode}] {f.errorDescription or ''}".rstrip() for f in failures
+    )

@@ -1,0 +1,94 @@
+"""What a running recording looks like from outside, as one immutable snapshot.
+
+Metrics, the control API and the terminal panel read only this: none of them reaches
+into the transport, the media thread or the uploader, and a snapshot read on the event
+loop cannot change under its reader.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Self
+
+from bot.media.pipeline import MediaPipeline
+from bot.rtc.subscriber import Subscriber
+from bot.rtc.track_status import TrackStatus
+from bot.storage import UploadStatus
+
+
+@dataclass(frozen=True)
+class ParticipantStatus:
+    id: str
+    role: str
+    slot: int
+
+
+@dataclass(frozen=True)
+class MediaStatus:
+    """The media thread's counters (read from the loop: int reads are atomic)."""
+
+    alive: bool
+    video_frames_written: int
+    video_frames_dropped: int
+    audio_frames_dropped: int
+
+    @classmethod
+    def of(cls, pipeline: MediaPipeline) -> Self:
+        return cls(
+            alive=pipeline.alive,
+            video_frames_written=pipeline.video_frames_written,
+            video_frames_dropped=pipeline.report.video_frames_dropped_in_queue,
+            audio_frames_dropped=pipeline.report.audio_frames_dropped_in_queue,
+        )
+
+
+@dataclass(frozen=True)
+class TransportStatus:
+    connected: bool
+    failed: bool
+    rebuilds: int
+    packets_lost: dict[str, int]
+    """Cumulative RTP packets lost per track mid, as last gathered (``Recorder.refresh``)."""
+
+    @classmethod
+    def of(cls, transport: Subscriber, rebuilds: int, packets_lost: dict[str, int]) -> Self:
+        return cls(
+            connected=transport.connected.is_set(),
+            failed=transport.failed.is_set(),
+            rebuilds=rebuilds,
+            packets_lost=dict(packets_lost),
+        )
+
+
+@dataclass(frozen=True)
+class RecorderStatus:
+    consultation_id: str
+    recording_id: str
+    started: bool
+    stopping: bool
+    duration_s: float
+    paused: bool
+    participants: tuple[ParticipantStatus, ...]
+    tracks: tuple[TrackStatus, ...]
+    transport: TransportStatus | None
+    media: MediaStatus | None
+    upload: UploadStatus | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The control API's ``GET /status`` body (its documented keys)."""
+        upload = self.upload
+        return {
+            "consultation_id": self.consultation_id,
+            "recording_id": self.recording_id,
+            "duration_s": self.duration_s,
+            "paused": self.paused,
+            "participants": [
+                {"id": p.id, "role": p.role, "slot": p.slot} for p in self.participants
+            ],
+            "tracks": [track.as_dict() for track in self.tracks],
+            "bytes_recorded": upload.bytes_spooled if upload else 0,
+            "bytes_uploaded": upload.bytes_uploaded if upload else 0,
+            "upload_alarm": upload.alarm if upload else False,
+            "disk_limit": upload.disk_limit if upload else None,
+            "last_error": upload.last_error if upload else None,
+        }

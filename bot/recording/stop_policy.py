@@ -1,0 +1,95 @@
+"""When a recording stops, and which stops are failures.
+
+Kept apart from the loop that asks so that every rule can be tested in microseconds:
+the recorder observes (``StopSignals``) a few times a second and asks ``StopPolicy``;
+the answer is a stop reason, which ``failure_of`` turns into an exit code and the line a
+person reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from bot.config import RecordingSettings
+from bot.exitcodes import ExitCode
+
+FAILED_STOPS: dict[str, tuple[ExitCode, str]] = {
+    "connect_timeout": (
+        ExitCode.REALTIME,
+        "WebRTC did not connect within recording.connect_timeout: check that UDP to "
+        "Cloudflare (or the ICE servers in realtime.ice_servers) is reachable",
+    ),
+    "media_failed": (ExitCode.MEDIA, "the media thread failed; see media.thread_failed"),
+    "disk_limit": (
+        ExitCode.STORAGE,
+        "the spool reached its disk limit (storage.max_spool_bytes or storage.min_free_bytes); "
+        "the recording up to that point is kept",
+    ),
+}
+"""Stop reasons that are failures, with their exit code and the line a person reads."""
+
+
+@dataclass(frozen=True)
+class StopSignals:
+    """What the recorder sees at one instant."""
+
+    elapsed_s: float
+    """Timeline seconds so far."""
+    silent_for_s: float
+    """Seconds since the last media packet of any track (``elapsed_s`` if none yet)."""
+    has_tracks: bool
+    connected: bool
+    pipeline_alive: bool
+    disk_limit: bool
+
+
+class StopPolicy:
+    def __init__(self, settings: RecordingSettings) -> None:
+        self._max_duration = settings.max_duration
+        self._silence_timeout = settings.silence_timeout
+        self._connect_timeout = settings.connect_timeout
+
+    def reason(self, seen: StopSignals) -> str | None:
+        """The reason to stop now, or None to go on; the first rule that holds wins."""
+        if seen.elapsed_s >= self._max_duration:
+            return "duration_limit"
+        if seen.silent_for_s >= self._silence_timeout:
+            return "silence_timeout"
+        if seen.has_tracks and not seen.connected and seen.elapsed_s >= self._connect_timeout:
+            return "connect_timeout"
+        if not seen.pipeline_alive:
+            return "media_failed"
+        if seen.disk_limit:
+            return "disk_limit"
+        return None
+
+    def time_left(self, elapsed_s: float) -> float:
+        """Seconds until the duration limit."""
+        return self._max_duration - elapsed_s
+
+
+def failure_of(reason: str) -> tuple[ExitCode, str] | None:
+    """The exit code and message of a stop reason that is a failure; None for a normal end."""
+    return FAILED_STOPS.get(reason)
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: Callable[[str], None]) -> Iterator[None]:
+    """SIGINT and SIGTERM call ``stop("sigint" | "sigterm")`` while inside; the loop's
+    previous handling comes back after. Where signals cannot be handled (not the main
+    thread, Windows) nothing is installed."""
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop, sig.name.lower())
+    try:
+        yield
+    finally:
+        for sig in signals:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
