@@ -1,4 +1,5 @@
-"""Command line: ``bot record | selftest | recover | inspect`` (and the testbed's commands).
+"""Command line: ``bot record | selftest | recover | inspect | verify`` (and the testbed's
+commands).
 
 Each command parses its flags here and hands a typed call to the module that owns the
 work, so this file is the map from a command to the code behind it. Errors a user can fix
@@ -125,11 +126,52 @@ def _cmd_selftest(args: argparse.Namespace) -> int:
 
 
 def _cmd_recover(args: argparse.Namespace) -> int:
-    from bot.storage.recover import recover_all
+    from bot.recording.recovery import recover_all
 
     settings = _settings(args)
     configure_logging(settings.logging.level, settings.logging.format)
     return run_on_uvloop(recover_all(settings))
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from bot.custody.signing import SignatureError, load_public_keys
+    from bot.custody.verify import fetch_record, local_record, verify_record
+    from bot.storage import StorageError
+    from bot.storage.stores import open_store
+
+    try:
+        keys = [key for path in args.public_key for key in load_public_keys(path)]
+    except (OSError, SignatureError) as exc:
+        print(f"bot: error: --public-key: {exc}", file=sys.stderr)
+        return int(ExitCode.CONFIG)
+    with tempfile.TemporaryDirectory(prefix="bot-verify-") as scratch:
+        try:
+            if not args.from_store:
+                media = Path(args.target)
+                evidence = local_record(
+                    media,
+                    manifest=args.manifest,
+                    signature=args.signature,
+                    trail=args.audit,
+                    fhir=args.fhir,
+                )
+            else:
+                store = open_store(_settings(args).storage)
+                media, evidence = fetch_record(store, str(args.target), Path(scratch))
+        except (OSError, StorageError) as exc:
+            print(f"bot: error: cannot read the record: {exc}", file=sys.stderr)
+            return int(ExitCode.CONFIG)
+        verdict = verify_record(
+            media,
+            evidence,
+            keys,
+            subject=str(args.target),
+            allow_unsigned=args.allow_unsigned,
+        )
+    print(json.dumps(verdict.as_dict(), indent=2) if args.json else verdict.text())
+    return int(ExitCode.OK if verdict.ok else ExitCode.NOT_VERIFIED)
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -168,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_selftest(sub)
     _add_recover(sub)
     _add_inspect(sub)
+    _add_verify(sub)
     if not _add_registered_commands(sub):
         parser.epilog = (
             "demo, sfu and publish are the testbed's commands; a development checkout has "
@@ -226,6 +269,36 @@ def _add_inspect(sub: Any) -> None:
     png.add_argument("--png", type=Path, help="timeline picture (default: <file>.timeline.png)")
     png.add_argument("--no-png", action="store_true", help="text report only")
     inspect.set_defaults(run=_cmd_inspect)
+
+
+def _add_verify(sub: Any) -> None:
+    verify = sub.add_parser(
+        "verify",
+        help="prove a stored record: object, fragment chain, audit trail, signature, decoding",
+    )
+    verify.add_argument(
+        "target", help="a local recording file, or with --from-store the object key"
+    )
+    verify.add_argument(
+        "--from-store",
+        action="store_true",
+        help="read the record from the configured store (--config and BOT_STORAGE_*)",
+    )
+    verify.add_argument("--config", type=Path, help="config.toml naming the store")
+    verify.add_argument(
+        "--public-key",
+        type=Path,
+        action="append",
+        default=[],
+        help="the clinic's public key (PEM) or key set (JWKS); repeat for rotated keys",
+    )
+    for name in ("manifest", "signature", "audit", "fhir"):
+        verify.add_argument(f"--{name}", type=Path, help=f"the {name} file (default: beside it)")
+    verify.add_argument(
+        "--allow-unsigned", action="store_true", help="accept a record made without a key"
+    )
+    verify.add_argument("--json", action="store_true", help="the verdict as JSON on stdout")
+    verify.set_defaults(run=_cmd_verify)
 
 
 def _add_registered_commands(sub: Any) -> int:

@@ -147,6 +147,9 @@ class RecordingSettings(_Section):
     # "a" comes first in Cloudflare's a-z order and a missing rid falls to the next one,
     # so it selects the full-size layer of a/b, f/h/q and h/m/l publishers alike.
     simulcast_layer: str = Field("a", max_length=32, pattern=r"^[A-Za-z0-9_-]*$")
+    # Each participant's media enters the record only once their consent is given through
+    # the control API (until then: black, silence, gap reason "consent_pending").
+    require_consent: bool = False
     participants: tuple[Participant, ...] = ()
 
     @field_validator("consultation_id")
@@ -275,6 +278,12 @@ class ControlSettings(_Section):
     jwt_issuer: str = ""
     # Clock skew allowed on exp, nbf and iat; small, tokens are short-lived.
     jwt_leeway: float = Field(5.0, ge=0, le=120)
+    # Longest lifetime (exp - iat, seconds) a token may have been minted with; a token
+    # without iat is then refused. 0: not checked (iat not required).
+    jwt_max_lifetime: int = Field(3600, ge=0, le=24 * 3600)
+    # Each token's jti is accepted for one change (add, drop, pause, resume, stop) only;
+    # such calls then need a jti. Reads (status, metrics) are not affected.
+    jwt_replay_cache: bool = False
     jwt_consultation_claim: str = Field("consultation_id", min_length=1)
     jwt_role_claim: str = Field("role", min_length=1)
     # /metrics may be scraped without a token (the default) or need one allowed "status".
@@ -294,6 +303,14 @@ class ControlSettings(_Section):
                 f"control.jwt_public_key_path (a PEM public key) is required for "
                 f"{self.jwt_algorithm}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _replays_expire(self) -> ControlSettings:
+        """The replay cache forgets a token when it expires; without a lifetime cap a token
+        could be minted to live, and be remembered, for years."""
+        if self.jwt_replay_cache and not self.jwt_max_lifetime:
+            raise ValueError("control.jwt_replay_cache needs control.jwt_max_lifetime > 0")
         return self
 
 
@@ -326,6 +343,143 @@ class WebhookSettings(_Section):
         return self
 
 
+class CustodySettings(_Section):
+    """The clinic's signature on each manifest (``bot.custody.signing``).
+
+    The private key is PEM (PKCS#8 or OpenSSH): Ed25519 signs as JWS ``EdDSA``, ECDSA
+    P-256 as ``ES256``. It comes from ``BOT_CUSTODY_SIGNING_KEY`` or a file (a mounted
+    secret), never from a file in the repository, and is never logged. Without a key the
+    manifest still seals the hashes and says it is unsigned, unless a signature is
+    required.
+    """
+
+    signing_key: SecretStr = SecretStr("")
+    signing_key_file: Path | None = None
+    # Names the key in the signature (JWS ``kid``), so a verifier picks the right public
+    # key after a rotation. Empty: the key's RFC 7638 thumbprint.
+    key_id: str = Field("", pattern=r"^[A-Za-z0-9_.:-]{0,128}$")
+    require_signature: bool = False
+
+    @model_validator(mode="after")
+    def _one_key(self) -> CustodySettings:
+        if self.signing_key.get_secret_value() and self.signing_key_file is not None:
+            raise ValueError("custody: set signing_key or signing_key_file, not both")
+        return self
+
+
+FHIR_ID = re.compile(r"^[A-Za-z0-9.-]{1,64}$")
+"""FHIR's ``id`` datatype: what may follow ``Type/`` in a relative reference."""
+_FHIR_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")
+_FHIR_CODE = re.compile(r"^\S+( \S+)*$")
+
+
+def fhir_reference(value: str, *, what: str, types: tuple[str, ...]) -> str:
+    """Check a reference the orchestrator supplies: relative ``Type/id`` of an allowed type.
+
+    The value is not echoed: a misplaced name must not reach a log through the error.
+    """
+    kind, slash, ident = value.partition("/")
+    if not slash or kind not in types or not FHIR_ID.match(ident):
+        allowed = ", ".join(f"{t}/<id>" for t in types)
+        raise ValueError(
+            f"{what} must be a relative FHIR reference, one of {allowed} "
+            "(<id>: 1-64 of [A-Za-z0-9.-], e.g. Patient/123), not a name or a URL"
+        )
+    return value
+
+
+class FhirSettings(_Section):
+    """The FHIR R4 ``DocumentReference`` stored as ``<object key>.fhir.json`` (``bot.custody``).
+
+    It files the recording in a clinical record system: what it is (type, category), whose
+    it is and which encounter (``subject``, ``encounter``: opaque references the
+    orchestrator supplies, e.g. ``Patient/123``, here or per recording), where the object
+    is and how to check it. The codes are the deployment's to choose (its registry's
+    affinity domain); the defaults are LOINC's generic consultation note.
+    """
+
+    enabled: bool = True
+    # DocumentReference.type (XDS typeCode). LOINC 11488-4 "Consult note": LOINC has no
+    # document code for a recording as such; that it is video says content.contentType.
+    type_system: str = "http://loinc.org"
+    type_code: str = "11488-4"
+    type_display: str = "Consult note"
+    # DocumentReference.category (XDS classCode); category_code = "" states none.
+    category_system: str = "http://loinc.org"
+    category_code: str | None = "11488-4"
+    category_display: str = "Consult note"
+    # Attachment.url: unset = the object key itself; else a template with {key} and
+    # {bucket}, e.g. "https://records.example/r2/{bucket}/{key}".
+    url_template: str | None = None
+    # Subject: Patient|Practitioner|Group|Device/<id>; encounter: Encounter|EpisodeOfCare/<id>.
+    subject: str | None = None
+    encounter: str | None = None
+    # System of the recording id; unset: "urn:ietf:rfc:3986" with the id as urn:uuid: (the
+    # recorder's ids are UUIDs), or no system for an id that is not one.
+    identifier_system: str | None = None
+    # System of the participants' opaque ids; unset: none stated.
+    participant_system: str | None = None
+    # securityLabel: HL7 v3 Confidentiality (N normal, R restricted, V very restricted...);
+    # unset: none stated, the registry's policy applies.
+    confidentiality: Literal["U", "L", "M", "N", "R", "V"] | None = None
+
+    @field_validator(
+        "category_code",
+        "url_template",
+        "subject",
+        "encounter",
+        "identifier_system",
+        "participant_system",
+        "confidentiality",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """An empty value (``BOT_FHIR_SUBJECT=``) means unset, as in the file."""
+        return None if value == "" else value
+
+    @field_validator("subject")
+    @classmethod
+    def _subject(cls, value: str | None) -> str | None:
+        types = ("Patient", "Practitioner", "Group", "Device")
+        return None if value is None else fhir_reference(value, what="subject", types=types)
+
+    @field_validator("encounter")
+    @classmethod
+    def _encounter(cls, value: str | None) -> str | None:
+        types = ("Encounter", "EpisodeOfCare")
+        return None if value is None else fhir_reference(value, what="encounter", types=types)
+
+    @field_validator("type_system", "category_system", "identifier_system", "participant_system")
+    @classmethod
+    def _uri(cls, value: str | None) -> str | None:
+        if value is not None and not _FHIR_URI.match(value):
+            raise ValueError("must be an absolute URI, e.g. http://loinc.org")
+        return value
+
+    @field_validator("type_code", "category_code")
+    @classmethod
+    def _code(cls, value: str | None) -> str | None:
+        if value is not None and not _FHIR_CODE.match(value):
+            raise ValueError("must be a FHIR code: no leading, trailing or double spaces")
+        return value
+
+    @field_validator("url_template")
+    @classmethod
+    def _url_template(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        fields = re.findall(r"\{([^{}]*)\}", value)
+        unknown = sorted(set(fields) - {"key", "bucket"})
+        if unknown:
+            raise ValueError(
+                f"url_template has unknown placeholders {unknown}; use {{key}}, {{bucket}}"
+            )
+        if "key" not in fields:
+            raise ValueError("url_template must contain {key}, or each recording gets one URL")
+        return value
+
+
 class Settings(_Section):
     realtime: RealtimeSettings = RealtimeSettings()
     recording: RecordingSettings = RecordingSettings()
@@ -333,6 +487,8 @@ class Settings(_Section):
     logging: LoggingSettings = LoggingSettings()
     control: ControlSettings = ControlSettings()
     webhook: WebhookSettings = WebhookSettings()
+    fhir: FhirSettings = FhirSettings()
+    custody: CustodySettings = CustodySettings()
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:

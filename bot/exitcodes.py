@@ -19,5 +19,7 @@ class ExitCode(IntEnum):
     """The object store failed; the recording is complete on local disk."""
     MEDIA = 6
     """Media could not be decoded or encoded."""
+    NOT_VERIFIED = 7
+    """``bot verify``: the record does not prove itself (the report says which check)."""
     INTERRUPTED = 130
     """Stopped by a signal before the recording could be finished."""

@@ -16,8 +16,10 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 
 from bot import __version__
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: ``custody`` (chain heads and signature), ``storage.sha1``, consent."""
 _OPAQUE = r"^[A-Za-z0-9_-]{1,64}$"
+_SHA256 = r"^[0-9a-f]{64}$"
 
 
 class _Model(BaseModel):
@@ -58,6 +60,14 @@ class Gap(_Model):
     reason: str = "no media"
 
 
+class ConsentChange(_Model):
+    """A participant's consent given or withdrawn, at a second of the timeline."""
+
+    participant_id: str = Field(pattern=_OPAQUE)
+    consent: Literal["given", "withdrawn"]
+    at: float = Field(ge=0)
+
+
 class PartEntry(_Model):
     number: int = Field(ge=1)
     size: int = Field(ge=0)
@@ -81,12 +91,28 @@ class StorageRecord(_Model):
     bucket: str | None = None
     object_key: str
     size: int
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256: str = Field(pattern=_SHA256)
+    sha1: str | None = Field(None, pattern=r"^[0-9a-f]{40}$")
+    """For FHIR's ``Attachment.hash`` only; SHA-256 is the record's hash."""
     etag: str | None = None
     part_size: int
     parts: tuple[PartEntry, ...]
     encryption: Literal["sse-c", "none"]
     verification: Verification
+
+
+class Custody(_Model):
+    """What ties the manifest to the bytes and events behind it (``bot.custody``): the
+    fragment chain over the object as it was written, the audit trail's last line, and
+    how the manifest is signed. ``bot verify`` recomputes each."""
+
+    fragments: int = Field(ge=0)
+    fragment_chain: str = Field(pattern=_SHA256)
+    audit_lines: int = Field(ge=0)
+    audit_head: str = Field(pattern=_SHA256)
+    signature: Literal["jws-detached", "unsigned"]
+    signature_alg: Literal["EdDSA", "ES256"] | None = None
+    key_id: str | None = None
 
 
 class Manifest(_Model):
@@ -102,10 +128,14 @@ class Manifest(_Model):
     video: VideoInfo | None = None
     audio: AudioInfo | None = None
     gaps: tuple[Gap, ...] = ()
+    require_consent: bool = False
+    """Each participant's media entered the record only once their consent was given."""
+    consent: tuple[ConsentChange, ...] = ()
     sync: dict[str, Any] = Field(default_factory=dict)
     recovered: bool = False
     """True when ``bot recover`` finished the recording after the recorder died."""
     storage: StorageRecord | None = None
+    custody: Custody | None = None
 
     @field_validator("started_at", "ended_at")
     @classmethod

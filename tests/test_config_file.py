@@ -5,8 +5,17 @@ from pathlib import Path
 from bot.config import Settings, load_settings
 
 CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
-SECRETS = {"app_secret", "secret_access_key", "sse_c_key", "jwt_secret", "secret"}
-OPTIONAL = {"consultation_id", "participants", "jwt_public_key_path"}
+SECRETS = {
+    "app_secret",
+    "secret_access_key",
+    "sse_c_key",
+    "jwt_secret",
+    "secret",
+    "signing_key",
+}
+OPTIONAL = {"consultation_id", "participants", "jwt_public_key_path", "signing_key_file"}
+OPTIONAL |= {"url_template", "subject", "encounter", "identifier_system", "participant_system"}
+OPTIONAL |= {"confidentiality"}
 
 
 def test_config_toml_loads_to_the_defaults() -> None:

@@ -27,7 +27,7 @@ from bot.config import (
     load_settings,
 )
 from bot.control import ROLE_POLICY, Action, AuthError, Authorizer, ControlServer
-from bot.observe.audit import AuditLog
+from bot.custody.audit import AuditLog
 from bot.observe.metrics import Metrics
 from bot.recording import Recorder
 
@@ -200,8 +200,14 @@ async def test_state_is_checked_before_the_body(served: Served) -> None:
 
 def test_policy_is_the_documented_one() -> None:
     assert ROLE_POLICY["orchestrator"] == frozenset(Action)
-    assert ROLE_POLICY["clinician"] == {Action.PAUSE, Action.RESUME, Action.STOP, Action.STATUS}
-    assert ROLE_POLICY["patient"] == {Action.PAUSE, Action.STATUS}
+    assert ROLE_POLICY["clinician"] == {
+        Action.PAUSE,
+        Action.RESUME,
+        Action.STOP,
+        Action.STATUS,
+        Action.CONSENT,
+    }
+    assert ROLE_POLICY["patient"] == {Action.PAUSE, Action.STATUS, Action.WITHDRAW_OWN_CONSENT}
 
 
 def test_es256_public_key(tmp_path: Path) -> None:

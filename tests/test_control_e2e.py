@@ -23,19 +23,22 @@ import pytest
 from testbed.analysis import _decode_audio, _scan_video
 from testbed.stack import start_local_sfu
 
-from bot.config import ControlSettings, Participant
+from bot.config import ControlSettings, Participant, WebhookSettings
 from bot.control.run import ControlledRecording
 from bot.exitcodes import ExitCode
 from bot.manifest import Gap
 from bot.recording import RecordingResult
-from tests.e2e import recorder_settings, slots
+from tests.e2e import WebhookReceiver, recorder_settings, slots, webhook_receiver
 
 SECRET = "control-test-secret-0123456789abcdef"
 AUDIENCE = "consultation-recorder"
 CONSULTATION = "c-control"
 TOLERANCE = 0.7
 TIMELINE = {"clinician": 2.0, "patient": 4.0, "drop": 7.0, "back": 10.0}
-PAUSE, RESUME, STOP = 12.0, 14.0, 16.0
+PAUSE, RESUME = 12.0, 14.0
+WITHDRAW, GIVE, STOP = 16.0, 18.0, 20.0
+CONSENT_TOLERANCE = 0.5
+"""The issue's bound: consent shows in the MP4 within half a second of the call."""
 
 
 def token(role: str, sub: str = "orchestrator-1") -> str:
@@ -60,6 +63,7 @@ class Scenario:
     metrics: dict[str, str] = field(default_factory=dict)
     audit: list[dict[str, Any]] = field(default_factory=list)
     audit_local_left: bool = True
+    webhook: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _body(participant: Participant) -> dict[str, Any]:
@@ -71,6 +75,13 @@ def _body(participant: Participant) -> dict[str, Any]:
 
 
 async def _scenario(output_dir: Path) -> Scenario:
+    async with webhook_receiver() as receiver:
+        scenario = await _run_scenario(output_dir, receiver)
+        scenario.webhook = receiver.events()
+        return scenario
+
+
+async def _run_scenario(output_dir: Path, receiver: WebhookReceiver) -> Scenario:
     call = await start_local_sfu()
     try:
         clinician = await call.publish("clinician", 1, participant_id="c1")
@@ -91,7 +102,8 @@ async def _scenario(output_dir: Path) -> Scenario:
             update={
                 "control": ControlSettings(
                     enabled=True, port=0, jwt_secret=SECRET, jwt_audience=AUDIENCE
-                )
+                ),
+                "webhook": WebhookSettings(url=receiver.url, secret=SECRET),
             }
         )
         session = ControlledRecording(settings, progress=False)
@@ -141,6 +153,20 @@ async def _scenario(output_dir: Path) -> Scenario:
             await step("status_paused", "GET", "/v1/status", headers=patient_auth)
             await at(RESUME)
             await step("resume", "POST", "/v1/resume", headers=clinician_auth)
+            await at(WITHDRAW)
+            consent = "/v1/participants/p1/consent"
+            own = {"Authorization": f"Bearer {token('patient', 'p1')}"}
+            await step("withdraw", "POST", consent, json={"consent": "withdrawn"}, headers=own)
+            await step("patient_gives", "POST", consent, json={"consent": "given"}, headers=own)
+            await step(
+                "withdraw_other",
+                "POST",
+                "/v1/participants/c1/consent",
+                json={"consent": "withdrawn"},
+                headers=own,
+            )
+            await at(GIVE)
+            await step("give", "POST", consent, json={"consent": "given"}, headers=clinician_auth)
             await at(STOP)
             scenario.metrics["before_stop"] = (await http.get("/metrics")).text
             await step("stop", "POST", "/v1/stop", headers=clinician_auth)
@@ -191,6 +217,10 @@ def test_control_calls_answer_as_documented(scenario: Scenario) -> None:
         "ready_stopping": 503,
         "pause_after_stop": 409,
         "health_stopping": 200,
+        "withdraw": 200,
+        "patient_gives": 403,
+        "withdraw_other": 403,
+        "give": 200,
     }
     assert (
         scenario.responses["add_c1"][1]["pulled"] and not scenario.responses["add_c1"][1]["failed"]
@@ -246,6 +276,25 @@ def _during(times: np.ndarray, start: float, end: float) -> int:
     return int(np.count_nonzero((times > start) & (times < end)))
 
 
+def test_consent_is_in_the_manifest_and_the_webhook(scenario: Scenario) -> None:
+    at = scenario.at
+    assert scenario.result.upload is not None
+    manifest = scenario.result.upload.manifest
+    changes = [(c.participant_id, c.consent) for c in manifest.consent]
+    assert changes == [("p1", "withdrawn"), ("p1", "given")]
+    for change, call in zip(manifest.consent, ("withdraw", "give"), strict=True):
+        assert change.at == pytest.approx(at[call], abs=0.1)
+    withdrawn = _gaps(scenario, "p1", "consent_withdrawn")
+    assert {g.kind for g in withdrawn} == {"audio", "video"}, withdrawn
+    for gap in withdrawn:
+        assert gap.start == pytest.approx(at["withdraw"], abs=CONSENT_TOLERANCE)
+        assert gap.end == pytest.approx(at["give"], abs=CONSENT_TOLERANCE)
+    assert not _gaps(scenario, "c1", "consent")
+    told = [e for e in scenario.webhook if e["event"] == "consent.changed"]
+    assert [(e["participant_id"], e["consent"]) for e in told] == changes
+    assert all(e["consultation_id"] == CONSULTATION for e in told)
+
+
 def test_mp4_shows_the_timeline(scenario: Scenario) -> None:
     assert scenario.result.path is not None
     at, margin = scenario.at, TOLERANCE
@@ -275,6 +324,16 @@ def test_mp4_shows_the_timeline(scenario: Scenario) -> None:
     assert rms(at["drop_p1"] + margin, at["back_p1"] - margin) < 0.001
     assert rms(at["back_p1"] + margin, at["pause"] - margin) > 0.01
     assert rms(at["pause"] + margin, at["resume"] - margin) < 0.001
+    # Consent withdrawn by the patient, given again by the clinician: the patient's cell is
+    # black and their track silent in between, each within half a second of the call,
+    # while the clinician goes on.
+    bound = CONSENT_TOLERANCE
+    assert second[second < at["withdraw"]].max() == pytest.approx(at["withdraw"], abs=bound)
+    assert second[second > at["withdraw"]].min() == pytest.approx(at["give"], abs=bound)
+    assert _during(clinician, at["withdraw"] + bound, at["give"] - bound) > 0
+    assert rms(at["withdraw"] + bound, at["give"] - bound) < 0.001
+    assert rms(at["give"] + bound, at["stop"] - bound) > 0.01
+    assert rms(at["resume"] + bound, at["withdraw"] - bound) > 0.01
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
@@ -324,6 +383,7 @@ def test_audit_trail_tells_who_did_what(scenario: Scenario) -> None:
     events = [(e["event"], e["actor"]) for e in trail]
     expected = [
         ("recorder.starting", "recorder"),
+        ("recording.object", "recorder"),
         ("recorder.started", "recorder"),
         ("participant.added", "orchestrator-1"),
         ("participant.added", "orchestrator-1"),
@@ -335,13 +395,21 @@ def test_audit_trail_tells_who_did_what(scenario: Scenario) -> None:
         ("control.refused", "pat-9"),
         ("status.read", "pat-9"),
         ("recording.resumed", "clin-7"),
+        ("consent.withdrawn", "p1"),
+        ("control.refused", "p1"),
+        ("control.refused", "p1"),
+        ("consent.given", "clin-7"),
         ("recording.stop_requested", "clin-7"),
         ("control.failed", "orchestrator-1"),
         ("recording.stopped", "recorder"),
         ("upload.verified", "recorder"),
     ]
-    control = [ev for ev in events if not ev[0].startswith("upload.parts")]
+    control = [ev for ev in events if not ev[0].startswith(("upload.parts", "fragment."))]
     assert control == expected
+    # The trail is sealed into the manifest: its last line is the one the manifest names.
+    custody = scenario.result.upload.manifest.custody if scenario.result.upload else None
+    assert custody is not None and custody.audit_lines == len(trail)
+    assert custody.fragments == sum(e["event"] == "fragment.written" for e in trail) > 5
     verified = trail[-1]
     assert verified["verification"]["size_ok"] is True
     text = json.dumps(trail)

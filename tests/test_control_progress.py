@@ -55,7 +55,7 @@ def _status(**override: Any) -> RecorderStatus:
         stopping=False,
         duration_s=3725.4,
         paused=False,
-        participants=(ParticipantStatus("c1", "clinician", 0),),
+        participants=(ParticipantStatus("c1", "clinician", 0, consent=True),),
         tracks=(_track("audio", 50), _track("video", 30)),
         transport=None,
         media=None,
@@ -87,6 +87,10 @@ def test_panel_warns_about_pause_outage_and_silence() -> None:
     assert "! object store failing" in text
     assert "! last storage error: store down" in text
     assert "! no audio from c1 for 7 s" in text
+    withdrawn = (ParticipantStatus("p1", "patient", 1, consent=False),)
+    assert "no consent from p1: black and silent in the record" in warnings_for(
+        _status(participants=withdrawn)
+    )
 
 
 def test_empty_recording() -> None:

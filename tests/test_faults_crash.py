@@ -26,9 +26,10 @@ from testbed.stack import LocalCall
 
 from bot.exitcodes import ExitCode
 from bot.manifest import Manifest
-from bot.storage import manifest_key
+from bot.storage import audit_key, fhir_key, manifest_key, signature_key
 from bot.storage.spool import Spool
 from bot.storage.verify import decode_probe, fragment_layout
+from tests.e2e import CLINIC_KEY_PEM, bot_verify
 from tests.faults import wait_until
 
 pytestmark = pytest.mark.slow
@@ -98,6 +99,7 @@ def _spec(call: LocalCall, s3: LocalS3, proxy: ThrottlingProxy, spool: Path) -> 
                 "spool_dir": str(spool),
                 "retry_backoff_max": 1.0,
             },
+            "custody": {"signing_key": CLINIC_KEY_PEM},
         },
         "late": patient.model_dump(mode="json"),
         "late_after_bytes": 150_000,
@@ -110,6 +112,7 @@ def _env(s3: LocalS3, spool: Path) -> dict[str, str]:
         PYTHONPATH=str(ROOT),
         BOT_LOGGING_FORMAT="json",
         BOT_STORAGE_SPOOL_DIR=str(spool),
+        BOT_CUSTODY_SIGNING_KEY=CLINIC_KEY_PEM,
         **s3.storage_env(),
     )
     return env
@@ -201,7 +204,8 @@ async def test_sigkill_then_recover_leaves_one_complete_verified_object(
     client = s3.client()
     key = spool.info.object_key
     listed = sorted(o["Key"] for o in client.list_objects_v2(Bucket=s3.bucket).get("Contents", []))
-    assert listed == sorted([key, manifest_key(key)]), "one object and its manifest, no other"
+    beside = [manifest_key(key), audit_key(key), signature_key(key), fhir_key(key)]
+    assert listed == sorted([key, *beside]), "one object and its evidence, no other"
     assert not client.list_multipart_uploads(Bucket=s3.bucket).get("Uploads"), "none left open"
     body = client.get_object(Bucket=s3.bucket, Key=key)["Body"].read()
     assert body == spooled, "every spooled byte, exactly once"
@@ -212,5 +216,20 @@ async def test_sigkill_then_recover_leaves_one_complete_verified_object(
     )
     assert manifest.recovered
     assert manifest.storage is not None and manifest.storage.verification.decode_end_ok
-    assert not spool.directory.exists()
+    assert not spool.directory.exists() and not spool.trail_path.exists()
+    # The recovered record proves itself, as a third party checks it, from the bucket.
+    verified = bot_verify(
+        key, "--from-store", public_key_dir=spool_dir.parent, env=_env(s3, spool_dir)
+    )
+    assert verified.returncode == ExitCode.OK, verified.stdout + verified.stderr
+    trail = [
+        json.loads(line)
+        for line in client.get_object(Bucket=s3.bucket, Key=audit_key(key))["Body"]
+        .read()
+        .splitlines()
+    ]
+    assert {"recorder", "recover"} <= {line["actor"] for line in trail}
+    assert [line["event"] for line in trail if line["actor"] == "recover"][:1] == [
+        "recording.recovering"
+    ]
     assert lost <= max(fragment, 1), "at most one fragment's worth is cut short"

@@ -16,6 +16,7 @@ FOUNDATION = frozenset(
 EVERYTHING = frozenset(
     {"bot.realtime", "bot.rtc", "bot.media", "bot.storage", "bot.manifest", "bot.recording"}
     | {"bot.observe", "bot.control", "bot.inspect", "bot.selftest", "bot.synthetic"}
+    | {"bot.custody"}
 )
 ALLOWED: dict[str, frozenset[str]] = {
     "bot.config": frozenset(),
@@ -28,10 +29,12 @@ ALLOWED: dict[str, frozenset[str]] = {
     "bot.rtc": FOUNDATION | {"bot.realtime", "bot.rtc"},
     "bot.media": FOUNDATION | {"bot.media"},
     "bot.storage": FOUNDATION | {"bot.storage", "bot.manifest"},
+    # Evidence: hash chains, the audit trail, signatures, verification, the FHIR resource.
+    "bot.custody": FOUNDATION | {"bot.custody", "bot.manifest", "bot.storage"},
     "bot.recording": FOUNDATION
     | {"bot.realtime", "bot.rtc", "bot.media", "bot.storage"}
-    | {"bot.manifest"},
-    "bot.observe": FOUNDATION | {"bot.observe", "bot.storage", "bot.recording"},
+    | {"bot.manifest", "bot.custody"},
+    "bot.observe": FOUNDATION | {"bot.observe", "bot.storage", "bot.recording", "bot.custody"},
     # The synthetic participant: the selftest's publisher (and the testbed's).
     "bot.synthetic": FOUNDATION | {"bot.realtime", "bot.rtc", "bot.synthetic"},
     "bot.selftest": FOUNDATION | {"bot.realtime", "bot.rtc", "bot.storage", "bot.recording"},

@@ -11,6 +11,7 @@ from bot.media.gaps import GapTracker
 from bot.media.layout import Rect, grid
 from bot.media.mixer import SAMPLE_RATE, Mixer
 from bot.media.pipeline import MediaPipeline, SlotInfo
+from bot.media.withholding import CONSENT_PENDING, CONSENT_WITHDRAWN, PAUSED, Withholding
 from bot.media.writer import Mp4Writer
 from bot.timeline import Timeline
 
@@ -201,3 +202,49 @@ def test_mixer_follows_a_lasting_offset_slowly_and_ignores_jitter() -> None:
     assert stats["discontinuities"] == 0
     moved = stats["samples_slewed"]
     assert 0.020 * SAMPLE_RATE - 2 * 96 <= moved <= 0.020 * SAMPLE_RATE
+
+
+def test_withholding_says_why_per_participant() -> None:
+    held = Withholding(require_consent=True)
+    assert held.reason(0.0, "p") == CONSENT_PENDING and not held.consent("p")
+    held.set_consent("p", True, 1.0)
+    held.set_consent("p", False, 3.0)
+    held.set_consent("p", True, 5.0)
+    held.pause(6.0)
+    held.resume(7.0)
+    reasons = [held.reason(t, "p") for t in (0.5, 1.0, 2.9, 3.0, 4.9, 5.0, 6.5, 7.0)]
+    assert reasons == [
+        CONSENT_PENDING,
+        None,
+        None,
+        CONSENT_WITHDRAWN,
+        CONSENT_WITHDRAWN,
+        None,
+        PAUSED,
+        None,
+    ]
+    assert held.reason(6.5, "other") == PAUSED and held.reason(8.0, "other") == CONSENT_PENDING
+    assert Withholding().reason(0.0, "anyone") is None  # consent not required: in the record
+
+
+def test_a_withheld_participant_is_black_and_silent_others_are_not() -> None:
+    comp = Compositor(128, 36, 10)
+    comp.add_cell(Rect(0, 0, 64, 36), GapTracker("p", "video"))
+    comp.add_cell(Rect(64, 0, 64, 36), GapTracker("c", "video"))
+    mixer = Mixer()
+    mixer.add_voice(GapTracker("p", "audio"))
+    mixer.add_voice(GapTracker("c", "audio"))
+    for t in range(10):
+        comp.push(0, t / 10, gray(200))
+        comp.push(1, t / 10, gray(200))
+    for i in range(50):
+        mixer.push(0, i * 0.02, tone())
+        mixer.push(1, i * 0.02, tone())
+    frame = comp.compose(0.5, [CONSENT_WITHDRAWN, None])
+    assert luma_at(frame, 30, 18) < 30 and luma_at(frame, 94, 18) > 150
+    mix, (withheld, kept) = mixer.pull(SAMPLE_RATE // 2, [CONSENT_WITHDRAWN, None])
+    assert not withheld.any() and np.abs(kept).max() > 0.1
+    assert np.array_equal(mix, kept)  # the mix carries only the participant kept
+    comp.compose(0.9, [CONSENT_WITHDRAWN, None])
+    gaps = comp.gaps(1.0)[0].gaps + mixer.gaps(1.0)[0].gaps
+    assert {g.reason for g in gaps} == {CONSENT_WITHDRAWN}

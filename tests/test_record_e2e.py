@@ -13,7 +13,7 @@ from testbed.stack import start_local_sfu
 from bot.exitcodes import ExitCode
 from bot.recording import RecordingResult, record
 from bot.storage.boxes import top_level_boxes
-from tests.e2e import ffprobe, recorder_settings, slots
+from tests.e2e import bot_verify, ffprobe, recorder_settings, slots
 
 DURATION = 6.0
 
@@ -70,3 +70,13 @@ def test_both_participants_are_seen_and_heard(two_party: RecordingResult) -> Non
     mix, clinician, patient = audio_rms(two_party.path)
     assert min(mix, clinician, patient) > 0.01
     assert not two_party.media.gaps or all(g.start < 2.0 for g in two_party.media.gaps)
+
+
+def test_a_third_party_verifies_the_record(two_party: RecordingResult, tmp_path: Path) -> None:
+    """Object, fragment chain, audit trail, signature, decoding and FHIR, all in one verdict."""
+    assert two_party.path is not None
+    done = bot_verify(two_party.path, public_key_dir=tmp_path)
+    assert done.returncode == ExitCode.OK, done.stdout + done.stderr
+    checks = [line.split()[1] for line in done.stdout.splitlines()[:-1]]
+    assert checks == ["object", "fragments", "audit", "signature", "media", "fhir"]
+    assert done.stdout.splitlines()[-1].startswith("VERIFIED: ")

@@ -5,6 +5,7 @@ the same decisions against the local SFU."""
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -267,7 +268,12 @@ async def test_a_recorder_with_an_injected_client_fails_before_any_file_on_a_wro
     client = RealtimeClient(
         "app", "secret", base_url="https://rtc.example/v1", transport=httpx.MockTransport(refuse)
     )
-    result = await Recorder(settings, client=client).run()
+    recorder = Recorder(settings, client=client)
+    result = await recorder.run()
     assert result.exit_code == ExitCode.REALTIME_AUTH
     assert asked == ["/v1/apps/app/sessions/new"]
-    assert result.path is None and not (tmp_path / "spool").exists()
+    # No media file, no spool: only the audit trail, which says why.
+    assert result.path is None
+    assert [p.name for p in (tmp_path / "spool").iterdir()] == [recorder.audit.path.name]
+    last = json.loads(recorder.audit.path.read_text().splitlines()[-1])
+    assert last["event"] == "recording.failed" and last["exit_code"] == ExitCode.REALTIME_AUTH

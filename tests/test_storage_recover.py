@@ -19,9 +19,9 @@ from testbed.s3 import LocalS3
 from bot.config import Settings
 from bot.exitcodes import ExitCode
 from bot.manifest import Manifest
+from bot.recording.recovery import recover_all
 from bot.storage import Spool, Uploader, manifest_key
 from bot.storage.journal import Journal
-from bot.storage.recover import recover_all, recover_spools
 from bot.storage.stores import S3Store
 from bot.storage.verify import decode_probe, fragment_layout
 
@@ -167,7 +167,7 @@ def test_recover_leaves_live_spools_alone(store: LocalS3, tmp_path: Path) -> Non
         settings.spool_dir, consultation_id="c1", recording_id="rec-live", object_key="k/x.mp4"
     )
     live.media_path.write_bytes(b"still recording")
-    assert recover_spools(settings) == ExitCode.OK
+    assert asyncio.run(recover_all(Settings(storage=settings))) == ExitCode.OK
     assert live.media_path.read_bytes() == b"still recording"
 
 
@@ -185,7 +185,7 @@ def test_abandoned_upload_is_resumed_by_recover(
     feeder.write_all()
     spool.save_manifest_draft(_manifest(spool))
 
-    assert recover_spools(settings) == ExitCode.OK
+    assert asyncio.run(recover_all(Settings(storage=settings))) == ExitCode.OK
 
     client = store.client()
     body = client.get_object(Bucket=store.bucket, Key=spool.info.object_key)["Body"].read()

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import pytest
-from aiohttp import web
 
 from bot.config import WebhookSettings
 from bot.observe.webhook import (
@@ -20,47 +17,22 @@ from bot.observe.webhook import (
     sign,
     verify,
 )
+from tests.e2e import WebhookReceiver, webhook_receiver
 
 SECRET = "webhook-secret-0123456789"
 
 
-@dataclass
-class Receiver:
-    url: str = ""
-    statuses: list[int] = field(default_factory=list)
-    """Answers to give, in order; 200 once exhausted."""
-    seen: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-    got: asyncio.Event = field(default_factory=asyncio.Event)
-
-
 @pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    state = Receiver()
-
-    async def hook(request: web.Request) -> web.Response:
-        state.seen.append((dict(request.headers), await request.read()))
-        status = state.statuses.pop(0) if state.statuses else 200
-        if status == 200:
-            state.got.set()
-        return web.Response(status=status)
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    state.url = f"http://{host}:{port}/hook"
-    yield state
-    await runner.cleanup()
+async def receiver() -> AsyncIterator[WebhookReceiver]:
+    async with webhook_receiver() as state:
+        yield state
 
 
 def _settings(url: str, **kw: object) -> WebhookSettings:
     return WebhookSettings(url=url, secret=SECRET, backoff_initial=0.01, **kw)  # type: ignore[arg-type]
 
 
-async def test_retried_until_delivered_and_signed(receiver: Receiver) -> None:
+async def test_retried_until_delivered_and_signed(receiver: WebhookReceiver) -> None:
     receiver.statuses = [503, 429]
     hook = Webhook(_settings(receiver.url))
     assert await hook.send("recording.started", {"recording_id": "r1"})
@@ -79,7 +51,7 @@ async def test_retried_until_delivered_and_signed(receiver: Receiver) -> None:
     assert SECRET not in body.decode()
 
 
-async def test_client_errors_are_final(receiver: Receiver) -> None:
+async def test_client_errors_are_final(receiver: WebhookReceiver) -> None:
     receiver.statuses = [400]
     hook = Webhook(_settings(receiver.url))
     assert not await hook.send("recording.stopped", {})
@@ -93,7 +65,7 @@ async def test_gives_up_after_max_attempts_on_a_dead_receiver() -> None:
     await hook.aclose()
 
 
-async def test_notify_never_waits_and_close_drains(receiver: Receiver) -> None:
+async def test_notify_never_waits_and_close_drains(receiver: WebhookReceiver) -> None:
     receiver.statuses = [500]
     hook = Webhook(_settings(receiver.url))
     began = time.monotonic()

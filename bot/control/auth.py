@@ -2,16 +2,21 @@
 
 The orchestrator that starts a recorder also mints short-lived tokens for the people in
 the consultation. A token is accepted only if its signature, expiry, audience and
-consultation id all hold; then its role claim decides the action. Failures carry a reason
-a caller can act on (401: fix or renew the token; 403: this token may not do that here)
-and never echo the token itself.
+consultation id all hold, and it was not minted to live longer than
+``control.jwt_max_lifetime``; then its role claim decides the action. With
+``control.jwt_replay_cache`` on, a token changes the recording at most once (its ``jti``),
+so one seen on the wire cannot be played again. Failures carry a reason a caller can act
+on (401: fix or renew the token; 403: this token may not do that here) and never echo the
+token itself.
 """
 
 from __future__ import annotations
 
+import heapq
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final
@@ -32,19 +37,31 @@ class Action(StrEnum):
     RESUME = "resume"
     STOP = "stop"
     STATUS = "status"
+    CONSENT = "consent"
+    """Record anyone's consent, given or withdrawn."""
+    WITHDRAW_OWN_CONSENT = "withdraw_own_consent"
+    """Withdraw one's own consent (the token's ``sub`` is the participant id)."""
 
 
 ROLE_POLICY: Final[Mapping[str, frozenset[Action]]] = {
     "orchestrator": frozenset(Action),
-    "clinician": frozenset({Action.PAUSE, Action.RESUME, Action.STOP, Action.STATUS}),
-    # A patient may ask for privacy at any time, but not end or resume the record.
-    "patient": frozenset({Action.PAUSE, Action.STATUS}),
+    "clinician": frozenset(
+        {Action.PAUSE, Action.RESUME, Action.STOP, Action.STATUS, Action.CONSENT}
+    ),
+    # A patient may ask for privacy and withdraw their own consent at any time, but not
+    # end or resume the record, nor give consent on anyone's behalf.
+    "patient": frozenset({Action.PAUSE, Action.STATUS, Action.WITHDRAW_OWN_CONSENT}),
 }
 
 UNAUTHENTICATED: Final = "unauthenticated"
 """The audit actor of a refused call whose token could not be trusted."""
 
+MAX_AUTHORIZATION: Final = 4096
+"""Longest ``Authorization`` header read: a bearer JWT is a few hundred bytes; more is
+not a token, and parsing it would only cost time."""
+
 _SUBJECT = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_MAX_JTI: Final = 256
 
 
 @dataclass(frozen=True)
@@ -53,10 +70,17 @@ class Caller:
 
     subject: str
     role: str
+    token_id: str | None = None
+    """The token's ``jti``, if it has one."""
+    expires: float = 0.0
+    """The token's ``exp`` (Unix seconds)."""
+    action: Action | None = None
+    """The action this call was allowed as (of those the route accepts)."""
 
 
 class AuthError(Exception):
-    """A refused call. ``status`` is 401 (no trustworthy token) or 403 (not allowed)."""
+    """A refused call. ``status`` is 401 (no trustworthy token), 403 (not allowed) or 431
+    (an ``Authorization`` header too long to hold a token)."""
 
     def __init__(self, status: int, reason: str, subject: str = UNAUTHENTICATED) -> None:
         super().__init__(reason)
@@ -66,7 +90,7 @@ class AuthError(Exception):
 
     @property
     def error(self) -> str:
-        return "unauthorized" if self.status == 401 else "forbidden"
+        return {401: "unauthorized", 431: "header_too_large"}.get(self.status, "forbidden")
 
 
 def _reason(exc: jwt.InvalidTokenError) -> str:
@@ -82,6 +106,8 @@ def _reason(exc: jwt.InvalidTokenError) -> str:
     if isinstance(exc, jwt.InvalidIssuerError):
         return "wrong issuer"
     if isinstance(exc, jwt.MissingRequiredClaimError):
+        if exc.claim == "iat":
+            return "missing claim 'iat' (needed to check control.jwt_max_lifetime)"
         return f"missing claim {exc.claim!r}"
     if isinstance(exc, jwt.InvalidAlgorithmError):
         return "signing algorithm not allowed"
@@ -104,6 +130,45 @@ def _public_key(pem: bytes, algorithm: str, path: Path) -> RSAPublicKey | Ellipt
     return key
 
 
+class ReplayCache:
+    """The ``jti`` of every token that changed the recording, each kept while its token is
+    still accepted (``exp`` plus the leeway); after that the token is refused for its age
+    anyway, so the cache holds at most the tokens alive at once, and
+    ``control.jwt_max_lifetime`` bounds how long that is."""
+
+    def __init__(self, leeway: float, clock: Callable[[], float] = time.time) -> None:
+        self._leeway = leeway
+        self._clock = clock
+        self._seen: set[str] = set()
+        self._expiry: list[tuple[float, str]] = []
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def spend(self, caller: Caller, action: Action) -> None:
+        """Accept the caller's token for this one change; refuse a token seen before.
+
+        The replay refusal names the subject: the token is genuine (its signature holds),
+        so the audit trail should say whose token was played again.
+        """
+        if caller.token_id is None:
+            raise AuthError(
+                401,
+                f"missing claim 'jti' (control.jwt_replay_cache is on: a token may "
+                f"{action.value} only with a jti, and only once)",
+            )
+        now = self._clock()
+        while self._expiry and self._expiry[0][0] < now:
+            _, gone = heapq.heappop(self._expiry)
+            self._seen.discard(gone)
+        if caller.token_id in self._seen:
+            raise AuthError(
+                401, "token already used (jti seen before); mint a new one", caller.subject
+            )
+        self._seen.add(caller.token_id)
+        heapq.heappush(self._expiry, (caller.expires + self._leeway, caller.token_id))
+
+
 class Authorizer:
     """Verifies bearer tokens for one consultation with the configured key and policy.
 
@@ -120,6 +185,7 @@ class Authorizer:
         self._settings = settings
         self._consultation_id = consultation_id
         self._policy = policy
+        self._replays = ReplayCache(settings.jwt_leeway) if settings.jwt_replay_cache else None
         self._key: Any
         if settings.jwt_algorithm == "HS256":
             secret = settings.jwt_secret.get_secret_value()
@@ -140,18 +206,29 @@ class Authorizer:
                 ) from None
             self._key = _public_key(pem, settings.jwt_algorithm, path)
 
-    def authorize(self, authorization: str | None, action: Action) -> Caller:
-        """The caller behind an ``Authorization`` header, if it may do ``action``."""
+    def authorize(self, authorization: str | None, action: Action, *also: Action) -> Caller:
+        """The caller behind an ``Authorization`` header, if it may do ``action`` (or, for a
+        route that accepts several, the first of ``also`` it may do).
+
+        A token's ``jti`` is spent only once the call is allowed, whatever the call then
+        does: a refused call must not burn the token of whoever may make it.
+        """
         caller = self.authenticate(authorization)
-        if action not in self._policy.get(caller.role, frozenset()):
+        allowed = self._policy.get(caller.role, frozenset())
+        granted = next((a for a in (action, *also) if a in allowed), None)
+        if granted is None:
             raise AuthError(403, f"role {caller.role!r} may not {action.value}", caller.subject)
-        return caller
+        if self._replays is not None and granted is not Action.STATUS:
+            self._replays.spend(caller, granted)
+        return replace(caller, action=granted)
 
     def authenticate(self, authorization: str | None) -> Caller:
         settings = self._settings
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthError(401, "missing bearer token")
+        max_lifetime = settings.jwt_max_lifetime
+        required = ["exp", "aud", "sub", "iat"] if max_lifetime else ["exp", "aud", "sub"]
         try:
             claims: dict[str, Any] = jwt.decode(
                 token.strip(),
@@ -160,17 +237,29 @@ class Authorizer:
                 audience=settings.jwt_audience,
                 issuer=settings.jwt_issuer or None,
                 leeway=settings.jwt_leeway,
-                options={"require": ["exp", "aud", "sub"]},
+                options={"require": required},
             )
         except jwt.InvalidTokenError as exc:
             raise AuthError(401, _reason(exc)) from None
+        expires = int(claims["exp"])  # PyJWT has checked that exp and iat convert
+        lifetime = expires - int(claims.get("iat", expires))
+        if max_lifetime and lifetime > max_lifetime:
+            raise AuthError(
+                401,
+                f"token lifetime {lifetime} s exceeds control.jwt_max_lifetime {max_lifetime} s",
+            )
         subject = claims.get("sub")
         if not isinstance(subject, str) or not _SUBJECT.match(subject):
             # The subject becomes the audit actor: an opaque id, never a name or an e-mail.
             raise AuthError(401, "sub must be an opaque id (1-128 of [A-Za-z0-9_.:-])")
+        token_id = claims.get("jti")
+        if token_id is not None and (
+            not isinstance(token_id, str) or not 0 < len(token_id) <= _MAX_JTI
+        ):
+            raise AuthError(401, f"jti must be a string of 1-{_MAX_JTI} characters")
         if claims.get(settings.jwt_consultation_claim) != self._consultation_id:
             raise AuthError(403, "token is for another consultation", subject)
         role = claims.get(settings.jwt_role_claim)
         if not isinstance(role, str) or role not in self._policy:
             raise AuthError(403, f"no known role in claim {settings.jwt_role_claim!r}", subject)
-        return Caller(subject, role)
+        return Caller(subject, role, token_id, expires)

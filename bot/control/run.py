@@ -2,10 +2,11 @@
 
 ``ControlledRecording(settings).run()`` is what ``bot record`` runs. The recorder itself
 knows none of these: they observe it (status, events) and call its public control
-methods, so the recorder's lifecycle and exit codes stay exactly its own. The audit trail
-gets the recorder's lifecycle events here, the control calls from the server, and the
-stored parts from ``follow_uploads``; once the recording is verified it is stored next to
-it. A failure of any of these side services is logged and never fails the recording.
+methods, so the recorder's lifecycle and exit codes stay exactly its own. The recorder's
+audit trail (``recorder.audit``) gets the start and the pulled tracks here, the control
+calls from the server, and the stored parts from ``follow_uploads``; the recorder seals
+and stores it with the recording. A failure of any of these side services is logged and
+never fails the recording.
 """
 
 from __future__ import annotations
@@ -14,18 +15,14 @@ import asyncio
 import contextlib
 from typing import Any
 
-import structlog
-
 from bot.config import Settings
 from bot.control.server import ControlServer
-from bot.observe.audit import AuditLog, audit_path, follow_uploads, upload_audit
 from bot.observe.metrics import Metrics
 from bot.observe.progress import Progress
+from bot.observe.uploads import follow_uploads
 from bot.observe.webhook import Webhook
 from bot.recording import Recorder, RecordingResult
-from bot.storage import StorageError, UploadStatus
-
-log = structlog.get_logger("bot.control")
+from bot.storage import UploadStatus, audit_key
 
 
 class ControlledRecording:
@@ -35,18 +32,14 @@ class ControlledRecording:
         self.settings = settings
         self.recorder = Recorder(settings)
         recorder = self.recorder
-        self.audit = AuditLog(
-            audit_path(settings.storage.spool_dir, recorder.recording_id),
-            recorder.consultation_id,
-            recorder.recording_id,
-        )
+        self.audit = recorder.audit
         self.metrics = Metrics(recorder)
+        self.webhook = Webhook(settings.webhook)
         self.server = (
-            ControlServer(recorder, settings.control, self.audit, self.metrics)
+            ControlServer(recorder, settings.control, self.audit, self.metrics, self._notify)
             if settings.control.enabled
             else None
         )
-        self.webhook = Webhook(settings.webhook)
         self._progress = Progress.for_terminal(recorder) if progress else None
 
     async def run(self) -> RecordingResult:
@@ -73,7 +66,9 @@ class ControlledRecording:
             if self.server is not None:
                 await self.server.stop()
             await self.webhook.aclose()
-            await audit.close()
+
+    def _notify(self, event: str, fields: dict[str, Any]) -> None:
+        self.webhook.notify(event, {**self._ids(), **fields})
 
     def _ids(self) -> dict[str, Any]:
         return {
@@ -103,49 +98,20 @@ class ControlledRecording:
         await follow_uploads(self.audit, upload_status)
 
     async def _finished(self, result: RecordingResult) -> None:
-        audit, ids = self.audit, self._ids()
-        audit.record(
-            "recording.stopped",
-            stop_reason=result.stop_reason,
-            duration_s=round(result.media.duration, 3),
-            gaps=len(result.media.gaps),
-        )
+        ids = self._ids()
         self.webhook.notify("recording.stopped", {**ids, "stop_reason": result.stop_reason})
         if result.upload is None:
-            audit.record(
-                "recording.failed", exit_code=int(result.exit_code), error=result.error or ""
-            )
             self.webhook.notify("recording.failed", {**ids, "exit_code": int(result.exit_code)})
             return
         upload = result.upload
-        storage = upload.manifest.storage
-        audit.record(
-            "upload.verified",
-            object_key=upload.object_key,
-            size=upload.size,
-            sha256=upload.sha256,
-            parts=upload.parts,
-            seconds_to_verified=round(upload.seconds_to_verified, 3),
-            verification=(
-                storage.verification.model_dump(mode="json") if storage is not None else None
-            ),
-        )
-        await audit.flush()
-        try:
-            key = await asyncio.to_thread(
-                upload_audit, self.settings.storage, upload.object_key, audit.path
-            )
-        except (StorageError, OSError) as exc:
-            # The trail stays in the spool directory; the recording itself is verified.
-            log.error("audit.upload_failed", error=str(exc), path=str(audit.path))
-            key = None
         self.webhook.notify(
             "recording.completed",
             {
                 **ids,
                 "object_key": upload.object_key,
                 "manifest_key": upload.manifest_key,
-                "audit_key": key,
+                "audit_key": audit_key(upload.object_key),
+                "stored_beside": list(upload.sidecars),
                 "size": upload.size,
                 "sha256": upload.sha256,
                 "duration_s": round(result.media.duration, 3),

@@ -1,10 +1,22 @@
 """The recorder's HTTP face: live control, health, readiness and metrics.
 
-Control routes (``/v1/...``) need a bearer JWT allowed the action (``bot.control.auth``);
-every attempt, allowed or refused, becomes an audit event with the token's subject as
-the actor. ``/healthz`` answers while the process serves HTTP; ``/readyz`` only while the
-recorder is connected and recording, so an orchestrator can tell "alive" from "doing its
-job". ``/metrics`` is open by default (loopback), or needs a token allowed ``status``.
+Control routes (``/v1/...``) need a bearer JWT allowed the action (``bot.control.auth``).
+One middleware sees every request whatever becomes of it: it answers in JSON even when a
+handler fails (never a traceback), counts the request by route and status, and writes the
+request's one audit event with the token's subject as the actor, the route, method, status
+and outcome. That event is the action's own (``participant.added``, ``recording.paused``,
+...) or ``control.refused`` (no token allowed to do this), ``control.failed`` (bad input,
+wrong state) or ``control.error`` (a fault here); caller input in it is bounded
+(``bot.control.bounds``). Probes answered as such (``/healthz``, ``/readyz``, ``/metrics``)
+are counted, not audited: an orchestrator polls them and they change nothing.
+
+A request aiohttp's HTTP parser refuses (a header over its limit, bytes that are not HTTP)
+never reaches the middleware; the connection handler answers, audits and logs it instead,
+without aiohttp's habit of quoting the offending bytes, a token's first hundred included.
+
+``/healthz`` answers while the process serves HTTP; ``/readyz`` only while the recorder
+is connected and recording, so an orchestrator can tell "alive" from "doing its job".
+``/metrics`` is open by default (loopback), or needs a token allowed ``status``.
 
 The server runs on the recorder's event loop and only calls the recorder's public
 methods; a stop request returns 202 at once and the recorder finishes, uploads and
@@ -13,17 +25,34 @@ verifies on its own.
 
 from __future__ import annotations
 
-import json
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
-import pydantic
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 
-from bot.config import ConfigError, ControlSettings, Participant
-from bot.control.auth import Action, AuthError, Authorizer, Caller
-from bot.observe.audit import AuditLog
+from bot.config import ConfigError, ControlSettings
+from bot.control.answers import (
+    UNPARSED,
+    Answer,
+    Connection,
+    ControlError,
+    crashed,
+    outcome,
+    refusal,
+)
+from bot.control.auth import (
+    MAX_AUTHORIZATION,
+    UNAUTHENTICATED,
+    Action,
+    AuthError,
+    Authorizer,
+    Caller,
+)
+from bot.control.bodies import MAX_BODY, read_consent, read_participant
+from bot.control.bounds import bounded
+from bot.custody.audit import AuditLog
 from bot.observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from bot.observe.metrics import Metrics
 from bot.realtime import RealtimeError
@@ -33,22 +62,11 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("bot.control")
 
-MAX_BODY: Final = 64 * 1024
-Handler = Callable[[web.Request, Caller], Awaitable[web.Response]]
+UNMATCHED: Final = "unmatched"
+"""The route of a request no route serves (its path is never logged: it is caller text)."""
+_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
-
-class ControlError(Exception):
-    """A refused control call that is not about authorization (bad input, wrong state)."""
-
-    def __init__(self, status: int, error: str, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.error = error
-        self.reason = reason
-
-
-def _error(status: int, error: str, reason: str, **headers: str) -> web.Response:
-    return web.json_response({"error": error, "reason": reason}, status=status, headers=headers)
+Handler = Callable[[web.Request, Caller], Awaitable[Answer]]
 
 
 class ControlServer:
@@ -60,48 +78,73 @@ class ControlServer:
         settings: ControlSettings,
         audit: AuditLog,
         metrics: Metrics | None = None,
+        notify: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
+        """``notify``: told of changes others must hear of (consent), e.g. the webhook."""
         self._recorder = recorder
+        self._notify = notify
         self._settings = settings
         self._audit = audit
         self._metrics = metrics
         self._auth = Authorizer(settings, recorder.consultation_id)
         self._stop_requested = False
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
         self.url = ""
-        app = web.Application(client_max_size=MAX_BODY)
-        app.router.add_post("/v1/tracks", self._guard(Action.ADD, self._add))
-        app.router.add_delete(
-            "/v1/participants/{participant_id}", self._guard(Action.DROP, self._drop)
-        )
-        app.router.add_post("/v1/pause", self._guard(Action.PAUSE, self._pause))
-        app.router.add_post("/v1/resume", self._guard(Action.RESUME, self._resume))
-        app.router.add_post("/v1/stop", self._guard(Action.STOP, self._stop))
-        app.router.add_get("/v1/status", self._guard(Action.STATUS, self._status))
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._every_request])
+        control: list[tuple[str, str, tuple[Action, ...], Handler]] = [
+            (hdrs.METH_POST, "/v1/tracks", (Action.ADD,), self._add),
+            (hdrs.METH_DELETE, "/v1/participants/{participant_id}", (Action.DROP,), self._drop),
+            (
+                hdrs.METH_POST,
+                "/v1/participants/{participant_id}/consent",
+                (Action.CONSENT, Action.WITHDRAW_OWN_CONSENT),
+                self._consent,
+            ),
+            (hdrs.METH_POST, "/v1/pause", (Action.PAUSE,), self._pause),
+            (hdrs.METH_POST, "/v1/resume", (Action.RESUME,), self._resume),
+            (hdrs.METH_POST, "/v1/stop", (Action.STOP,), self._stop),
+            (hdrs.METH_GET, "/v1/status", (Action.STATUS,), self._status),
+        ]
+        self._actions: dict[str, Action] = {}
+        for method, path, actions, handler in control:
+            app.router.add_route(method, path, self._guard(actions, handler))
+            self._actions[path] = actions[0]
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics_route)
         self._app = app
 
     async def start(self) -> str:
-        runner = web.AppRunner(app=self._app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(self._app, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, self._settings.host, self._settings.port)
+        server = runner.server
+        assert server is not None  # setup() made it
+        loop = asyncio.get_running_loop()
+
+        def connection() -> Connection:
+            return Connection(server, loop=loop, refused=self._unparsed)
+
         try:
-            await site.start()
+            listener = await loop.create_server(
+                connection, self._settings.host, self._settings.port
+            )
         except OSError as exc:
             await runner.cleanup()
             raise ConfigError(
                 f"control API cannot listen on {self._settings.host}:{self._settings.port}: "
                 f"{exc.strerror}; set control.port (0 picks a free port)"
             ) from None
-        self._runner = runner
-        host, port = runner.addresses[0][:2]
+        self._runner, self._listener = runner, listener
+        host, port = listener.sockets[0].getsockname()[:2]
         self.url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
         log.info("control.listening", url=self.url)
         return self.url
 
     async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -125,47 +168,97 @@ class ControlServer:
 
     # -- plumbing ----------------------------------------------------------------------
 
-    def _guard(
-        self, action: Action, handler: Handler
-    ) -> Callable[[web.Request], Awaitable[web.Response]]:
-        """Authorize, run, audit: every control call goes through here exactly once."""
-
-        async def route(request: web.Request) -> web.Response:
-            try:
-                caller = self._auth.authorize(request.headers.get("Authorization"), action)
-            except AuthError as exc:
-                self._audit.record(
-                    "control.refused",
-                    actor=exc.subject,
-                    action=action.value,
-                    status=exc.status,
-                    reason=exc.reason,
+    @web.middleware
+    async def _every_request(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        """Answer, count and audit every request the parser let through, whatever fails."""
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else UNMATCHED
+        action = self._actions.get(route)
+        authorization = request.headers.getall(hdrs.AUTHORIZATION, [])
+        try:
+            if sum(len(value) for value in authorization) > MAX_AUTHORIZATION:
+                exc = AuthError(
+                    431,
+                    f"the Authorization header is over {MAX_AUTHORIZATION} bytes; "
+                    "a bearer token is far shorter",
                 )
+                log.warning("control.refused", route=route, status=exc.status, reason=exc.reason)
+                response: web.StreamResponse = refusal(exc)
+            else:
+                response = await handler(request)
+        except web.HTTPException as exc:  # the router's 404 and 405: no handler ran
+            name = exc.reason.lower().replace(" ", "_")
+            allow = {hdrs.ALLOW: exc.headers[hdrs.ALLOW]} if hdrs.ALLOW in exc.headers else None
+            response = Answer(
+                {"error": name, "reason": exc.reason},
+                event="control.failed",
+                actor=UNAUTHENTICATED,
+                status=exc.status,
+                headers=allow,
+                reason=exc.reason,
+            )
+        except Exception as exc:
+            response = crashed(exc, UNAUTHENTICATED)
+        method = request.method if request.method in _METHODS else "other"
+        self._account(route, method, action, response)
+        return response
+
+    def _unparsed(self, answer: Answer) -> None:
+        self._account(UNPARSED, "other", None, answer)
+
+    def _account(
+        self, route: str, method: str, action: Action | None, response: web.StreamResponse
+    ) -> None:
+        status = response.status
+        if self._metrics is not None:
+            self._metrics.control_http_requests.labels(route, str(status)).inc()
+            if action is not None:
+                self._metrics.control_requests.labels(action.value, str(status)).inc()
+        if isinstance(response, Answer):
+            fields = dict(response.fields)
+            if action is not None:
+                fields["action"] = action.value
+            fields.update(route=route, method=method, status=status, outcome=outcome(status))
+            self._audit.record(response.event, actor=response.actor, **bounded(fields))
+
+    def _guard(
+        self, actions: tuple[Action, ...], handler: Handler
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """Authorize and run a control call; every way it ends is an answer with its event."""
+        action = actions[0]
+
+        async def route(request: web.Request) -> web.StreamResponse:
+            try:
+                caller = self._auth.authorize(
+                    request.headers.get(hdrs.AUTHORIZATION), action, *actions[1:]
+                )
+            except AuthError as exc:
                 log.warning(
                     "control.refused", action=action.value, status=exc.status, reason=exc.reason
                 )
-                self._count(action, exc.status)
-                headers = (
-                    {"WWW-Authenticate": 'Bearer realm="recorder"'} if exc.status == 401 else {}
-                )
-                return _error(exc.status, exc.error, exc.reason, **headers)
+                return refusal(exc)
             try:
                 if action is not Action.STATUS:
                     self._require_recording()
-                response = await handler(request, caller)
+                return await handler(request, caller)
+            except AuthError as exc:  # a rule only the call's own data can decide
+                return refusal(exc, role=caller.role)
             except ControlError as exc:
-                self._audit.record(
-                    "control.failed",
+                return Answer(
+                    {"error": exc.error, "reason": exc.reason},
+                    event="control.failed",
                     actor=caller.subject,
-                    role=caller.role,
-                    action=action.value,
                     status=exc.status,
+                    role=caller.role,
                     reason=exc.reason,
+                    **exc.fields,
                 )
-                self._count(action, exc.status)
-                return _error(exc.status, exc.error, exc.reason)
-            self._count(action, response.status)
-            return response
+            except Exception as exc:
+                return crashed(exc, caller.subject, role=caller.role)
 
         return route
 
@@ -175,48 +268,41 @@ class ControlServer:
         if self._stop_requested or self._recorder.stopping:
             raise ControlError(409, "stopping", "the recording is stopping")
 
-    def _count(self, action: Action, status: int) -> None:
-        if self._metrics is not None:
-            self._metrics.control_requests.labels(action.value, str(status)).inc()
-
     # -- control routes ----------------------------------------------------------------
 
-    async def _add(self, request: web.Request, caller: Caller) -> web.Response:
-        participant = await _participant(request)
+    async def _add(self, request: web.Request, caller: Caller) -> Answer:
+        participant = await read_participant(request)
         try:
             failures = await self._recorder.add_participant(participant)
         except ConfigError as exc:  # no free cell for that role
             raise ControlError(409, "no_free_cell", str(exc)) from None
         except RealtimeError as exc:
-            self._audit.record(
-                "error",
-                actor=caller.subject,
-                action="add",
+            raise ControlError(
+                502,
+                "realtime_failed",
+                str(exc),
                 participant_id=participant.id,
                 error=type(exc).__name__,
-            )
-            raise ControlError(502, "realtime_failed", str(exc)) from None
+            ) from None
         failed = [
             {"track": f.trackName, "error_code": f.errorCode, "reason": f.errorDescription}
             for f in failures
         ]
         failed_names = {f.trackName for f in failures}
         pulled = [str(t) for t in participant.tracks if t.track_name not in failed_names]
-        self._audit.record(
-            "participant.added",
+        return Answer(
+            {"participant_id": participant.id, "pulled": pulled, "failed": failed},
+            event="participant.added",
             actor=caller.subject,
+            status=200 if pulled else 502,
             role=caller.role,
             participant_id=participant.id,
             participant_role=participant.role,
             tracks_pulled=pulled,
             tracks_failed=[f["track"] for f in failed],
         )
-        status = 200 if pulled else 502
-        return web.json_response(
-            {"participant_id": participant.id, "pulled": pulled, "failed": failed}, status=status
-        )
 
-    async def _drop(self, request: web.Request, caller: Caller) -> web.Response:
+    async def _drop(self, request: web.Request, caller: Caller) -> Answer:
         participant_id = request.match_info["participant_id"]
         try:
             await self._recorder.drop_participant(participant_id)
@@ -226,43 +312,87 @@ class ControlServer:
             ) from None
         except RealtimeError as exc:
             raise ControlError(502, "realtime_failed", str(exc)) from None
-        self._audit.record(
-            "participant.dropped",
+        return Answer(
+            {"participant_id": participant_id, "dropped": True},
+            event="participant.dropped",
             actor=caller.subject,
             role=caller.role,
             participant_id=participant_id,
         )
-        return web.json_response({"participant_id": participant_id, "dropped": True})
 
-    async def _pause(self, _: web.Request, caller: Caller) -> web.Response:
+    async def _consent(self, request: web.Request, caller: Caller) -> Answer:
+        participant_id = request.match_info["participant_id"]
+        given = await read_consent(request)
+        if caller.action is Action.WITHDRAW_OWN_CONSENT and (
+            given or caller.subject != participant_id
+        ):
+            raise AuthError(
+                403,
+                f"role {caller.role!r} may only withdraw its own consent (token sub = "
+                "participant id)",
+                caller.subject,
+            )
+        if participant_id not in {p.id for p in self._recorder.roster.ever()}:
+            raise ControlError(404, "unknown_participant", "no such participant is recorded")
+        state = "given" if given else "withdrawn"
+        at = round(self._recorder.set_consent(participant_id, given), 3)
+        if self._notify is not None:
+            self._notify(
+                "consent.changed",
+                {"participant_id": participant_id, "consent": state, "at": at},
+            )
+        return Answer(
+            {"participant_id": participant_id, "consent": state, "at": at},
+            event=f"consent.{state}",
+            actor=caller.subject,
+            role=caller.role,
+            participant_id=participant_id,
+            at=at,
+        )
+
+    async def _pause(self, _: web.Request, caller: Caller) -> Answer:
         changed = not self._recorder.status().paused
         if changed:
             self._recorder.pause()
-        self._audit.record(
-            "recording.paused", actor=caller.subject, role=caller.role, changed=changed
+        return Answer(
+            {"paused": True, "changed": changed},
+            event="recording.paused",
+            actor=caller.subject,
+            role=caller.role,
+            changed=changed,
         )
-        return web.json_response({"paused": True, "changed": changed})
 
-    async def _resume(self, _: web.Request, caller: Caller) -> web.Response:
+    async def _resume(self, _: web.Request, caller: Caller) -> Answer:
         changed = self._recorder.status().paused
         if changed:
             self._recorder.resume()
-        self._audit.record(
-            "recording.resumed", actor=caller.subject, role=caller.role, changed=changed
+        return Answer(
+            {"paused": False, "changed": changed},
+            event="recording.resumed",
+            actor=caller.subject,
+            role=caller.role,
+            changed=changed,
         )
-        return web.json_response({"paused": False, "changed": changed})
 
-    async def _stop(self, _: web.Request, caller: Caller) -> web.Response:
+    async def _stop(self, _: web.Request, caller: Caller) -> Answer:
         self._stop_requested = True
         self._recorder.stop("stop_requested")
-        self._audit.record("recording.stop_requested", actor=caller.subject, role=caller.role)
-        return web.json_response({"stopping": True}, status=202)
+        return Answer(
+            {"stopping": True},
+            event="recording.stop_requested",
+            actor=caller.subject,
+            status=202,
+            role=caller.role,
+        )
 
-    async def _status(self, _: web.Request, caller: Caller) -> web.Response:
-        self._audit.record("status.read", actor=caller.subject, role=caller.role)
+    async def _status(self, _: web.Request, caller: Caller) -> Answer:
         ready, state = self.readiness()
-        body = {**self._recorder.status().as_dict(), "ready": ready, "state": state}
-        return web.json_response(body)
+        return Answer(
+            {**self._recorder.status().as_dict(), "ready": ready, "state": state},
+            event="status.read",
+            actor=caller.subject,
+            role=caller.role,
+        )
 
     # -- open routes -------------------------------------------------------------------
 
@@ -276,51 +406,14 @@ class ControlServer:
     async def _metrics_route(self, request: web.Request) -> web.Response:
         if self._settings.metrics_require_auth:
             try:
-                self._auth.authorize(request.headers.get("Authorization"), Action.STATUS)
+                self._auth.authorize(request.headers.get(hdrs.AUTHORIZATION), Action.STATUS)
             except AuthError as exc:
-                self._audit.record(
-                    "control.refused",
-                    actor=exc.subject,
-                    action="metrics",
-                    status=exc.status,
-                    reason=exc.reason,
-                )
-                return _error(exc.status, exc.error, exc.reason)
+                return refusal(exc, action="metrics")
         if self._metrics is None:
-            return _error(404, "not_found", "metrics are not enabled")
-        await self._metrics.refresh()
-        body = self._metrics.render()
-        response = web.Response(body=body)
-        response.headers["Content-Type"] = METRICS_CONTENT_TYPE
-        return response
-
-
-async def _participant(request: web.Request) -> Participant:
-    """The add body: ``{"participant_id", "role", "tracks": ["SESSION/TRACK", ...]}``."""
-    try:
-        body: Any = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ControlError(400, "bad_request", "body must be JSON") from None
-    except web.HTTPRequestEntityTooLarge:
-        raise ControlError(413, "too_large", f"body must be under {MAX_BODY} bytes") from None
-    if not isinstance(body, dict):
-        raise ControlError(400, "bad_request", "body must be a JSON object")
-    unknown = sorted(set(body) - {"participant_id", "role", "tracks"})
-    if unknown:
-        raise ControlError(400, "bad_request", f"unknown fields {unknown}")
-    tracks = body.get("tracks")
-    if not isinstance(tracks, list) or not tracks or not all(isinstance(t, str) for t in tracks):
-        raise ControlError(
-            400, "bad_request", "tracks must be a non-empty list of SESSION_ID/TRACK_NAME"
-        )
-    try:
-        return Participant(id=body.get("participant_id"), role=body.get("role"), tracks=tracks)
-    except (pydantic.ValidationError, ValueError) as exc:
-        reasons = (
-            "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
+            return web.json_response(
+                {"error": "not_found", "reason": "metrics are not enabled"}, status=404
             )
-            if isinstance(exc, pydantic.ValidationError)
-            else str(exc)
-        )
-        raise ControlError(400, "bad_request", reasons) from None
+        await self._metrics.refresh()
+        response = web.Response(body=self._metrics.render())
+        response.headers[hdrs.CONTENT_TYPE] = METRICS_CONTENT_TYPE
+        return response

@@ -10,6 +10,7 @@ its last picture briefly, then turns black.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import av
@@ -87,9 +88,13 @@ class Compositor:
             del c.pending[0]
             c.frames_skipped += 1
 
-    def compose(self, tick: float, paused: bool = False, repeat: bool = False) -> av.VideoFrame:
+    def compose(
+        self, tick: float, withheld: Sequence[str | None] = (), repeat: bool = False
+    ) -> av.VideoFrame:
         """The output frame for ``tick``: the same frame object every call, so it must be
         encoded (or copied) before the next call.
+
+        ``withheld``: per cell, why its picture is kept out of the record (black), if it is.
 
         ``repeat``: the media thread is behind real time, so the cells only move on (stale
         frames are consumed, gaps tracked) and the previous picture is sent again, which
@@ -97,15 +102,16 @@ class Compositor:
         instead of memory growing.
         """
         half_period = 0.5 / self.fps
-        for cell in self._cells:
+        for index, cell in enumerate(self._cells):
+            reason = withheld[index] if index < len(withheld) else None
             self._advance(cell, tick, half_period, scale=not repeat)
             age = tick - cell.shown[0] if cell.shown is not None else float("inf")
             if cell.cut is not None and cell.shown is not None and cell.shown[0] < cell.cut <= tick:
                 age = float("inf")  # dropped on purpose: black at once, not a frozen picture
-            cell.gaps.update(tick, age < GAP_AFTER_SECONDS, paused)
+            cell.gaps.update(tick, age < GAP_AFTER_SECONDS, reason)
             if repeat:
                 continue
-            if age <= FREEZE_SECONDS and not paused and cell.scaled is not None:
+            if age <= FREEZE_SECONDS and reason is None and cell.scaled is not None:
                 self._paint(cell, cell.scaled)
             elif cell.painted is not None:
                 self._fill_black(cell.rect)

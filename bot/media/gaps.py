@@ -41,13 +41,14 @@ class GapTracker:
         self._open: Gap | None = None
         self._ever_had_media = False
 
-    def update(self, t: float, has_media: bool, paused: bool = False) -> None:
-        if has_media and not paused:
+    def update(self, t: float, has_media: bool, withheld: str | None = None) -> None:
+        """``withheld``: why media is kept out here (``bot.media.withholding``), if it is."""
+        if has_media and withheld is None:
             self._ever_had_media = True
             self._close(t)
             return
-        if paused:
-            reason = "paused"
+        if withheld is not None:
+            reason = withheld
         elif self._ever_had_media:
             reason = "no media (loss, mute or participant left)"
         else:

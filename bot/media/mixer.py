@@ -14,6 +14,7 @@ of keeping the old offset for good.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import av
@@ -78,12 +79,14 @@ class Mixer:
             self._place(v, round(t * SAMPLE_RATE), samples)
             t += samples.size / SAMPLE_RATE
 
-    def pull(self, size: int, paused: bool = False) -> tuple[Samples, list[Samples]]:
-        """The next ``size`` samples of the mix and of each voice (silence where none)."""
+    def pull(self, size: int, withheld: Sequence[str | None] = ()) -> tuple[Samples, list[Samples]]:
+        """The next ``size`` samples of the mix and of each voice (silence where none, and
+        where ``withheld`` gives a voice a reason to be kept out of the record)."""
         start, end = self.cursor, self.cursor + size
         mix = np.zeros(size, dtype=np.float32)
         voices = []
-        for v in self._voices:
+        for index, v in enumerate(self._voices):
+            reason = withheld[index] if index < len(withheld) else None
             chunk = np.zeros(size, dtype=np.float32)
             has_media = False
             # Segments are sorted by position, so only the front ones reach this chunk;
@@ -102,8 +105,8 @@ class Mixer:
                 if position + samples.size > end:
                     keep.append((position, samples))
             segments[:taken] = keep
-            v.gaps.update(start / SAMPLE_RATE, has_media, paused)
-            if paused:
+            v.gaps.update(start / SAMPLE_RATE, has_media, reason)
+            if reason is not None:
                 chunk[:] = 0
             mix += chunk
             voices.append(chunk)

@@ -24,6 +24,7 @@ from bot.media.compositor import Compositor
 from bot.media.gaps import Gap, GapTracker
 from bot.media.layout import grid
 from bot.media.mixer import SAMPLE_RATE, Mixer
+from bot.media.withholding import Withholding
 from bot.media.writer import Mp4Writer
 from bot.timeline import Timeline
 
@@ -72,6 +73,7 @@ class MediaPipeline:
         fps: int,
         timeline: Timeline,
         latency: float,
+        withholding: Withholding | None = None,
     ) -> None:
         self._writer = writer
         self._slots = list(slots)
@@ -89,7 +91,8 @@ class MediaPipeline:
         self._audio_in: deque[tuple[int, float, av.AudioFrame]] = deque(maxlen=audio_cap)
         self._wake = threading.Event()
         self._end: float | None = None
-        self._pauses: list[tuple[float, float | None]] = []
+        self.withholding = withholding or Withholding()
+        """Pauses and consent: what is kept out of the record (changed from the loop)."""
         self._thread = threading.Thread(target=self._run, name="media", daemon=True)
         self._error: BaseException | None = None
         self.report = MediaReport()
@@ -166,7 +169,7 @@ class MediaPipeline:
                 tick = self._writer.video_frames * period
                 behind = now - self._latency - tick > CATCH_UP_SECONDS
                 self.report.video_frames_repeated += behind
-                frame = self._compositor.compose(tick, self._is_paused(tick), repeat=behind)
+                frame = self._compositor.compose(tick, self._withheld(tick), repeat=behind)
                 self._writer.write_video(frame)
             horizon = min(horizon, pass_end + period)
             final = final and horizon >= (end or 0.0)
@@ -178,7 +181,7 @@ class MediaPipeline:
                 not final or self._mixer.cursor < audio_horizon
             ):
                 start = self._mixer.cursor / SAMPLE_RATE
-                mix, voices = self._mixer.pull(chunk, self._is_paused(start))
+                mix, voices = self._mixer.pull(chunk, self._withheld(start))
                 self._writer.write_audio(0, mix)
                 for index, samples in enumerate(voices, start=1):
                     self._writer.write_audio(index, samples)
@@ -200,18 +203,6 @@ class MediaPipeline:
         """A participant was dropped at timeline second ``at``: its cell is black from
         there (no frozen last picture), until frames from after ``at`` arrive."""
         self._compositor.cut(slot, at)
-
-    @property
-    def paused(self) -> bool:
-        return bool(self._pauses) and self._pauses[-1][1] is None
-
-    def pause(self, at: float) -> None:
-        """Black and silence from timeline second ``at`` until ``resume``; marked as gaps."""
-        self._pauses.append((at, None))
-
-    def resume(self, at: float) -> None:
-        if self._pauses and self._pauses[-1][1] is None:
-            self._pauses[-1] = (self._pauses[-1][0], at)
 
     def _close(self, end: float) -> None:
         self._writer.close()
@@ -241,5 +232,6 @@ class MediaPipeline:
             slot, t, aframe = self._audio_in.popleft()
             self._mixer.push(slot, t, aframe)
 
-    def _is_paused(self, t: float) -> bool:
-        return any(start <= t and (stop is None or t < stop) for start, stop in self._pauses)
+    def _withheld(self, t: float) -> list[str | None]:
+        """Per slot, why its media at ``t`` stays out of the record (None: it goes in)."""
+        return [self.withholding.reason(t, slot.participant_id) for slot in self._slots]

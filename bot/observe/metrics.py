@@ -156,6 +156,13 @@ class Metrics:
             ["action", "status"],
             registry=self.registry,
         )
+        self.control_http_requests = Counter(
+            "recorder_control_http_requests",
+            "Every request to the control server by route and HTTP status, whatever its "
+            "outcome (route 'unmatched': no such route; 'unparsed': not HTTP)",
+            ["route", "status"],
+            registry=self.registry,
+        )
         self._lag_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:

@@ -48,6 +48,9 @@ def warnings_for(status: RecorderStatus) -> list[str]:
     upload = status.upload
     if status.paused:
         found.append("privacy pause: recording black and silence")
+    for participant in status.participants:
+        if not participant.consent:
+            found.append(f"no consent from {participant.id}: black and silent in the record")
     if upload is not None and upload.alarm:
         found.append("object store failing: recording continues to the local spool")
     if upload is not None and upload.last_error:

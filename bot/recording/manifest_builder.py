@@ -12,7 +12,15 @@ from datetime import datetime
 from typing import Any
 
 from bot.config import RecordingSettings
-from bot.manifest import AudioInfo, Gap, Manifest, ParticipantEntry, TrackEntry, VideoInfo
+from bot.manifest import (
+    AudioInfo,
+    ConsentChange,
+    Gap,
+    Manifest,
+    ParticipantEntry,
+    TrackEntry,
+    VideoInfo,
+)
 from bot.media.mixer import SAMPLE_RATE
 from bot.media.pipeline import MediaReport
 from bot.recording.roster import Roster
@@ -57,6 +65,7 @@ def build_manifest(
     started_at: datetime,
     ended_at: datetime | None,
     media: MediaReport | None,
+    consent: tuple[ConsentChange, ...] = (),
 ) -> Manifest:
     return Manifest(
         consultation_id=consultation_id,
@@ -81,6 +90,8 @@ def build_manifest(
             )
             for g in (media.gaps if media else [])
         ),
+        require_consent=rec.require_consent,
+        consent=consent,
         sync=sync_report(rec.fps, transport, media),
     )
 

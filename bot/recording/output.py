@@ -3,7 +3,8 @@
 Made in one place, from a thread (it is disk work), so that the recorder's loop never
 blocks on a file and the three are wired the same way every time: the writer writes into
 the spool and pokes the uploader after each fragment, the uploader streams the spool to
-the store.
+the store. The recording's evidence (``bot.custody``) links each fragment into the audit
+trail before the uploader is told of it, and seals the manifest at the end.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.config import Settings
+from bot.custody.audit import AuditLog
+from bot.custody.chain import FragmentChain
+from bot.custody.evidence import Evidence
+from bot.custody.signing import Signer
 from bot.manifest import Manifest
 from bot.media.writer import Mp4Writer
 from bot.storage import ObjectStore, Spool, Uploader, open_uploader
@@ -22,6 +27,7 @@ class Output:
     spool: Spool
     uploader: Uploader
     writer: Mp4Writer
+    evidence: Evidence
 
 
 def open_output(
@@ -33,9 +39,11 @@ def open_output(
     object_key: str,
     draft: Manifest,
     speaker_titles: list[str],
+    audit: AuditLog,
+    signer: Signer | None,
 ) -> Output:
     """The spool with its draft manifest (what ``bot recover`` needs after a crash), the
-    uploader (not started) and the writer with the MP4 header written."""
+    uploader (not started), the evidence, and the writer with the MP4 header written."""
     rec = settings.recording
     spool = Spool.create(
         settings.storage.spool_dir,
@@ -45,6 +53,12 @@ def open_output(
     )
     spool.save_manifest_draft(draft)
     uploader = open_uploader(settings.storage, spool, store)
+    evidence = Evidence(audit, FragmentChain(spool.media_path), signer, settings.fhir)
+
+    def fragment_written() -> None:
+        evidence.fragment_written()
+        uploader.poke()
+
     writer = Mp4Writer(
         spool.media_path,
         width=rec.width,
@@ -57,9 +71,9 @@ def open_output(
         speaker_titles=speaker_titles,
         preset=rec.video_preset,
         encoder_threads=rec.encoder_threads,
-        on_fragment=uploader.poke,
+        on_fragment=fragment_written,
     )
-    return Output(spool, uploader, writer)
+    return Output(spool, uploader, writer, evidence)
 
 
 def local_copy(settings: Settings, object_key: str) -> Path | None:

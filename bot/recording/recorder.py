@@ -8,7 +8,10 @@ The supervisor keeps the transport alive, the stop policy says when to end; what
 reason, the pipeline is finished so the MP4 is complete, then uploaded and verified.
 
 Its collaborators (the API client, the object store, the wall clock) are constructor
-arguments: production builds them from the settings, tests hand in their own.
+arguments: production builds them from the settings, tests hand in their own. It owns
+the recording's audit trail (``audit``: the control API and side services write into it
+while it records) and closes it when done: sealed into the manifest and stored beside
+the object, or left beside the spool for ``bot recover``.
 """
 
 from __future__ import annotations
@@ -24,9 +27,12 @@ from typing import Any
 import structlog
 
 from bot.config import ConfigError, Participant, Settings
+from bot.custody.audit import AuditLog
+from bot.custody.signing import load_signer
 from bot.exitcodes import ExitCode
-from bot.manifest import Manifest
+from bot.manifest import ConsentChange, Manifest
 from bot.media.pipeline import MediaPipeline, MediaReport
+from bot.media.withholding import Withholding
 from bot.realtime import AuthenticationError, RealtimeClient, RealtimeError, TrackResult
 from bot.recording.manifest_builder import TransportFacts, build_manifest
 from bot.recording.output import Output, local_copy, open_output
@@ -43,6 +49,7 @@ from bot.recording.supervisor import TransportSupervisor
 from bot.rtc.aiortc_compat import AiortcCompatError, check_private_api
 from bot.rtc.subscriber import Subscriber
 from bot.storage import ObjectStore, StorageError, object_key_for
+from bot.storage.spool import trail_path
 from bot.tasks import stop_task
 from bot.timeline import Timeline
 
@@ -75,6 +82,8 @@ class Recorder:
         self.roster = Roster(
             rec.layout or tuple(p.role for p in rec.participants) or DEFAULT_LAYOUT
         )
+        self._signer = load_signer(settings.custody)
+        self.audit = _open_trail(settings, self.consultation_id, self.recording_id)
         self.started = asyncio.Event()
         self.timeline: Timeline | None = None
         """The recording's timeline, once running."""
@@ -88,6 +97,8 @@ class Recorder:
         self._pipeline: MediaPipeline | None = None
         self._output: Output | None = None
         self._packets_lost: dict[str, int] = {}
+        self._withholding = Withholding(require_consent=rec.require_consent)
+        self._consent_changes: list[ConsentChange] = []
 
     # -- live control ------------------------------------------------------------------
 
@@ -123,15 +134,36 @@ class Recorder:
         await supervisor.current.drop(participant_id)
         log.info("recorder.participant_dropped", participant=participant_id)
 
-    def pause(self) -> None:
+    def pause(self) -> float:
+        """Black and silence for everyone from now until ``resume``; returns the moment."""
         assert self._pipeline is not None
-        self._pipeline.pause(self._pipeline.now())
-        log.info("recorder.paused")
+        at = self._pipeline.now()
+        self._withholding.pause(at)
+        log.info("recorder.paused", at=round(at, 3))
+        return at
 
-    def resume(self) -> None:
+    def resume(self) -> float:
         assert self._pipeline is not None
-        self._pipeline.resume(self._pipeline.now())
-        log.info("recorder.resumed")
+        at = self._pipeline.now()
+        self._withholding.resume(at)
+        log.info("recorder.resumed", at=round(at, 3))
+        return at
+
+    def set_consent(self, participant_id: str, given: bool) -> float:
+        """A participant's consent, from now: withdrawn, their media stays out of the
+        composite, the mix and their speaker track until it is given again. Returns the
+        moment on the timeline (the manifest lists each change)."""
+        at = self._pipeline.now() if self._pipeline is not None else 0.0
+        self._withholding.set_consent(participant_id, given, at)
+        self._consent_changes.append(
+            ConsentChange(
+                participant_id=participant_id,
+                consent="given" if given else "withdrawn",
+                at=round(at, 3),
+            )
+        )
+        log.info("recorder.consent", participant=participant_id, given=given, at=round(at, 3))
+        return at
 
     def stop(self, reason: str = "stop_requested") -> None:
         self._stop_reason = self._stop_reason or reason
@@ -160,9 +192,10 @@ class Recorder:
             started=self.started.is_set(),
             stopping=self.stopping,
             duration_s=round(pipeline.now(), 3) if pipeline else 0.0,
-            paused=pipeline.paused if pipeline else False,
+            paused=self._withholding.paused,
             participants=tuple(
-                ParticipantStatus(p.id, p.role, slot) for p, slot in self.roster.present()
+                ParticipantStatus(p.id, p.role, slot, self._withholding.consent(p.id))
+                for p, slot in self.roster.present()
             ),
             tracks=tuple(transport.track_status()) if transport else (),
             transport=TransportStatus.of(transport, supervisor.rebuilds, self._packets_lost)
@@ -185,11 +218,22 @@ class Recorder:
             consultation_id=self.consultation_id, recording_id=self.recording_id
         )
         try:
-            await check_private_api()  # before any network call
-        except AiortcCompatError as exc:
-            return failed(self.recording_id, ExitCode.FAILURE, str(exc))
-        async with self._client:
-            return await self._run()
+            try:
+                await check_private_api()  # before any network call
+            except AiortcCompatError as exc:
+                result = failed(self.recording_id, ExitCode.FAILURE, str(exc))
+            else:
+                async with self._client:
+                    result = await self._run()
+            if result.upload is None:
+                self.audit.record(
+                    "recording.failed", exit_code=int(result.exit_code), error=result.error or ""
+                )
+        finally:
+            await self.audit.close()
+        if result.upload is not None:
+            self.audit.path.unlink()  # stored beside the object, sealed into its manifest
+        return result
 
     async def _run(self) -> RecordingResult:
         timeline = self.timeline = Timeline.starting_now(self._wall_clock)
@@ -206,6 +250,7 @@ class Recorder:
             started_at=started_at,
         )
         output = self._output = await asyncio.to_thread(self._open_output, object_key, started_at)
+        self.audit.record("recording.object", object_key=object_key)
         pipeline = self._pipeline = self._new_pipeline(output, timeline)
         output.uploader.start()
         pipeline.start()
@@ -269,12 +314,20 @@ class Recorder:
             result.failed_tracks = [f.report() for f in supervisor.current.failed_tracks.values()]
             await supervisor.current.close()
             result.ended_at = datetime.now(UTC)
+            self.audit.record(
+                "recording.stopped",
+                stop_reason=result.stop_reason,
+                duration_s=round(result.media.duration, 3),
+                gaps=len(result.media.gaps),
+            )
 
     async def _store_result(self, result: RecordingResult, output: Output) -> None:
         assert result.started_at is not None
         manifest = self._manifest(result.started_at, result.ended_at, result.media)
         try:
-            result.upload = await asyncio.to_thread(output.uploader.finish, manifest)
+            result.upload = await asyncio.to_thread(
+                output.uploader.finish, manifest, output.evidence.seal
+            )
             result.path = local_copy(self.settings, result.upload.object_key)
         except StorageError as exc:
             result.exit_code = ExitCode.STORAGE
@@ -320,6 +373,8 @@ class Recorder:
             object_key=object_key,
             draft=self._manifest(started_at, None, None),
             speaker_titles=self.roster.roles,
+            audit=self.audit,
+            signer=self._signer,
         )
 
     def _new_pipeline(self, output: Output, timeline: Timeline) -> MediaPipeline:
@@ -332,6 +387,7 @@ class Recorder:
             fps=rec.fps,
             timeline=timeline,
             latency=rec.latency,
+            withholding=self._withholding,
         )
 
     def _submit(self, slot: int, t: float, frame: Any) -> None:
@@ -381,12 +437,24 @@ class Recorder:
             started_at=started_at,
             ended_at=ended_at,
             media=media,
+            consent=tuple(self._consent_changes),
         )
 
 
 async def record(settings: Settings) -> RecordingResult:
     """Record one consultation with these settings (``bot record``)."""
     return await Recorder(settings).run()
+
+
+def _open_trail(settings: Settings, consultation_id: str, recording_id: str) -> AuditLog:
+    spool_dir = settings.storage.spool_dir
+    try:
+        return AuditLog(trail_path(spool_dir, recording_id), consultation_id, recording_id)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the audit trail under storage.spool_dir {spool_dir} "
+            f"({exc.strerror}); point it at a writable directory"
+        ) from None
 
 
 def _failure_detail(transport: Subscriber) -> str:

@@ -21,6 +21,8 @@ class ParticipantStatus:
     id: str
     role: str
     slot: int
+    consent: bool
+    """Whether their media enters the record now (consent given, or not required)."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,8 @@ class RecorderStatus:
             "duration_s": self.duration_s,
             "paused": self.paused,
             "participants": [
-                {"id": p.id, "role": p.role, "slot": p.slot} for p in self.participants
+                {"id": p.id, "role": p.role, "slot": p.slot, "consent": p.consent}
+                for p in self.participants
             ],
             "tracks": [track.as_dict() for track in self.tracks],
             "bytes_recorded": upload.bytes_spooled if upload else 0,

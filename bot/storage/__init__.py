@@ -3,7 +3,7 @@
 The recorder creates a ``Spool``, writes its fragmented MP4 to ``spool.media_path``,
 starts the ``Uploader`` from ``open_uploader`` and pokes it after each fragment; at the
 end it calls ``finish`` (blocking, from a thread). ``bot recover`` finishes what a crash
-left behind (``bot.storage.recover``).
+left behind (``bot.recording.recovery``, with ``bot.storage.recover``).
 
 The spool owns the local copy and its disk caps; the uploader streams it while the
 recording runs (``uploader``), opening or resuming the upload through ``resume`` and
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from bot.config import StorageSettings
 from bot.storage.errors import StorageError
-from bot.storage.finalize import UploadResult
-from bot.storage.keys import manifest_key, object_key_for
+from bot.storage.finalize import Seal, Sealed, Sidecar, UploadResult
+from bot.storage.keys import audit_key, fhir_key, manifest_key, object_key_for, signature_key
 from bot.storage.spool import Spool
 from bot.storage.stores import ObjectStore, S3Store, open_store
 from bot.storage.uploader import Uploader, UploadStatus
@@ -26,15 +26,21 @@ from bot.storage.uploader import Uploader, UploadStatus
 __all__ = [
     "ObjectStore",
     "S3Store",
+    "Seal",
+    "Sealed",
+    "Sidecar",
     "Spool",
     "StorageError",
     "UploadResult",
     "UploadStatus",
     "Uploader",
+    "audit_key",
+    "fhir_key",
     "manifest_key",
     "object_key_for",
     "open_uploader",
     "presigned_url",
+    "signature_key",
 ]
 
 

@@ -6,11 +6,17 @@ uploaded, ListParts agrees with the journal and R2's equal-part rule (R2 would o
 refuse at completion), the completed object verifies (``verify``), and its manifest,
 carrying the storage record, is stored beside it. Any failure raises ``StorageError`` and
 leaves the spool and journal for ``bot recover``; whether to retry is the uploader's call.
+
+The manifest is sealed last, by the caller's ``seal`` (``bot.custody``): it adds what
+only the caller knows (the chain heads, the signature) and the files that go beside the
+object (audit trail, signature, FHIR resource). Those are stored first and the manifest
+after them, so a manifest in the store always has its evidence beside it.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -21,12 +27,41 @@ from bot.manifest import Manifest, PartEntry, StorageRecord, Verification
 from bot.storage.errors import StorageError
 from bot.storage.journal import Journal
 from bot.storage.keys import manifest_key
-from bot.storage.resume import latest_per_number
+from bot.storage.resume import ContentHashes, latest_per_number
 from bot.storage.spool import Spool
 from bot.storage.stores import ObjectStore, PartInfo
 from bot.storage.verify import multipart_etag, verify_object
 
 VerifyRead = Literal["auto", "full", "ends"]
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    """A small object stored next to the recording (its key says which)."""
+
+    key: str
+    body: bytes
+    content_type: str
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """The final manifest, the exact bytes to store (what a signature covers), and the
+    files that go beside it."""
+
+    manifest: Manifest
+    body: bytes
+    sidecars: tuple[Sidecar, ...] = ()
+
+
+Seal = Callable[[Manifest], Sealed]
+"""Called once the object is verified, with the manifest that carries the storage record.
+May be called again if storing the manifest fails and is retried."""
+
+
+def unsealed(manifest: Manifest) -> Sealed:
+    """No evidence beyond the manifest itself (tests of the storage layer alone)."""
+    return Sealed(manifest, manifest.to_json())
 
 
 @dataclass(frozen=True)
@@ -37,6 +72,8 @@ class UploadResult:
     size: int
     sha256: str
     parts: int
+    sidecars: tuple[str, ...]
+    """Keys of what was stored beside the object, before its manifest."""
     seconds_to_verified: float
     """From ``finish`` being called to the verified object and its manifest."""
     manifest: Manifest
@@ -47,17 +84,17 @@ def finalize(
     spool: Spool,
     journal: Journal,
     *,
-    sha256: str,
+    hashes: ContentHashes,
     manifest: Manifest,
+    seal: Seal,
     verify_read: VerifyRead,
     began: float,
     log: FilteringBoundLogger,
 ) -> UploadResult:
-    """Complete, verify, store the manifest, delete the spool (``began``: when finish began).
-
-    ``sha256`` is of the bytes uploaded, hashed while they were read for upload.
-    """
+    """Complete, verify, seal and store the manifest, delete the spool (``began``: when
+    finish began). ``hashes`` are of the bytes uploaded, taken while they were read."""
     key = spool.info.object_key
+    sha256 = hashes.sha256
     size = spool.media_size()
     _complete(store, spool, journal, size, log)
     # Under SSE-C the ETags are not MD5s, so only a full read can prove the bytes.
@@ -74,12 +111,12 @@ def finalize(
         full_read=full_read,
     )
     record = _storage_record(
-        store, journal, key=key, size=size, sha256=sha256, verification=verification
+        store, journal, key=key, size=size, hashes=hashes, verification=verification
     )
     final = manifest.model_copy(update={"storage": record})
     if final.ended_at is None:
         final = final.model_copy(update={"ended_at": datetime.now(UTC)})
-    store.put_small(manifest_key(key), final.to_json(), "application/json")
+    sealed = _store_sealed(store, seal(final), key)
     spool.delete()
     seconds = time.monotonic() - began
     log.info(
@@ -97,9 +134,18 @@ def finalize(
         size=size,
         sha256=sha256,
         parts=len(journal.parts),
+        sidecars=tuple(sidecar.key for sidecar in sealed.sidecars),
         seconds_to_verified=seconds,
-        manifest=final,
+        manifest=sealed.manifest,
     )
+
+
+def _store_sealed(store: ObjectStore, sealed: Sealed, key: str) -> Sealed:
+    """The evidence first, the manifest last: a stored manifest has its evidence beside it."""
+    for sidecar in sealed.sidecars:
+        store.put_small(sidecar.key, sidecar.body, sidecar.content_type)
+    store.put_small(manifest_key(key), sealed.body, "application/json")
+    return sealed
 
 
 def _complete(
@@ -143,7 +189,7 @@ def _storage_record(
     *,
     key: str,
     size: int,
-    sha256: str,
+    hashes: ContentHashes,
     verification: Verification,
 ) -> StorageRecord:
     """What the manifest says about where the object is and how it was proven."""
@@ -153,7 +199,8 @@ def _storage_record(
         bucket=bucket if isinstance(bucket, str) else None,
         object_key=key,
         size=size,
-        sha256=sha256,
+        sha256=hashes.sha256,
+        sha1=hashes.sha1,
         etag=None if store.encrypted else multipart_etag(journal.parts),
         part_size=journal.part_size,
         parts=tuple(PartEntry(number=p.number, size=p.size, etag=p.etag) for p in journal.parts),

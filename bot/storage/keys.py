@@ -14,6 +14,9 @@ from bot.config import OPAQUE_ID, ConfigError, StorageSettings
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 
 MANIFEST_SUFFIX = ".manifest.json"
+AUDIT_SUFFIX = ".audit.jsonl"
+SIGNATURE_SUFFIX = ".manifest.sig"
+FHIR_SUFFIX = ".fhir.json"
 
 
 def object_key_for(
@@ -41,3 +44,18 @@ def key_prefix(settings: StorageSettings) -> str:
 
 def manifest_key(object_key: str) -> str:
     return object_key + MANIFEST_SUFFIX
+
+
+def audit_key(object_key: str) -> str:
+    """The audit trail, stored next to the recording like its manifest."""
+    return object_key + AUDIT_SUFFIX
+
+
+def signature_key(object_key: str) -> str:
+    """The manifest's detached signature (JWS)."""
+    return object_key + SIGNATURE_SUFFIX
+
+
+def fhir_key(object_key: str) -> str:
+    """The FHIR DocumentReference that files the recording in a clinical record."""
+    return object_key + FHIR_SUFFIX

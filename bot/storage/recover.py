@@ -1,48 +1,47 @@
-"""``bot recover``: finish every upload a crash left behind, and abort stale ones.
+"""What ``bot recover`` needs from storage: the orphaned spools, their manifests, and the
+stale uploads to abort.
 
-Each orphaned spool (no live process holds its lock) is resumed with ListParts as the
-authority, completed and verified like a normal recording; its manifest is the
-recorder's last draft, marked ``recovered``. Multipart uploads under this recorder's key
-prefix that no journal knows and that are older than ``stale_upload_age`` are aborted, so
-they stop costing storage.
+A spool is orphaned when no live process holds its lock. Its manifest is the recorder's
+last draft, marked ``recovered``; the recovery itself (resume, complete, verify, seal) is
+the uploader's, driven by ``bot.recording.recovery``. Multipart uploads under this
+recorder's key prefix that no journal knows and that are older than
+``stale_upload_age`` are aborted, so they stop costing storage.
 """
 
 from __future__ import annotations
 
-import asyncio
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import structlog
 
-from bot.config import ConfigError, Settings, StorageSettings
-from bot.exitcodes import ExitCode
+from bot.config import StorageSettings
 from bot.manifest import Manifest
-from bot.storage.errors import StorageError
 from bot.storage.keys import key_prefix
 from bot.storage.spool import Spool
-from bot.storage.stores import ObjectStore, open_store
-from bot.storage.uploader import Uploader
+from bot.storage.stores import ObjectStore
 
 log = structlog.get_logger("bot.storage.recover")
 
 
-async def recover_all(settings: Settings) -> ExitCode:
-    """Recover every orphaned spool; OK only if all of them end verified."""
-    try:
-        return await asyncio.to_thread(recover_spools, settings.storage)
-    except ConfigError as exc:
-        log.error("recover_config_error", error=str(exc))
-        return ExitCode.CONFIG
+@dataclass(frozen=True)
+class Orphans:
+    """The spools this process has locked to recover, and every upload any spool (live
+    or not) still owns, which must not be aborted as stale."""
+
+    spools: list[Spool]
+    known_uploads: set[str]
 
 
-def recover_spools(settings: StorageSettings) -> ExitCode:
-    store = open_store(settings)
-    known_uploads: set[str] = set()
-    failures = 0
-    for spool in Spool.scan(settings.spool_dir):
+def claim_orphans(spool_dir: Path) -> Orphans:
+    """Lock every orphaned spool with something in it, oldest first."""
+    claimed: list[Spool] = []
+    known: set[str] = set()
+    for spool in Spool.scan(spool_dir):
         journal = spool.journal()
         if journal is not None and journal.upload_id is not None:
-            known_uploads.add(journal.upload_id)
+            known.add(journal.upload_id)
         if not spool.try_lock():
             log.info("recover_skip_live", recording_id=spool.info.recording_id)
             continue
@@ -50,33 +49,12 @@ def recover_spools(settings: StorageSettings) -> ExitCode:
             log.warning("recover_skip_empty", recording_id=spool.info.recording_id)
             spool.unlock()
             continue
-        try:
-            result = Uploader(settings, spool, store).finish(_manifest_for(spool))
-        except StorageError as exc:
-            failures += 1
-            spool.unlock()
-            log.error(
-                "recover_failed",
-                recording_id=spool.info.recording_id,
-                kind=exc.kind,
-                error=str(exc),
-            )
-            continue
-        log.info(
-            "recovered",
-            recording_id=spool.info.recording_id,
-            object_key=result.object_key,
-            size=result.size,
-        )
-    try:
-        _abort_stale(settings, store, known_uploads)
-    except StorageError as exc:
-        failures += 1
-        log.error("recover_abort_stale_failed", kind=exc.kind, error=str(exc))
-    return ExitCode.OK if failures == 0 else ExitCode.STORAGE
+        claimed.append(spool)
+    return Orphans(claimed, known)
 
 
-def _manifest_for(spool: Spool) -> Manifest:
+def recovered_manifest(spool: Spool) -> Manifest:
+    """The recorder's last draft (or what the spool knows), ended when the file last grew."""
     draft = spool.manifest_draft()
     if draft is None:
         draft = Manifest(
@@ -96,7 +74,8 @@ def _manifest_for(spool: Spool) -> Manifest:
     return draft.model_copy(update={"recovered": True})
 
 
-def _abort_stale(settings: StorageSettings, store: ObjectStore, known: set[str]) -> None:
+def abort_stale(settings: StorageSettings, store: ObjectStore, known: set[str]) -> None:
+    """Abort the uploads under this recorder's prefix that no spool owns and that are old."""
     cutoff = datetime.now(UTC) - timedelta(seconds=settings.stale_upload_age)
     for upload in store.list_uploads(key_prefix(settings)):
         if upload.upload_id in known or upload.initiated.astimezone(UTC) > cutoff:

@@ -50,18 +50,39 @@ def open_or_resume(
     return journal.model_copy(update={"parts": kept})
 
 
-def sha256_of_prefix(path: Path, size: int) -> hashlib._Hash:
-    """The running SHA-256 of a file's first ``size`` bytes, ready to take the bytes after."""
-    digest = hashlib.sha256()
-    with path.open("rb") as src:
-        remaining = size
-        while remaining > 0:
-            chunk = src.read(min(_READ_CHUNK, remaining))
-            if not chunk:
-                raise OSError(0, "spool shorter than the uploaded parts")
-            digest.update(chunk)
-            remaining -= len(chunk)
-    return digest
+class ContentHashes:
+    """The object's SHA-256 (the manifest's) and SHA-1 (what FHIR's ``Attachment.hash``
+    is), both taken in the one pass that reads the spool for upload."""
+
+    def __init__(self) -> None:
+        self._sha256 = hashlib.sha256()
+        self._sha1 = hashlib.sha1(usedforsecurity=False)
+
+    def update(self, data: bytes) -> None:
+        self._sha256.update(data)
+        self._sha1.update(data)
+
+    @property
+    def sha256(self) -> str:
+        return self._sha256.hexdigest()
+
+    @property
+    def sha1(self) -> str:
+        return self._sha1.hexdigest()
+
+    @classmethod
+    def of_prefix(cls, path: Path, size: int) -> ContentHashes:
+        """The hashes of a file's first ``size`` bytes, ready to take the bytes after."""
+        hashes = cls()
+        with path.open("rb") as src:
+            remaining = size
+            while remaining > 0:
+                chunk = src.read(min(_READ_CHUNK, remaining))
+                if not chunk:
+                    raise OSError(0, "spool shorter than the uploaded parts")
+                hashes.update(chunk)
+                remaining -= len(chunk)
+        return hashes
 
 
 def latest_per_number(listed: list[PartInfo]) -> list[PartInfo]:

@@ -29,6 +29,14 @@ INFO_NAME = "spool.json"
 JOURNAL_NAME = "journal.json"
 DRAFT_NAME = "manifest.draft.json"
 LOCK_NAME = "lock"
+TRAIL_SUFFIX = ".audit.jsonl"
+
+
+def trail_path(spool_dir: Path, recording_id: str) -> Path:
+    """Where a recording's audit trail is kept until it is stored: beside its spool, not
+    in it, because it starts before the spool and must outlive the spool's deletion
+    until the trail itself is stored."""
+    return spool_dir / f"{recording_id}{TRAIL_SUFFIX}"
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,7 @@ class Spool:
         self.media_path = directory / MEDIA_NAME
         self.journal_path = directory / JOURNAL_NAME
         self.draft_path = directory / DRAFT_NAME
+        self.trail_path = trail_path(directory.parent, info.recording_id)
         self._lock_fd: int | None = None
 
     @classmethod

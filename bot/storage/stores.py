@@ -379,7 +379,11 @@ class LocalStore:
         target = self.root / key
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + ".tmp")
-        with tmp.open("wb") as out:
+        # A recording is patient data: owner-only, like its parts, manifest and audit
+        # trail; fchmod also covers a temp file left by a crash with other modes.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(fd, 0o600)
             for part in parts:
                 with (directory / f"{part.number:05d}").open("rb") as src:
                     shutil.copyfileobj(src, out, _CHUNK)

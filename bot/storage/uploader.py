@@ -26,9 +26,9 @@ import structlog
 from bot.config import StorageSettings
 from bot.manifest import Manifest
 from bot.storage.errors import StorageError
-from bot.storage.finalize import UploadResult, finalize
+from bot.storage.finalize import Seal, UploadResult, finalize, unsealed
 from bot.storage.journal import Journal, PartRecord
-from bot.storage.resume import open_or_resume, sha256_of_prefix
+from bot.storage.resume import ContentHashes, open_or_resume
 from bot.storage.spool import Spool
 from bot.storage.stores import ObjectStore
 
@@ -79,7 +79,7 @@ class Uploader:
         # A resumed upload keeps the part size it started with: R2 wants them all equal.
         self._part_size = journal.part_size
         self._journal = journal
-        self._sha = hashlib.sha256()
+        self._hashes = ContentHashes()
         self._synced = False
         self._cond = threading.Condition()
         self._finishing = False
@@ -145,8 +145,8 @@ class Uploader:
                 disk_limit=self._disk_limit,
             )
 
-    def finish(self, manifest: Manifest) -> UploadResult:
-        """Upload the tail, complete, verify, write the manifest, delete the spool.
+    def finish(self, manifest: Manifest, seal: Seal = unsealed) -> UploadResult:
+        """Upload the tail, complete, verify, seal and store the manifest, delete the spool.
 
         Blocking: call it from a thread (``asyncio.to_thread``). On failure it raises
         ``StorageError`` and leaves the spool and journal for ``bot recover``.
@@ -170,7 +170,7 @@ class Uploader:
             self._state = "failed"
             self._spool.unlock()  # let `bot recover` (even in this process) take it over
             raise self._worker_error
-        return self._finalize_until_deadline(manifest, began)
+        return self._finalize_until_deadline(manifest, seal, began)
 
     def abandon(self) -> None:
         """Stop uploading without completing (the recorder failed): the spool stays for
@@ -291,7 +291,7 @@ class Uploader:
                 kind="integrity",
                 permanent=False,
             )
-        self._sha.update(data)
+        self._hashes.update(data)
         record = PartRecord(number=number, size=length, etag=etag, md5=md5.hex())
         with self._cond:
             self._journal.parts.append(record)
@@ -305,12 +305,14 @@ class Uploader:
         with self._cond:
             self._journal = journal
         journal.save(self._spool.journal_path)
-        self._sha = sha256_of_prefix(self._spool.media_path, journal.uploaded_bytes)
+        self._hashes = ContentHashes.of_prefix(self._spool.media_path, journal.uploaded_bytes)
         self._synced = True
 
     # -- completion -------------------------------------------------------------------
 
-    def _finalize_until_deadline(self, manifest: Manifest, began: float) -> UploadResult:
+    def _finalize_until_deadline(
+        self, manifest: Manifest, seal: Seal, began: float
+    ) -> UploadResult:
         """Complete and verify, retrying a failing store until ``finish_timeout``."""
         deadline = began + self._settings.finish_timeout
         backoff = _FIRST_BACKOFF
@@ -320,8 +322,9 @@ class Uploader:
                     self._store,
                     self._spool,
                     self._journal,
-                    sha256=self._sha.hexdigest(),
+                    hashes=self._hashes,
                     manifest=manifest,
+                    seal=seal,
                     verify_read=self._settings.verify_read,
                     began=began,
                     log=self._log,
