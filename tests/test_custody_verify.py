@@ -9,7 +9,9 @@ exit code 7 and name what is wrong.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from testbed.s3 import LocalS3
 from testbed.stack import start_local_sfu
 
 from bot.cli import main
@@ -228,3 +231,32 @@ def test_a_missing_signature_file_is_named(
     code, out = _verify(copy, tmp_path, capsys)
     assert code == ExitCode.NOT_VERIFIED
     assert _failed(out) == {"signature": "the manifest says it is signed; no signature beside it"}
+
+
+async def test_an_sse_c_record_in_the_bucket_verifies(s3: LocalS3, tmp_path: Path) -> None:
+    """Recorded into SeaweedFS under the clinic's SSE-C key; verified from the bucket by a
+    separate ``bot verify`` process that has the store settings and the key, nothing else."""
+    sse_c_key = base64.b64encode(os.urandom(32)).decode()
+    call = await start_local_sfu()
+    try:
+        await call.publish("clinician", 1, participant_id="c1")
+        storage = s3.storage_settings(spool_dir=tmp_path / "spool", sse_c_key=sse_c_key)
+        result = await record(recorder_settings(call, tmp_path, storage=storage, max_duration=3.0))
+    finally:
+        await call.close()
+    assert result.exit_code == ExitCode.OK and result.upload is not None, result.error
+    manifest = result.upload.manifest
+    assert manifest.storage is not None and manifest.storage.encryption == "sse-c"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOT_")}
+    env.update(s3.storage_env(), BOT_STORAGE_SSE_C_KEY=sse_c_key)
+    key = result.upload.object_key
+    done = await asyncio.to_thread(
+        bot_verify, key, "--from-store", public_key_dir=tmp_path, env=env
+    )
+    assert done.returncode == ExitCode.OK, done.stdout + done.stderr
+    env.pop("BOT_STORAGE_SSE_C_KEY")
+    without = await asyncio.to_thread(
+        bot_verify, key, "--from-store", public_key_dir=tmp_path, env=env
+    )
+    assert without.returncode == ExitCode.CONFIG, without.stdout + without.stderr
+    assert "cannot read the record" in without.stderr

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,8 +13,10 @@ import pytest
 from testbed.analysis import analyze_recording, audio_rms
 from testbed.stack import start_local_sfu
 
+from bot.custody.fhir import validate
 from bot.exitcodes import ExitCode
 from bot.recording import RecordingResult, record
+from bot.storage import fhir_key
 from bot.storage.boxes import top_level_boxes
 from tests.e2e import bot_verify, ffprobe, recorder_settings, slots
 
@@ -80,3 +85,21 @@ def test_a_third_party_verifies_the_record(two_party: RecordingResult, tmp_path:
     checks = [line.split()[1] for line in done.stdout.splitlines()[:-1]]
     assert checks == ["object", "fragments", "audit", "signature", "media", "fhir"]
     assert done.stdout.splitlines()[-1].startswith("VERIFIED: ")
+
+
+def test_the_fhir_resource_names_this_object(two_party: RecordingResult) -> None:
+    """Read the stored DocumentReference back: its hash is the object's SHA-1 (base64, as
+    FHIR defines it), its size the object's, and it validates as FHIR R4."""
+    assert two_party.path is not None
+    resource = json.loads(Path(fhir_key(str(two_party.path))).read_bytes())
+    validate(resource)
+    attachment = resource["content"][0]["attachment"]
+    body = two_party.path.read_bytes()
+    assert base64.b64decode(attachment["hash"]) == hashlib.sha1(body).digest()
+    assert attachment["size"] == len(body)
+    assert two_party.upload is not None and attachment["url"] == two_party.upload.object_key
+    team = resource["contained"][1]["participant"]
+    assert [(p["role"][0]["text"], p["member"]["identifier"]["value"]) for p in team] == [
+        ("clinician", "c1"),
+        ("patient", "p1"),
+    ]

@@ -1,5 +1,9 @@
 """``make demo``: a local SFU, a synthetic clinician and patient, the recorder, and a local
-S3-compatible store (SeaweedFS) standing in for R2."""
+S3-compatible store (SeaweedFS) standing in for R2.
+
+The recording is signed with a demo clinic key made once in the output directory, and
+copied back with everything stored beside it, so ``bot verify`` and ``bot inspect`` work
+on the local copy."""
 
 from __future__ import annotations
 
@@ -8,10 +12,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bot.config import RealtimeSettings, RecordingSettings, Settings, StorageSettings
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from bot.config import (
+    CustodySettings,
+    RealtimeSettings,
+    RecordingSettings,
+    Settings,
+    StorageSettings,
+)
 from bot.inspect.report import summarize
 from bot.recording import record
-from bot.storage import presigned_url
+from bot.storage import audit_key, fhir_key, manifest_key, presigned_url, signature_key
 from testbed.s3 import LocalS3
 from testbed.stack import start_local_sfu
 
@@ -44,6 +57,7 @@ async def run_demo(duration: float, output_dir: Path, storage: str = "s3") -> in
                 max_duration=duration,
             ),
             storage=storage_settings,
+            custody=CustodySettings(signing_key_file=_demo_key(output_dir)),
         )
         print(f"recording {duration:.0f} s of a synthetic consultation...", file=sys.stderr)
         result = await record(settings)
@@ -53,7 +67,8 @@ async def run_demo(duration: float, output_dir: Path, storage: str = "s3") -> in
             return int(result.exit_code)
         local = result.path
         if store is not None:
-            # Fetch the verified object back so it can be played after the store is gone.
+            # Fetch the verified object and its evidence back so it can be played and
+            # verified after the store is gone.
             local = output_dir / Path(result.upload.object_key).name
             await asyncio.to_thread(_download, store, result.upload.object_key, local)
             print(f"object:    s3://{store.bucket}/{result.upload.object_key} (verified)")
@@ -63,6 +78,8 @@ async def run_demo(duration: float, output_dir: Path, storage: str = "s3") -> in
         assert local is not None
         print(f"recording: {local.resolve()}")
         print(summarize(local))
+        public = output_dir / PUBLIC_KEY_NAME
+        print(f"verify:    bot verify {local} --public-key {public}")
         return int(result.exit_code)
     finally:
         await call.close()
@@ -70,6 +87,35 @@ async def run_demo(duration: float, output_dir: Path, storage: str = "s3") -> in
             await asyncio.to_thread(store.stop)
 
 
+PRIVATE_KEY_NAME = "demo-clinic-key.pem"
+PUBLIC_KEY_NAME = "demo-clinic-key.pub.pem"
+
+
+def _demo_key(directory: Path) -> Path:
+    """The demo clinic's signing key (made once, owner-only) and its public half."""
+    private = directory / PRIVATE_KEY_NAME
+    if not private.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        key = ed25519.Ed25519PrivateKey.generate()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        private.touch(mode=0o600)
+        private.write_bytes(pem)
+        (directory / PUBLIC_KEY_NAME).write_bytes(
+            key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+    return private
+
+
 def _download(store: LocalS3, key: str, path: Path) -> None:
+    """The object and what is stored beside it, under the same names locally."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    store.client().download_file(store.bucket, key, str(path))
+    client = store.client()
+    client.download_file(store.bucket, key, str(path))
+    for beside in (manifest_key, signature_key, audit_key, fhir_key):
+        client.download_file(store.bucket, beside(key), beside(str(path)))
