@@ -79,3 +79,33 @@ def test_soak_slope_ignores_the_first_half() -> None:
     flat = Soak(minutes=2.0, samples=[(float(t), 150.0) for t in range(0, 125, 5)])
     assert flat.slope_mb_per_min() == 0.0
     assert "flat" in flat.report()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_the_custody_benchmark_runs_and_prints_its_share() -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.custody_cost",
+        "--seconds",
+        "3",
+        "--runs",
+        "1",
+        cwd=REPO,
+        start_new_session=True,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout=240)
+    finally:
+        if process.returncode is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+    assert process.returncode == 0, err.decode()[-3000:]
+    text = out.decode()
+    fragments = re.search(rf"recording: {_NUMBER} media s, (\d+) fragments", text)
+    assert fragments is not None and int(fragments.group(2)) >= 2, text
+    share = re.search(rf"custody share of the recorder: {_NUMBER} %", text)
+    assert share is not None and 0 <= float(share.group(1)) < 100, text
