@@ -23,7 +23,10 @@ from aiohttp import hdrs, web
 from aiohttp.http_exceptions import LineTooLong
 from aiohttp.typedefs import LooseHeaders
 
-from bot.control.auth import UNAUTHENTICATED, AuthError
+from bot.control.auth import UNAUTHENTICATED, Action, AuthError
+from bot.control.bounds import bounded
+from bot.custody.audit import AuditLog
+from bot.observe.metrics import Metrics
 
 log = structlog.get_logger("bot.control")
 
@@ -185,3 +188,27 @@ class Connection(web.RequestHandler):
         self._refused(answer)
         answer.force_close()
         return answer
+
+
+class Ledger:
+    """Every answered request, counted by route and status and written to the audit trail
+    as its one line (route, method, status, outcome and the answer's own fields, bounded)."""
+
+    def __init__(self, audit: AuditLog, metrics: Metrics | None) -> None:
+        self._audit = audit
+        self._metrics = metrics
+
+    def account(
+        self, route: str, method: str, action: Action | None, response: web.StreamResponse
+    ) -> None:
+        status = response.status
+        if self._metrics is not None:
+            self._metrics.control_http_requests.labels(route, str(status)).inc()
+            if action is not None:
+                self._metrics.control_requests.labels(action.value, str(status)).inc()
+        if isinstance(response, Answer):
+            fields = dict(response.fields)
+            if action is not None:
+                fields["action"] = action.value
+            fields.update(route=route, method=method, status=status, outcome=outcome(status))
+            self._audit.record(response.event, actor=response.actor, **bounded(fields))

@@ -38,8 +38,8 @@ from bot.control.answers import (
     Answer,
     Connection,
     ControlError,
+    Ledger,
     crashed,
-    outcome,
     refusal,
 )
 from bot.control.auth import (
@@ -51,7 +51,6 @@ from bot.control.auth import (
     Caller,
 )
 from bot.control.bodies import MAX_BODY, read_consent, read_participant
-from bot.control.bounds import bounded
 from bot.custody.audit import AuditLog
 from bot.observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from bot.observe.metrics import Metrics
@@ -84,10 +83,9 @@ class ControlServer:
         self._recorder = recorder
         self._notify = notify
         self._settings = settings
-        self._audit = audit
         self._metrics = metrics
+        self._ledger = Ledger(audit, metrics)
         self._auth = Authorizer(settings, recorder.consultation_id)
-        self._stop_requested = False
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
         self.url = ""
@@ -149,23 +147,6 @@ class ControlServer:
             await self._runner.cleanup()
             self._runner = None
 
-    # -- readiness ---------------------------------------------------------------------
-
-    def readiness(self) -> tuple[bool, str]:
-        """Recording and connected: what ``/readyz`` reports, with the reason if not."""
-        status = self._recorder.status()
-        if not status.started:
-            return False, "starting"
-        if self._stop_requested or status.stopping:
-            return False, "stopping"
-        if status.media is None or not status.media.alive:
-            return False, "media pipeline stopped"
-        if status.transport is None or status.transport.failed:
-            return False, "transport failed"
-        if status.tracks and not status.transport.connected:
-            return False, "connecting"
-        return True, "recording"
-
     # -- plumbing ----------------------------------------------------------------------
 
     @web.middleware
@@ -204,26 +185,11 @@ class ControlServer:
         except Exception as exc:
             response = crashed(exc, UNAUTHENTICATED)
         method = request.method if request.method in _METHODS else "other"
-        self._account(route, method, action, response)
+        self._ledger.account(route, method, action, response)
         return response
 
     def _unparsed(self, answer: Answer) -> None:
-        self._account(UNPARSED, "other", None, answer)
-
-    def _account(
-        self, route: str, method: str, action: Action | None, response: web.StreamResponse
-    ) -> None:
-        status = response.status
-        if self._metrics is not None:
-            self._metrics.control_http_requests.labels(route, str(status)).inc()
-            if action is not None:
-                self._metrics.control_requests.labels(action.value, str(status)).inc()
-        if isinstance(response, Answer):
-            fields = dict(response.fields)
-            if action is not None:
-                fields["action"] = action.value
-            fields.update(route=route, method=method, status=status, outcome=outcome(status))
-            self._audit.record(response.event, actor=response.actor, **bounded(fields))
+        self._ledger.account(UNPARSED, "other", None, answer)
 
     def _guard(
         self, actions: tuple[Action, ...], handler: Handler
@@ -265,7 +231,7 @@ class ControlServer:
     def _require_recording(self) -> None:
         if not self._recorder.started.is_set():
             raise ControlError(409, "not_recording", "the recorder has not started recording yet")
-        if self._stop_requested or self._recorder.stopping:
+        if self._recorder.stopping:
             raise ControlError(409, "stopping", "the recording is stopping")
 
     # -- control routes ----------------------------------------------------------------
@@ -375,7 +341,6 @@ class ControlServer:
         )
 
     async def _stop(self, _: web.Request, caller: Caller) -> Answer:
-        self._stop_requested = True
         self._recorder.stop("stop_requested")
         return Answer(
             {"stopping": True},
@@ -386,7 +351,7 @@ class ControlServer:
         )
 
     async def _status(self, _: web.Request, caller: Caller) -> Answer:
-        ready, state = self.readiness()
+        ready, state = self._recorder.status().readiness()
         return Answer(
             {**self._recorder.status().as_dict(), "ready": ready, "state": state},
             event="status.read",
@@ -400,7 +365,7 @@ class ControlServer:
         return web.json_response({"status": "ok"})
 
     async def _readyz(self, _: web.Request) -> web.Response:
-        ready, state = self.readiness()
+        ready, state = self._recorder.status().readiness()
         return web.json_response({"ready": ready, "state": state}, status=200 if ready else 503)
 
     async def _metrics_route(self, request: web.Request) -> web.Response:

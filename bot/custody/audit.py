@@ -35,8 +35,10 @@ from typing import Any, Final
 
 import structlog
 
+from bot.config import ConfigError
 from bot.custody.chain import GENESIS, line_hash, read_trail
 from bot.logs import redact_secrets
+from bot.storage.spool import trail_path
 
 log = structlog.get_logger("bot.custody.audit")
 
@@ -101,6 +103,18 @@ class AuditLog:
             os.write(self._fd, b"\n")  # a line torn by a crash stays, as it was written
         self._thread = threading.Thread(target=self._write_loop, name="audit", daemon=True)
         self._thread.start()
+
+    @classmethod
+    def beside_spool(cls, spool_dir: Path, consultation_id: str, recording_id: str) -> AuditLog:
+        """A recording's trail where ``bot recover`` finds it; ``ConfigError`` if it
+        cannot be written there."""
+        try:
+            return cls(trail_path(spool_dir, recording_id), consultation_id, recording_id)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write the audit trail under storage.spool_dir {spool_dir} "
+                f"({exc.strerror}); point it at a writable directory"
+            ) from None
 
     def record(self, event: str, *, actor: str = RECORDER_ACTOR, **fields: Any) -> None:
         """Append one event. Fields must be plain, opaque data: never names or secrets."""

@@ -28,6 +28,7 @@ class Withholding:
         self._require_consent = require_consent
         self._pauses: list[tuple[float, float | None]] = []
         self._consent: dict[str, list[tuple[float, bool]]] = {}
+        self._changes: list[tuple[str, bool, float]] = []
         self._lock = threading.Lock()
 
     @property
@@ -48,6 +49,12 @@ class Withholding:
     def set_consent(self, participant: str, given: bool, at: float) -> None:
         with self._lock:
             self._consent.setdefault(participant, []).append((at, given))
+            self._changes.append((participant, given, at))
+
+    def consent_changes(self) -> list[tuple[str, bool, float]]:
+        """Every consent change in the order made: participant, given, timeline second."""
+        with self._lock:
+            return list(self._changes)
 
     def consent(self, participant: str) -> bool:
         """Whether the participant's media enters the record now."""

@@ -65,8 +65,9 @@ def build_manifest(
     started_at: datetime,
     ended_at: datetime | None,
     media: MediaReport | None,
-    consent: tuple[ConsentChange, ...] = (),
+    consent: list[tuple[str, bool, float]] | None = None,
 ) -> Manifest:
+    """``consent``: the changes as ``Withholding.consent_changes`` lists them."""
     return Manifest(
         consultation_id=consultation_id,
         recording_id=recording_id,
@@ -91,7 +92,14 @@ def build_manifest(
             for g in (media.gaps if media else [])
         ),
         require_consent=rec.require_consent,
-        consent=consent,
+        consent=tuple(
+            ConsentChange(
+                participant_id=participant,
+                consent="given" if given else "withdrawn",
+                at=round(at, 3),
+            )
+            for participant, given, at in consent or ()
+        ),
         sync=sync_report(rec.fps, transport, media),
     )
 

@@ -18,8 +18,11 @@ from bot.custody.chain import FragmentChain
 from bot.custody.evidence import Evidence
 from bot.custody.signing import Signer
 from bot.manifest import Manifest
+from bot.media.pipeline import MediaPipeline, SlotInfo
+from bot.media.withholding import Withholding
 from bot.media.writer import Mp4Writer
 from bot.storage import ObjectStore, Spool, Uploader, open_uploader
+from bot.timeline import Timeline
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,27 @@ def open_output(
         on_fragment=fragment_written,
     )
     return Output(spool, uploader, writer, evidence)
+
+
+def open_pipeline(
+    settings: Settings,
+    output: Output,
+    slots: list[SlotInfo],
+    timeline: Timeline,
+    withholding: Withholding,
+) -> MediaPipeline:
+    """The media thread writing into ``output`` (not started)."""
+    rec = settings.recording
+    return MediaPipeline(
+        output.writer,
+        slots,
+        width=rec.width,
+        height=rec.height,
+        fps=rec.fps,
+        timeline=timeline,
+        latency=rec.latency,
+        withholding=withholding,
+    )
 
 
 def local_copy(settings: Settings, object_key: str) -> Path | None:

@@ -17,7 +17,6 @@ the object, or left beside the spool for ``bot recover``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections.abc import Callable
@@ -30,26 +29,29 @@ from bot.config import ConfigError, Participant, Settings
 from bot.custody.audit import AuditLog
 from bot.custody.signing import load_signer
 from bot.exitcodes import ExitCode
-from bot.manifest import ConsentChange, Manifest
+from bot.manifest import Manifest
 from bot.media.pipeline import MediaPipeline, MediaReport
 from bot.media.withholding import Withholding
 from bot.realtime import AuthenticationError, RealtimeClient, RealtimeError, TrackResult
 from bot.recording.manifest_builder import TransportFacts, build_manifest
-from bot.recording.output import Output, local_copy, open_output
+from bot.recording.output import Output, local_copy, open_output, open_pipeline
 from bot.recording.result import RecordingResult, failed
 from bot.recording.roster import Roster
 from bot.recording.status import (
-    MediaStatus,
     ParticipantStatus,
     RecorderStatus,
-    TransportStatus,
 )
-from bot.recording.stop_policy import StopPolicy, StopSignals, failure_of, stop_on_signals
-from bot.recording.supervisor import TransportSupervisor
+from bot.recording.stop_policy import (
+    StopPolicy,
+    StopSignals,
+    failure_of,
+    stop_on_signals,
+    wait_for_stop,
+)
+from bot.recording.supervisor import TransportSupervisor, subscriber_supervisor
 from bot.rtc.aiortc_compat import AiortcCompatError, check_private_api
 from bot.rtc.subscriber import Subscriber
 from bot.storage import ObjectStore, StorageError, object_key_for
-from bot.storage.spool import trail_path
 from bot.tasks import stop_task
 from bot.timeline import Timeline
 
@@ -83,7 +85,9 @@ class Recorder:
             rec.layout or tuple(p.role for p in rec.participants) or DEFAULT_LAYOUT
         )
         self._signer = load_signer(settings.custody)
-        self.audit = _open_trail(settings, self.consultation_id, self.recording_id)
+        self.audit = AuditLog.beside_spool(
+            settings.storage.spool_dir, self.consultation_id, self.recording_id
+        )
         self.started = asyncio.Event()
         self.timeline: Timeline | None = None
         """The recording's timeline, once running."""
@@ -98,7 +102,6 @@ class Recorder:
         self._output: Output | None = None
         self._packets_lost: dict[str, int] = {}
         self._withholding = Withholding(require_consent=rec.require_consent)
-        self._consent_changes: list[ConsentChange] = []
 
     # -- live control ------------------------------------------------------------------
 
@@ -136,15 +139,13 @@ class Recorder:
 
     def pause(self) -> float:
         """Black and silence for everyone from now until ``resume``; returns the moment."""
-        assert self._pipeline is not None
-        at = self._pipeline.now()
+        at = self._now()
         self._withholding.pause(at)
         log.info("recorder.paused", at=round(at, 3))
         return at
 
     def resume(self) -> float:
-        assert self._pipeline is not None
-        at = self._pipeline.now()
+        at = self._now()
         self._withholding.resume(at)
         log.info("recorder.resumed", at=round(at, 3))
         return at
@@ -153,15 +154,8 @@ class Recorder:
         """A participant's consent, from now: withdrawn, their media stays out of the
         composite, the mix and their speaker track until it is given again. Returns the
         moment on the timeline (the manifest lists each change)."""
-        at = self._pipeline.now() if self._pipeline is not None else 0.0
+        at = self._now()
         self._withholding.set_consent(participant_id, given, at)
-        self._consent_changes.append(
-            ConsentChange(
-                participant_id=participant_id,
-                consent="given" if given else "withdrawn",
-                at=round(at, 3),
-            )
-        )
         log.info("recorder.consent", participant=participant_id, given=given, at=round(at, 3))
         return at
 
@@ -184,24 +178,19 @@ class Recorder:
         return self._pipeline
 
     def status(self) -> RecorderStatus:
-        supervisor, pipeline = self._supervisor, self._pipeline
-        transport = supervisor.current if supervisor else None
-        return RecorderStatus(
-            consultation_id=self.consultation_id,
-            recording_id=self.recording_id,
+        return RecorderStatus.of(
+            self.consultation_id,
+            self.recording_id,
             started=self.started.is_set(),
             stopping=self.stopping,
-            duration_s=round(pipeline.now(), 3) if pipeline else 0.0,
-            paused=self._withholding.paused,
+            supervisor=self._supervisor,
+            pipeline=self._pipeline,
             participants=tuple(
                 ParticipantStatus(p.id, p.role, slot, self._withholding.consent(p.id))
                 for p, slot in self.roster.present()
             ),
-            tracks=tuple(transport.track_status()) if transport else (),
-            transport=TransportStatus.of(transport, supervisor.rebuilds, self._packets_lost)
-            if supervisor and transport
-            else None,
-            media=MediaStatus.of(pipeline) if pipeline else None,
+            paused=self._withholding.paused,
+            packets_lost=self._packets_lost,
             upload=self._output.uploader.status() if self._output else None,
         )
 
@@ -238,7 +227,14 @@ class Recorder:
     async def _run(self) -> RecordingResult:
         timeline = self.timeline = Timeline.starting_now(self._wall_clock)
         started_at = datetime.fromtimestamp(timeline.origin_wall, UTC)
-        supervisor = self._supervisor = self._new_supervisor(timeline)
+        supervisor = self._supervisor = subscriber_supervisor(
+            self.settings,
+            self._client,
+            self.roster,
+            timeline,
+            submit=self._submit,
+            stopping=self._stop.is_set,
+        )
         refused = await self._join()
         if refused is not None:
             await supervisor.current.close()
@@ -251,7 +247,9 @@ class Recorder:
         )
         output = self._output = await asyncio.to_thread(self._open_output, object_key, started_at)
         self.audit.record("recording.object", object_key=object_key)
-        pipeline = self._pipeline = self._new_pipeline(output, timeline)
+        pipeline = self._pipeline = open_pipeline(
+            self.settings, output, self.roster.slots, timeline, self._withholding
+        )
         output.uploader.start()
         pipeline.start()
         self.started.set()
@@ -284,7 +282,7 @@ class Recorder:
                 self.recording_id,
                 ExitCode.REALTIME,
                 "no track could be pulled; check the SESSION_ID/TRACK references"
-                + _failure_detail(transport),
+                + transport.failure_summary(),
             )
         return None
 
@@ -335,34 +333,7 @@ class Recorder:
                 f"{exc}; the recording is complete in {output.spool.directory}: run `bot recover`"
             )
             result.path = output.spool.media_path
-        log.info(
-            "recorder.finished",
-            stop_reason=result.stop_reason,
-            duration_s=round(result.media.duration, 3),
-            gaps=len(result.media.gaps),
-            verified=result.upload is not None,
-            exit_code=int(result.exit_code),
-        )
-
-    def _new_supervisor(self, timeline: Timeline) -> TransportSupervisor[Subscriber]:
-        realtime = self.settings.realtime
-
-        def new_subscriber() -> Subscriber:
-            return Subscriber(
-                self._client,
-                self._submit,
-                timeline=timeline,
-                ice_servers=realtime.ice_servers,
-                simulcast_layer=self.settings.recording.simulcast_layer or None,
-            )
-
-        return TransportSupervisor(
-            new_subscriber,
-            self.roster,
-            dead_after=realtime.transport_dead_after,
-            connect_within=realtime.request_timeout,
-            stopping=self._stop.is_set,
-        )
+        result.log_finished()
 
     def _open_output(self, object_key: str, started_at: datetime) -> Output:
         return open_output(
@@ -377,18 +348,8 @@ class Recorder:
             signer=self._signer,
         )
 
-    def _new_pipeline(self, output: Output, timeline: Timeline) -> MediaPipeline:
-        rec = self.settings.recording
-        return MediaPipeline(
-            output.writer,
-            self.roster.slots,
-            width=rec.width,
-            height=rec.height,
-            fps=rec.fps,
-            timeline=timeline,
-            latency=rec.latency,
-            withholding=self._withholding,
-        )
+    def _now(self) -> float:
+        return self._pipeline.now() if self._pipeline is not None else 0.0
 
     def _submit(self, slot: int, t: float, frame: Any) -> None:
         if self._pipeline is not None:
@@ -400,30 +361,18 @@ class Recorder:
 
     async def _wait_for_stop(self) -> str:
         with stop_on_signals(self.stop):
-            while not self._stop.is_set():
-                seen = self._observe()
-                reason = self._policy.reason(seen)
-                if reason is not None:
-                    return reason
-                wait = min(STOP_CHECK_INTERVAL, self._policy.time_left(seen.elapsed_s))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), timeout=wait)
-            return self._stop_reason
+            return await wait_for_stop(
+                self._policy,
+                self._observe,
+                self._stop,
+                lambda: self._stop_reason,
+                interval=STOP_CHECK_INTERVAL,
+            )
 
     def _observe(self) -> StopSignals:
         assert self._supervisor is not None and self._pipeline is not None
-        transport, pipeline = self._supervisor.current, self._pipeline
-        elapsed = pipeline.now()
-        last = transport.last_media()
         upload = self._output.uploader.status() if self._output else None
-        return StopSignals(
-            elapsed_s=elapsed,
-            silent_for_s=self._wall_clock() - last if last else elapsed,
-            has_tracks=bool(transport.tracks),
-            connected=transport.connected.is_set(),
-            pipeline_alive=pipeline.alive,
-            disk_limit=bool(upload and upload.disk_limit),
-        )
+        return StopSignals.of(self._supervisor.current, self._pipeline, upload, self._wall_clock)
 
     def _manifest(
         self, started_at: datetime, ended_at: datetime | None, media: MediaReport | None
@@ -437,30 +386,10 @@ class Recorder:
             started_at=started_at,
             ended_at=ended_at,
             media=media,
-            consent=tuple(self._consent_changes),
+            consent=self._withholding.consent_changes(),
         )
 
 
 async def record(settings: Settings) -> RecordingResult:
     """Record one consultation with these settings (``bot record``)."""
     return await Recorder(settings).run()
-
-
-def _open_trail(settings: Settings, consultation_id: str, recording_id: str) -> AuditLog:
-    spool_dir = settings.storage.spool_dir
-    try:
-        return AuditLog(trail_path(spool_dir, recording_id), consultation_id, recording_id)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot write the audit trail under storage.spool_dir {spool_dir} "
-            f"({exc.strerror}); point it at a writable directory"
-        ) from None
-
-
-def _failure_detail(transport: Subscriber) -> str:
-    failures = transport.failures
-    if not failures:
-        return ""
-    return ": " + "; ".join(
-        f"{f.trackName}: [{f.errorCode}] {f.errorDescription or ''}".rstrip() for f in failures
-    )

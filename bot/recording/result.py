@@ -31,6 +31,16 @@ class RecordingResult:
     failed_tracks: list[dict[str, str | None]] = field(default_factory=list)
     """Tracks that were never recorded, or not at the end, and why."""
 
+    def log_finished(self) -> None:
+        log.info(
+            "recorder.finished",
+            stop_reason=self.stop_reason,
+            duration_s=round(self.media.duration, 3),
+            gaps=len(self.media.gaps),
+            verified=self.upload is not None,
+            exit_code=int(self.exit_code),
+        )
+
     def summary(self) -> str:
         if self.path is None and self.upload is None:
             return f"no recording: {self.error}"

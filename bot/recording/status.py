@@ -7,10 +7,12 @@ loop cannot change under its reader.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Self
 
 from bot.media.pipeline import MediaPipeline
+from bot.recording.supervisor import TransportSupervisor
 from bot.rtc.subscriber import Subscriber
 from bot.rtc.track_status import TrackStatus
 from bot.storage import UploadStatus
@@ -53,7 +55,7 @@ class TransportStatus:
     """Cumulative RTP packets lost per track mid, as last gathered (``Recorder.refresh``)."""
 
     @classmethod
-    def of(cls, transport: Subscriber, rebuilds: int, packets_lost: dict[str, int]) -> Self:
+    def of(cls, transport: Subscriber, rebuilds: int, packets_lost: Mapping[str, int]) -> Self:
         return cls(
             connected=transport.connected.is_set(),
             failed=transport.failed.is_set(),
@@ -75,6 +77,54 @@ class RecorderStatus:
     transport: TransportStatus | None
     media: MediaStatus | None
     upload: UploadStatus | None
+
+    @classmethod
+    def of(
+        cls,
+        consultation_id: str,
+        recording_id: str,
+        *,
+        started: bool,
+        stopping: bool,
+        supervisor: TransportSupervisor[Subscriber] | None,
+        pipeline: MediaPipeline | None,
+        participants: tuple[ParticipantStatus, ...],
+        paused: bool,
+        packets_lost: Mapping[str, int],
+        upload: UploadStatus | None,
+    ) -> Self:
+        """The snapshot of a recorder's parts, each read once (what is not running yet
+        reads as empty)."""
+        transport = supervisor.current if supervisor else None
+        return cls(
+            consultation_id=consultation_id,
+            recording_id=recording_id,
+            started=started,
+            stopping=stopping,
+            duration_s=round(pipeline.now(), 3) if pipeline else 0.0,
+            paused=paused,
+            participants=participants,
+            tracks=tuple(transport.track_status()) if transport else (),
+            transport=TransportStatus.of(transport, supervisor.rebuilds, packets_lost)
+            if supervisor and transport
+            else None,
+            media=MediaStatus.of(pipeline) if pipeline else None,
+            upload=upload,
+        )
+
+    def readiness(self) -> tuple[bool, str]:
+        """Recording and connected (what ``/readyz`` reports), with the reason if not."""
+        if not self.started:
+            return False, "starting"
+        if self.stopping:
+            return False, "stopping"
+        if self.media is None or not self.media.alive:
+            return False, "media pipeline stopped"
+        if self.transport is None or self.transport.failed:
+            return False, "transport failed"
+        if self.tracks and not self.transport.connected:
+            return False, "connecting"
+        return True, "recording"
 
     def as_dict(self) -> dict[str, Any]:
         """The control API's ``GET /status`` body (its documented keys)."""

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 
 from bot.config import RecordingSettings
 from bot.exitcodes import ExitCode
+from bot.media.pipeline import MediaPipeline
+from bot.rtc.subscriber import Subscriber
+from bot.storage import UploadStatus
 
 FAILED_STOPS: dict[str, tuple[ExitCode, str]] = {
     "connect_timeout": (
@@ -46,6 +49,25 @@ class StopSignals:
     pipeline_alive: bool
     disk_limit: bool
 
+    @classmethod
+    def of(
+        cls,
+        transport: Subscriber,
+        pipeline: MediaPipeline,
+        upload: UploadStatus | None,
+        wall_clock: Callable[[], float],
+    ) -> StopSignals:
+        elapsed = pipeline.now()
+        last = transport.last_media()
+        return cls(
+            elapsed_s=elapsed,
+            silent_for_s=wall_clock() - last if last else elapsed,
+            has_tracks=bool(transport.tracks),
+            connected=transport.connected.is_set(),
+            pipeline_alive=pipeline.alive,
+            disk_limit=bool(upload and upload.disk_limit),
+        )
+
 
 class StopPolicy:
     def __init__(self, settings: RecordingSettings) -> None:
@@ -70,6 +92,27 @@ class StopPolicy:
     def time_left(self, elapsed_s: float) -> float:
         """Seconds until the duration limit."""
         return self._max_duration - elapsed_s
+
+
+async def wait_for_stop(
+    policy: StopPolicy,
+    observe: Callable[[], StopSignals],
+    stop: asyncio.Event,
+    requested: Callable[[], str],
+    *,
+    interval: float,
+) -> str:
+    """Ask the policy every ``interval`` seconds until it or ``stop`` says to end; the
+    reason (``requested()`` when ``stop`` was set: a signal, the API)."""
+    while not stop.is_set():
+        seen = observe()
+        reason = policy.reason(seen)
+        if reason is not None:
+            return reason
+        with contextlib.suppress(TimeoutError):
+            wait = min(interval, policy.time_left(seen.elapsed_s))
+            await asyncio.wait_for(stop.wait(), timeout=wait)
+    return requested()
 
 
 def failure_of(reason: str) -> tuple[ExitCode, str] | None:

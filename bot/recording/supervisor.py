@@ -19,10 +19,11 @@ from typing import Generic, Protocol, TypeVar
 
 import structlog
 
-from bot.config import Participant, TrackRef
-from bot.realtime import RealtimeError, TrackResult
+from bot.config import Participant, Settings, TrackRef
+from bot.realtime import RealtimeClient, RealtimeError, TrackResult
 from bot.recording.roster import Roster
-from bot.rtc.subscriber import FailedTrack, PulledTrack
+from bot.rtc.subscriber import FailedTrack, FrameSink, PulledTrack, Subscriber
+from bot.timeline import Timeline
 
 log = structlog.get_logger("bot.recording")
 
@@ -197,3 +198,33 @@ class TransportSupervisor(Generic[T]):
             log.warning("recorder.rebuild_failed", attempt=attempt + 1, error=str(exc))
             return None
         return new
+
+
+def subscriber_supervisor(
+    settings: Settings,
+    client: RealtimeClient,
+    roster: Roster,
+    timeline: Timeline,
+    *,
+    submit: FrameSink,
+    stopping: Callable[[], bool],
+) -> TransportSupervisor[Subscriber]:
+    """The recorder's supervisor: each transport a ``Subscriber`` on the one timeline."""
+    realtime = settings.realtime
+
+    def new_subscriber() -> Subscriber:
+        return Subscriber(
+            client,
+            submit,
+            timeline=timeline,
+            ice_servers=realtime.ice_servers,
+            simulcast_layer=settings.recording.simulcast_layer or None,
+        )
+
+    return TransportSupervisor(
+        new_subscriber,
+        roster,
+        dead_after=realtime.transport_dead_after,
+        connect_within=realtime.request_timeout,
+        stopping=stopping,
+    )

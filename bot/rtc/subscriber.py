@@ -306,6 +306,16 @@ class Subscriber:
             }
         return ice_path(transceivers[0].receiver.transport)
 
+    def failure_summary(self) -> str:
+        """``": name: [code] description; ..."`` of the pulls that failed, for an error
+        line ("" if none did)."""
+        if not self.failures:
+            return ""
+        return ": " + "; ".join(
+            f"{f.trackName}: [{f.errorCode}] {f.errorDescription or ''}".rstrip()
+            for f in self.failures
+        )
+
     def track_status(self) -> list[TrackStatus]:
         """A snapshot per track for status, metrics and the manifest's sync report."""
         now = time.time()

@@ -27,9 +27,10 @@ from bot.manifest import Manifest, PartEntry, StorageRecord, Verification
 from bot.storage.errors import StorageError
 from bot.storage.journal import Journal
 from bot.storage.keys import manifest_key
+from bot.storage.multipart import PartInfo
 from bot.storage.resume import ContentHashes, latest_per_number
 from bot.storage.spool import Spool
-from bot.storage.stores import ObjectStore, PartInfo
+from bot.storage.stores import ObjectStore
 from bot.storage.verify import multipart_etag, verify_object
 
 VerifyRead = Literal["auto", "full", "ends"]

@@ -18,8 +18,9 @@ from structlog.typing import FilteringBoundLogger
 
 from bot.storage.errors import StorageError
 from bot.storage.journal import Journal, PartRecord
+from bot.storage.multipart import PartInfo
 from bot.storage.spool import Spool
-from bot.storage.stores import ObjectStore, PartInfo
+from bot.storage.stores import ObjectStore
 
 _READ_CHUNK = 8 * 1024 * 1024
 

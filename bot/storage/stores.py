@@ -9,14 +9,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
-import shutil
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from ipaddress import ip_address
-from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -33,25 +27,12 @@ from botocore.exceptions import (
 from bot import __version__
 from bot.config import ConfigError, StorageSettings
 from bot.storage.errors import StorageError
-from bot.storage.journal import write_atomic
+from bot.storage.local_store import LocalStore
+from bot.storage.multipart import READ_CHUNK, PartInfo, PendingUpload
+
+__all__ = ["LocalStore", "ObjectStore", "S3Store", "open_store"]
 
 CONTENT_TYPE = "video/mp4"
-_CHUNK = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class PartInfo:
-    number: int
-    size: int
-    etag: str
-    """Without quotes; the hex MD5 of the part on S3 without SSE-C, and on the local store."""
-
-
-@dataclass(frozen=True)
-class PendingUpload:
-    key: str
-    upload_id: str
-    initiated: datetime
 
 
 class ObjectStore(Protocol):
@@ -269,7 +250,7 @@ class S3Store:
             "read the object back", "get_object", Bucket=self.bucket, Key=key, **self._sse
         )
         try:
-            yield from response["Body"].iter_chunks(_CHUNK)
+            yield from response["Body"].iter_chunks(READ_CHUNK)
         except BotoCoreError as exc:
             raise self._error(exc, "read the object back") from None
 
@@ -313,117 +294,6 @@ class S3Store:
                 "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_in
             )
         )
-
-
-class LocalStore:
-    """Multipart semantics on a folder: parts under ``.uploads/<id>/``, joined on complete."""
-
-    backend = "local"
-    encrypted = False
-    loopback = True
-
-    def __init__(self, settings: StorageSettings) -> None:
-        self.root = settings.local_dir
-
-    def describe(self, key: str) -> str:
-        return str(self.root / key)
-
-    def _upload_dir(self, upload_id: str) -> Path:
-        return self.root / ".uploads" / upload_id
-
-    def _missing(self, upload_id: str) -> StorageError:
-        return StorageError(
-            f"multipart upload {upload_id} gone from {self.root}", kind="no_upload", permanent=True
-        )
-
-    def preflight(self) -> None:
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StorageError(
-                f"cannot create storage.local_dir {self.root}: {exc.strerror}",
-                kind="bucket",
-                permanent=True,
-            ) from None
-
-    def create_upload(self, key: str, recording_id: str) -> str:
-        upload_id = uuid.uuid4().hex
-        directory = self._upload_dir(upload_id)
-        directory.mkdir(parents=True)
-        write_atomic(directory / "key", key.encode("utf-8"))
-        return upload_id
-
-    def upload_part(self, key: str, upload_id: str, number: int, data: bytes, md5: bytes) -> str:
-        directory = self._upload_dir(upload_id)
-        if not directory.is_dir():
-            raise self._missing(upload_id)
-        if hashlib.md5(data).digest() != md5:
-            raise StorageError("part corrupted in memory", kind="integrity", permanent=False)
-        write_atomic(directory / f"{number:05d}", data)
-        return md5.hex()
-
-    def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
-        directory = self._upload_dir(upload_id)
-        if not directory.is_dir():
-            raise self._missing(upload_id)
-        parts = []
-        for path in sorted(directory.glob("[0-9]" * 5)):
-            data = path.read_bytes()
-            parts.append(PartInfo(int(path.name), len(data), hashlib.md5(data).hexdigest()))
-        return parts
-
-    def complete(self, key: str, upload_id: str, parts: list[PartInfo]) -> None:
-        directory = self._upload_dir(upload_id)
-        if not directory.is_dir():
-            raise self._missing(upload_id)
-        target = self.root / key
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
-        # A recording is patient data: owner-only, like its parts, manifest and audit
-        # trail; fchmod also covers a temp file left by a crash with other modes.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            os.fchmod(fd, 0o600)
-            for part in parts:
-                with (directory / f"{part.number:05d}").open("rb") as src:
-                    shutil.copyfileobj(src, out, _CHUNK)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
-        shutil.rmtree(directory)
-
-    def head(self, key: str) -> tuple[int, str | None] | None:
-        try:
-            return (self.root / key).stat().st_size, None
-        except FileNotFoundError:
-            return None
-
-    def read_range(self, key: str, start: int, end: int) -> bytes:
-        with (self.root / key).open("rb") as src:
-            src.seek(start)
-            return src.read(end - start)
-
-    def iter_object(self, key: str) -> Iterator[bytes]:
-        with (self.root / key).open("rb") as src:
-            while chunk := src.read(_CHUNK):
-                yield chunk
-
-    def put_small(self, key: str, data: bytes, content_type: str) -> None:
-        target = self.root / key
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(target, data)
-
-    def list_uploads(self, prefix: str) -> list[PendingUpload]:
-        found = []
-        for directory in (self.root / ".uploads").glob("*"):
-            key = (directory / "key").read_text(encoding="utf-8")
-            if key.startswith(prefix):
-                mtime = datetime.fromtimestamp(directory.stat().st_mtime, UTC)
-                found.append(PendingUpload(key, directory.name, mtime))
-        return found
-
-    def abort(self, key: str, upload_id: str) -> None:
-        shutil.rmtree(self._upload_dir(upload_id), ignore_errors=True)
 
 
 def open_store(settings: StorageSettings) -> S3Store | LocalStore:
