@@ -150,6 +150,14 @@ class RecordingSettings(_Section):
     # Each participant's media enters the record only once their consent is given through
     # the control API (until then: black, silence, gap reason "consent_pending").
     require_consent: bool = False
+    # Burned into the picture: each cell's label and state (paused, consent, muted), the
+    # wall-clock time and, if shown, the consultation id (bot.media.overlay).
+    overlay: bool = True
+    # Text per role; a role not listed shows the role itself, so never a name by default.
+    labels: dict[Role, Annotated[str, Field(pattern=r"^[A-Za-z0-9 :_./()+-]{1,32}$")]] = {}
+    # The clock's IANA time zone ("Europe/Berlin"); "UTC" needs no time zone database.
+    clock_zone: str = "UTC"
+    show_consultation_id: bool = False
     participants: tuple[Participant, ...] = ()
 
     @field_validator("consultation_id")
@@ -157,6 +165,31 @@ class RecordingSettings(_Section):
     def _opaque(cls, value: str | None) -> str | None:
         if value is not None and not OPAQUE_ID.match(value):
             raise ValueError("consultation id must be an opaque id: 1-64 of [A-Za-z0-9_-]")
+        return value
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _label_pairs(cls, value: Any) -> Any:
+        """From the environment: ``clinician=Doctor,patient=Patient``."""
+        if isinstance(value, str):
+            pairs = (item.partition("=") for item in value.split(",") if item.strip())
+            return {role.strip(): text.strip() for role, _, text in pairs}
+        return value
+
+    @field_validator("clock_zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        """Checked at start-up, not at the first frame: a zone missing here is a typo or
+        an image without tzdata."""
+        from zoneinfo import ZoneInfo
+
+        if value != "UTC":
+            try:
+                ZoneInfo(value)
+            except (KeyError, ValueError, OSError):  # ZoneInfoNotFoundError is a KeyError
+                raise ValueError(
+                    f"unknown time zone {value!r} (an IANA name such as Europe/Berlin)"
+                ) from None
         return value
 
 

@@ -2,13 +2,16 @@
 
 A file made here with known dark, frozen and silent stretches checks what decoding finds;
 the demo's recording (two synthetic participants, recorded for real, with its manifest)
-checks the report, the picture's size and that every lane was drawn.
+checks the report, the picture's size and that every lane was drawn, and, copied away from
+its manifest, that its cells and A/V offsets are still found. Grids of 2 to 4 cells made
+here through the compositor, without a manifest, check the same from the picture alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from pathlib import Path
 
 import av
@@ -28,6 +31,12 @@ from bot.inspect.timeline_png import (
     gap_color,
     render_timeline,
 )
+from bot.media.compositor import Compositor
+from bot.media.gaps import GapTracker
+from bot.media.layout import grid
+from bot.media.mixer import Mixer
+from bot.media.writer import Mp4Writer
+from bot.synthetic.signal import SAMPLE_RATE, SAMPLES_PER_FRAME, render_audio, render_i420
 
 _W, _H, _FPS, _RATE = 320, 180, 30, 48000
 _SECONDS = 4.0
@@ -194,3 +203,104 @@ def test_demo_recording_manifest_elsewhere(demo_recording: Path, tmp_path: Path)
     assert main(["inspect", str(moved), "--manifest", str(manifest), "--png", str(png)]) == 0
     with Image.open(png) as image:
         assert image.size[0] == expected_size(1, av_panel=False)[0]
+
+
+@pytest.mark.slow
+def test_demo_recording_without_its_manifest(
+    demo_recording: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The file on its own (copied away from its manifest): both participants' cells,
+    named by their speaker tracks, and the A/V offset of each."""
+    alone = tmp_path / "alone.mp4"
+    shutil.copyfile(demo_recording, alone)
+    assert main(["inspect", str(alone), "--no-png"]) == 0
+    out = capsys.readouterr().out
+    assert "2 cells, found by the synthetic barcodes in the picture" in out
+    assert "manifest: none beside the file" in out
+    ins = inspect_recording(alone)
+    assert [c.label for c in ins.cells] == ["cell 1 (clinician)", "cell 2 (patient)"]
+    assert {s.participant for s in ins.av_offsets} == {
+        "participant 1 in cell 1 (clinician)",
+        "participant 2 in cell 2 (patient)",
+    }
+    for name in ("participant 1 in cell 1 (clinician)", "participant 2 in cell 2 (patient)"):
+        assert f"  {name}: " in out and "beeps, median" in out
+
+
+_ROLES = ("clinician", "patient", "interpreter", "relative")
+
+
+def _record_grid(path: Path, count: int, *, barcodes: bool, speakers: bool = True) -> None:
+    """``count`` synthetic participants (or plain moving pictures, without barcodes),
+    3 s at 640x360 through the recorder's compositor, mixer and writer (its media thread
+    without the wait for real time): the grid, the mix and (unless not ``speakers``) a
+    speaker track per cell, and no manifest."""
+    width, height, fps, seconds = 640, 360, 30, 3.0
+    roles = list(_ROLES[:count])
+    writer = Mp4Writer(
+        path,
+        width=width,
+        height=height,
+        fps=fps,
+        video_bitrate=800_000,
+        keyframe_seconds=1.0,
+        audio_codec="aac",
+        audio_bitrate=64_000,
+        speaker_titles=roles if speakers else [],
+    )
+    compositor, mixer = Compositor(width, height, fps), Mixer()
+    for slot, rect in enumerate(grid(count, width, height)):
+        compositor.add_cell(rect, GapTracker(roles[slot], "video"))
+        mixer.add_voice(GapTracker(roles[slot], "audio"))
+        for n in range(round(seconds * fps)):
+            if barcodes:
+                planes = render_i420(slot + 1, n, 320, 180, fps)
+                frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
+            else:
+                frame = av.VideoFrame.from_ndarray(_picture(n)[::2, ::2].copy(), format="rgb24")
+            compositor.push(slot, n / fps, frame)
+        for n in range(round(seconds * SAMPLE_RATE / SAMPLES_PER_FRAME)):
+            pcm = render_audio(slot + 1, n * SAMPLES_PER_FRAME, SAMPLES_PER_FRAME)
+            audio = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+            audio.sample_rate = SAMPLE_RATE
+            mixer.push(slot, n * SAMPLES_PER_FRAME / SAMPLE_RATE, audio)
+    for n in range(round(seconds * fps)):
+        writer.write_video(compositor.compose(n / fps))
+    while mixer.cursor < seconds * SAMPLE_RATE:
+        mix, voices = mixer.pull(writer.audio_frame_size)
+        for track, samples in enumerate([mix, *voices] if speakers else [mix]):
+            writer.write_audio(track, samples)
+    writer.close()
+
+
+@pytest.mark.parametrize(("count", "speakers"), [(2, True), (3, True), (4, True), (3, False)])
+def test_without_a_manifest_the_cells_are_found_by_their_barcodes(
+    tmp_path: Path, count: int, speakers: bool
+) -> None:
+    """Each grid found from the picture, a 3-cell one also without speaker tracks to
+    count (a 2x2 grid with one cell empty: the fewer cells win the tie)."""
+    path = tmp_path / f"grid{count}.mp4"
+    _record_grid(path, count, barcodes=True, speakers=speakers)
+    ins = inspect_recording(path)
+    assert ins.manifest is None
+    assert ins.cells_found == f"{count} cells, found by the synthetic barcodes in the picture"
+    roles = list(_ROLES[:count]) if speakers else [None] * count
+    assert [c.role for c in ins.cells] == roles
+    names = {s.participant for s in ins.av_offsets}
+    assert names == {f"participant {n} in {c.label}" for n, c in enumerate(ins.cells, start=1)}
+    assert all(abs(s.offset) < 0.05 for s in ins.av_offsets), ins.av_offsets
+
+
+def test_without_barcodes_the_cells_follow_the_speaker_tracks(tmp_path: Path) -> None:
+    """A real consultation's copy: no barcode to find, so one cell per speaker track, each
+    still checked for dark and frozen stretches, and no A/V figures."""
+    path = tmp_path / "plain.mp4"
+    _record_grid(path, 2, barcodes=False)
+    started = time.monotonic()
+    ins = inspect_recording(path)
+    assert time.monotonic() - started < 5.0
+    assert ins.cells_found == "2 cells, one per speaker track (no synthetic barcode in the picture)"
+    assert [c.label for c in ins.cells] == ["cell 1 (clinician)", "cell 2 (patient)"]
+    assert all(not c.dark and not c.still for c in ins.cells)
+    assert ins.av_offsets == []
+    assert "no synthetic barcode in the picture" in ins.report()

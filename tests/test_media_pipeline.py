@@ -9,7 +9,7 @@ import numpy as np
 from bot.media.compositor import Compositor
 from bot.media.gaps import GapTracker
 from bot.media.layout import Rect, grid
-from bot.media.mixer import SAMPLE_RATE, Mixer
+from bot.media.mixer import LIMIT_CEILING, SAMPLE_RATE, Mixer
 from bot.media.pipeline import MediaPipeline, SlotInfo
 from bot.media.withholding import CONSENT_PENDING, CONSENT_WITHDRAWN, PAUSED, Withholding
 from bot.media.writer import Mp4Writer
@@ -248,3 +248,115 @@ def test_a_withheld_participant_is_black_and_silent_others_are_not() -> None:
     comp.compose(0.9, [CONSENT_WITHDRAWN, None])
     gaps = comp.gaps(1.0)[0].gaps + mixer.gaps(1.0)[0].gaps
     assert {g.reason for g in gaps} == {CONSENT_WITHDRAWN}
+
+
+def speech_like(pitch_hz: float, seconds: float, level: float = 1.0) -> np.ndarray:
+    """A voiced sound: a pitch with falling harmonics under a syllable-rate swell, its
+    peak at ``level`` (1.0: a browser at full level)."""
+    t = np.arange(round(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    buzz = sum(np.sin(2 * np.pi * pitch_hz * h * t + h) / h for h in range(1, 12))
+    voice = buzz * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))
+    scaled: np.ndarray = voice * (level / np.abs(voice).max())
+    return scaled
+
+
+def s16_frames(samples: np.ndarray) -> list[av.AudioFrame]:
+    """20-ms stereo s16 frames, as a browser's decoded Opus arrives."""
+    pcm = np.round(samples * 32767).astype(np.int16)
+    frames = []
+    for i in range(0, pcm.size, 960):
+        frame = av.AudioFrame.from_ndarray(
+            np.repeat(pcm[i : i + 960], 2).reshape(1, -1), format="s16", layout="stereo"
+        )
+        frame.sample_rate = SAMPLE_RATE
+        frames.append(frame)
+    return frames
+
+
+def mixed(sources: list[np.ndarray], chunk: int = 1024) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The whole mix and each voice, pulled ``chunk`` samples at a time as the recorder does."""
+    mixer = Mixer()
+    for index, source in enumerate(sources):
+        mixer.add_voice(GapTracker(f"p{index}", "audio"))
+        for n, frame in enumerate(s16_frames(source)):
+            mixer.push(index, n * 0.02, frame)
+    pulls = [mixer.pull(chunk) for _ in range(min(s.size for s in sources) // chunk)]
+    mix = np.concatenate([m for m, _ in pulls])
+    voices = [np.concatenate([v[i] for _, v in pulls]) for i in range(len(sources))]
+    return mix, voices
+
+
+def test_two_full_scale_voices_are_limited_in_the_mix_only() -> None:
+    """Before, the sum (peak 1.7) was clipped at 1.0; now the mix stays under the ceiling
+    while each speaker track is exactly what the participant sent."""
+    sources = [speech_like(120, 2.0), speech_like(210, 2.0)]
+    mix, voices = mixed(sources)
+    assert np.abs(sum(voices)).max() > 1.5, "the test needs a sum well past full scale"
+    assert np.abs(mix).max() <= LIMIT_CEILING + 1e-6
+    assert np.abs(mix).max() > LIMIT_CEILING - 0.01, "limited, not merely turned down"
+    for source, voice in zip(sources, voices, strict=True):
+        sent = np.round(source * 32767).astype(np.int16)[: voice.size] / np.float32(32768)
+        assert np.array_equal(voice, sent.astype(np.float32)), "speaker tracks bit-for-bit"
+
+
+def test_a_single_quiet_voice_passes_the_limiter_unchanged() -> None:
+    mix, (voice,) = mixed([speech_like(150, 1.0, level=0.5)])
+    assert np.array_equal(mix, voice)
+
+
+def test_the_limiter_moves_no_faster_than_the_voices_and_lets_go() -> None:
+    """Both voices for one second (attack), then the quieter one alone (release): the mix
+    never jumps more from one sample to the next than the plain sum does, and within a
+    second of the loud part the quiet voice is back at its own level, untouched. Pulled
+    in AAC-sized chunks or all at once, the result is the same (state carries over)."""
+    loud = speech_like(120, 3.0)
+    loud[SAMPLE_RATE:] = 0.0
+    quiet = speech_like(210, 3.0, level=0.4)
+    mix, voices = mixed([loud, quiet])
+    plain = voices[0] + voices[1]
+    assert np.abs(np.diff(mix)).max() <= np.abs(np.diff(plain)).max() + 1e-6
+    after = 2 * SAMPLE_RATE
+    assert np.array_equal(mix[after:], voices[1][after:])
+    whole, _ = mixed([loud, quiet], chunk=mix.size)
+    assert np.allclose(whole, mix, atol=1e-6)
+
+
+def test_the_decoded_mix_of_two_full_scale_voices_stays_under_full_scale(
+    tmp_path: Path,
+) -> None:
+    """Through the media thread and the AAC encoder, decoded again: the mix (1.18 before,
+    in a two-tab recording) peaks under 1.0; each speaker track keeps its full level."""
+    path = tmp_path / "loud.mp4"
+    writer = Mp4Writer(
+        path,
+        width=64,
+        height=36,
+        fps=10,
+        video_bitrate=50_000,
+        keyframe_seconds=1.0,
+        audio_codec="aac",
+        audio_bitrate=64_000,
+        speaker_titles=["clinician", "patient"],
+    )
+    pipeline = MediaPipeline(
+        writer,
+        [SlotInfo("c1", "clinician"), SlotInfo("p1", "patient")],
+        width=64,
+        height=36,
+        fps=10,
+        timeline=Timeline(time.time() - 10.0),  # far behind: runs as fast as it can
+        latency=0.05,
+    )
+    for slot, pitch in enumerate((120, 210)):
+        for n, frame in enumerate(s16_frames(speech_like(pitch, 2.0))):
+            pipeline.submit(slot, n * 0.02, frame)
+    pipeline.start()
+    pipeline.finish(2.0)
+    peaks = {}
+    with av.open(str(path)) as container:
+        for stream in container.streams.audio:
+            decoded = [np.abs(f.to_ndarray()).max() for f in container.decode(stream)]
+            peaks[stream.metadata.get("handler_name")] = float(max(decoded))
+            container.seek(0)
+    assert peaks["mix"] <= 1.0, peaks
+    assert peaks["clinician"] > 0.9 and peaks["patient"] > 0.9, peaks

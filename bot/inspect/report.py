@@ -73,6 +73,8 @@ class Inspection:
     height: int
     streams: list[StreamInfo]
     cells: list[CellInfo]
+    cells_found: str = ""
+    """How many cells, and how they were found (manifest, barcodes, speaker tracks)."""
     av_offsets: list[AvSample] = field(default_factory=list)
     av_note: str = ""
     manifest: Manifest | None = None
@@ -129,6 +131,7 @@ def inspect_recording(path: Path, manifest_path: Path | None = None) -> Inspecti
         height=scan.height,
         streams=scan.streams,
         cells=scan.cells(),
+        cells_found=scan.cells_found,
         manifest=manifest,
         manifest_path=manifest_path,
     )
@@ -144,7 +147,10 @@ def inspect_recording(path: Path, manifest_path: Path | None = None) -> Inspecti
             "(the testbed's: pip install -e ./testbed)"
         )
     else:
-        inspection.av_note = "no synthetic barcode in the picture: A/V offset not measurable"
+        inspection.av_note = (
+            "no synthetic barcode in the picture (a real consultation carries none): "
+            "A/V offset not measurable"
+        )
     return inspection
 
 
@@ -158,10 +164,11 @@ def _part_ends(manifest: Manifest) -> list[int]:
 
 
 def _measure_av(path: Path, scan: Scan, measures: Sequence[AvMeasure]) -> list[AvSample]:
-    """Each synthetic beep's A/V offset, named by the participant holding its cell."""
+    """Each synthetic beep's A/V offset, named by the participant holding its cell or,
+    without a manifest, by the synthetic participant's number and its cell."""
     cells = scan.cells()
     names = {
-        number: cells[index].participant_id or f"participant {number}"
+        number: cells[index].participant_id or f"participant {number} in {cells[index].label}"
         for number, index in scan.barcode_cells.items()
     }
     beeps = (beep for measure in measures for beep in measure(path, list(scan.rects)))
@@ -200,6 +207,8 @@ def _report_lines(ins: Inspection) -> Iterator[str]:
             f"{s.start:.2f}-{s.end:.2f} s; holes: {_spans(s.holes)}"
         )
     yield "found by decoding:"
+    if ins.cells_found:
+        yield f"  {ins.cells_found}"
     for c in ins.cells:
         yield f"  video {c.label}: dark {_spans(c.dark)}; frozen {_spans(c.still)}"
     for s in ins.streams:

@@ -7,6 +7,15 @@ and the media time at a byte offset (for the upload parts). ``bot.inspect.report
 gathers these into the report. May import the foundation, ``bot.manifest`` (the slots),
 ``bot.media.layout`` (the grid) and ``bot.synthetic.signal`` (the barcode reader).
 
+Where the cells are: the manifest's slots say how many grid cells the recorder drew.
+Without a manifest (a copy of the file on its own) the grids of 1 to ``MAX_CELLS``
+cells are all followed for the first ``BARCODE_PROBE_S`` and the one in whose cells the
+synthetic barcodes read best is kept; with no barcode (a real consultation), the one
+with a cell per speaker track, as the recorder writes them (the mix, then one track per
+cell in cell order). The picture alone cannot tell two pictures side by side from one
+wide one, nor a 2x2 grid from the quarters of a 2x1, so the count is not guessed from
+how bright the cells are.
+
 Everything here is blocking file and CPU work: call it from a thread in async code.
 """
 
@@ -37,7 +46,10 @@ STILL_DIFF: Final = 0.25
 ANALYSIS_SCALE: Final = 4
 """Cells are examined at a quarter of the output size: enough for dark and frozen."""
 BARCODE_PROBE_S: Final = 10.0
-"""How far into the file to look for the synthetic participants' barcode."""
+"""How far into the file to look for the synthetic participants' barcode (and, without
+a manifest, for the layout)."""
+MAX_CELLS: Final = 6
+"""The most cells tried when no manifest says how many there are."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +141,25 @@ class _StreamState:
         self.frames += 1
 
 
+@dataclass
+class _CellState:
+    """Dark and frozen stretches of one rectangle of the picture."""
+
+    dark: _SpanTracker = field(default_factory=lambda: _SpanTracker("dark"))
+    still: _SpanTracker = field(default_factory=lambda: _SpanTracker("frozen"))
+    previous: NDArray[np.float32] | None = None
+
+    def update(self, cell: NDArray[np.float32], start: float, end: float) -> None:
+        dark = float(cell.mean()) < DARK_LUMA
+        self.dark.update(start, end, dark)
+        previous = self.previous
+        still = (
+            not dark and previous is not None and float(np.abs(cell - previous).mean()) < STILL_DIFF
+        )
+        self.still.update(start, end, still)
+        self.previous = cell
+
+
 class Scan:
     """One demux-and-decode pass over every stream of the file."""
 
@@ -139,24 +170,37 @@ class Scan:
         self.width = 0
         self.height = 0
         self.streams: list[StreamInfo] = []
+        self.speakers: list[str] = []
+        """Titles of the speaker tracks, in cell order, if the file has the recorder's."""
         self.rects: list[Rect] = []
-        self.barcode_cells: dict[int, int] = {}
-        """Synthetic participant number -> cell index where its barcode was read."""
-        self._dark: list[_SpanTracker] = []
-        self._still: list[_SpanTracker] = []
-        self._previous: list[NDArray[np.float32] | None] = []
+        """The cells, once the layout is settled."""
+        self.cells_found = ""
+        """How the cells were found, for the report."""
+        self._candidates: dict[int, list[Rect]] = {}
+        """Cell count -> its grid: the layouts still in question."""
+        self._readings: dict[int, dict[int, int]] = {}
+        """Cell count -> synthetic participant number -> cell index where it was read."""
+        self._reads: dict[int, int] = {}
+        """Cell count -> barcodes read in its cells: how well that grid fits the picture."""
+        self._cell_states: dict[Rect, _CellState] = {}
         self._positions: list[tuple[int, float]] = []
         self._next_probe = 0.0
+
+    @property
+    def barcode_cells(self) -> dict[int, int]:
+        """Synthetic participant number -> cell index where its barcode was read."""
+        return self._readings.get(len(self.rects), {}) if self.rects else {}
 
     def run(self) -> None:
         with av.open(str(self.path)) as container:
             self.duration = (container.duration or 0) / av.time_base
             states = {s.index: _StreamState(s, s.type) for s in container.streams}
+            self.speakers = _speaker_titles(container.streams.audio)
             video = container.streams.video[0] if container.streams.video else None
             if video is not None:
                 self.width = video.codec_context.width
                 self.height = video.codec_context.height
-                self._layout(len(self._slots()) or 1)
+                self._start_layouts()
             for packet in container.demux():
                 state = states[packet.stream.index]
                 if packet.pos is not None and packet.pos >= 0 and packet.pts is not None:
@@ -171,6 +215,8 @@ class Scan:
                         self._video_frame(state, frame, start)
                     else:
                         self._audio_frame(state, frame, start)
+            if self._candidates and not self.rects:
+                self._settle_layout()
             self.streams = [self._stream_info(s) for s in states.values()]
 
     def _slots(self) -> list[dict[str, Any]]:
@@ -179,47 +225,69 @@ class Scan:
         slots = self.manifest.sync.get("slots", [])
         return [s for s in slots if isinstance(s, dict)]
 
-    def _layout(self, count: int) -> None:
-        self.rects = grid(count, self.width, self.height)
-        self._dark = [_SpanTracker("dark") for _ in self.rects]
-        self._still = [_SpanTracker("frozen") for _ in self.rects]
-        self._previous = [None for _ in self.rects]
+    def _start_layouts(self) -> None:
+        """The grids in question: the manifest's, or every one from 1 to ``MAX_CELLS``."""
+        count = len(self._slots())
+        counts = [count] if count else range(1, MAX_CELLS + 1)
+        self._candidates = {n: grid(n, self.width, self.height) for n in counts}
+        for rects in self._candidates.values():
+            for rect in rects:
+                self._cell_states.setdefault(rect, _CellState())
+        if count:
+            self._settle_layout()
+
+    def _settle_layout(self) -> None:
+        """Keep the grid whose cells read the most barcodes; on a tie, the one with a cell
+        per speaker track, then the fewest cells."""
+        hint = len(self.speakers)
+        count = max(self._candidates, key=lambda n: (self._reads.get(n, 0), n == hint, -n))
+        self.rects = self._candidates[count]
+        self._cell_states = {rect: self._cell_states[rect] for rect in self.rects}
+        if self._slots():
+            how = "from the manifest's slots"
+        elif self._reads.get(count):
+            how = "found by the synthetic barcodes in the picture"
+        elif count == hint:
+            how = "one per speaker track (no synthetic barcode in the picture)"
+        else:
+            how = "the whole picture (no manifest, barcode or speaker tracks to tell them)"
+        self.cells_found = f"{count} {'cell' if count == 1 else 'cells'}, {how}"
 
     def _video_frame(self, state: _StreamState, frame: Any, start: float) -> None:
         rate = state.stream.guessed_rate or state.stream.average_rate or 30
         length = float(1 / Fraction(rate))
         state.frame(start, length)
+        if not self.rects and start >= BARCODE_PROBE_S:
+            self._settle_layout()
         small = frame.reformat(
             width=max(2, self.width // ANALYSIS_SCALE),
             height=max(2, self.height // ANALYSIS_SCALE),
             format="gray",
         ).to_ndarray()
-        for i, rect in enumerate(self.rects):
-            cell = small[
+        # Until the layout is settled, every candidate grid's cells are followed.
+        for rect, cell in self._cell_states.items():
+            crop = small[
                 rect.y // ANALYSIS_SCALE : (rect.y + rect.height) // ANALYSIS_SCALE,
                 rect.x // ANALYSIS_SCALE : (rect.x + rect.width) // ANALYSIS_SCALE,
-            ].astype(np.float32)
-            dark = float(cell.mean()) < DARK_LUMA
-            self._dark[i].update(start, start + length, dark)
-            previous = self._previous[i]
-            still = (
-                not dark
-                and previous is not None
-                and float(np.abs(cell - previous).mean()) < STILL_DIFF
-            )
-            self._still[i].update(start, start + length, still)
-            self._previous[i] = cell
+            ]
+            cell.update(crop.astype(np.float32), start, start + length)
         if start >= self._next_probe and start < BARCODE_PROBE_S:
             self._next_probe = start + 0.5
-            self._probe_barcode(frame)
+            self._probe_barcodes(frame)
 
-    def _probe_barcode(self, frame: Any) -> None:
-        rgb = frame.to_ndarray(format="rgb24")
-        for i, rect in enumerate(self.rects):
-            crop = rgb[rect.y : rect.y + rect.height, rect.x : rect.x + rect.width]
-            reading = read_slot(crop)
-            if reading.participant is not None:
-                self.barcode_cells.setdefault(reading.participant, i)
+    def _probe_barcodes(self, frame: Any) -> None:
+        luma = frame.to_ndarray(format="gray")
+        participant: dict[Rect, int | None] = {}
+        for rect in self._cell_states:
+            crop = luma[rect.y : rect.y + rect.height, rect.x : rect.x + rect.width]
+            participant[rect] = read_slot(crop).participant
+        for count, rects in self._candidates.items():
+            readings = self._readings.setdefault(count, {})
+            for i, rect in enumerate(rects):
+                number = participant.get(rect)
+                if number is not None:
+                    readings.setdefault(number, i)
+                    self._reads[count] = self._reads.get(count, 0) + 1
 
     def _audio_frame(self, state: _StreamState, frame: Any, start: float) -> None:
         rate = frame.sample_rate or 48000
@@ -235,7 +303,7 @@ class Scan:
     def _stream_info(self, state: _StreamState) -> StreamInfo:
         stream = state.stream
         ctx = stream.codec_context
-        title = stream.metadata.get("handler_name", "") or stream.metadata.get("title", "")
+        title = _title(stream)
         if state.kind == "video":
             rate = stream.guessed_rate or stream.average_rate
             detail = f"{ctx.width}x{ctx.height} @ {float(rate or 0):g} fps"
@@ -259,20 +327,24 @@ class Scan:
         )
 
     def cells(self) -> list[CellInfo]:
+        """The settled layout's cells, named by the manifest's slots or else, when there
+        is one per cell, by the speaker tracks' titles (the roles)."""
         slots = self._slots()
+        roles = self.speakers if len(self.speakers) == len(self.rects) else []
         out = []
         for i, rect in enumerate(self.rects):
-            self._dark[i].close()
-            self._still[i].close()
+            state = self._cell_states[rect]
+            state.dark.close()
+            state.still.close()
             slot = slots[i] if i < len(slots) else {}
             out.append(
                 CellInfo(
                     number=i + 1,
                     rect=rect,
                     participant_id=slot.get("participant") or None,
-                    role=slot.get("role") or None,
-                    dark=tuple(self._dark[i].spans),
-                    still=tuple(self._still[i].spans),
+                    role=slot.get("role") or (roles[i] if roles else None),
+                    dark=tuple(state.dark.spans),
+                    still=tuple(state.still.spans),
                 )
             )
         return out
@@ -286,3 +358,14 @@ class Scan:
         # Fragments interleave streams; the running maximum keeps time monotonic.
         times = np.maximum.accumulate(np.array([t for _, t in points], dtype=np.float64))
         return [round(float(t), 3) for t in np.interp(np.asarray(offsets, float), pos, times)]
+
+
+def _title(stream: Any) -> str:
+    return str(stream.metadata.get("handler_name", "") or stream.metadata.get("title", ""))
+
+
+def _speaker_titles(audio: Sequence[Any]) -> list[str]:
+    """The speaker tracks' titles if the file is laid out as the recorder writes it (the
+    mix first, then one track per cell in cell order), else none."""
+    titles = [_title(stream) for stream in audio]
+    return titles[1:] if titles and titles[0] == "mix" else []

@@ -9,6 +9,8 @@ clock mapping improving by some milliseconds as a less-delayed packet arrives, w
 moves the video at once) is slewed away, a quarter of it a frame and at most
 ``MAX_SLEW``, so the sound follows the picture within a few hundred milliseconds instead
 of keeping the old offset for good.
+
+The mix goes through a ``Limiter``; the speaker tracks do not (see its docstring).
 """
 
 from __future__ import annotations
@@ -34,6 +36,21 @@ MAX_SLEW = 96
 trimmed or padded, for the few frames after the mapping moved."""
 MAX_AHEAD_SECONDS = 10.0
 """Samples placed further ahead than this (a broken mapping) are dropped, not kept."""
+LIMIT_CEILING = 10 ** (-1.5 / 20)
+"""The most the mix reaches before encoding (-1.5 dBFS, 0.84). AAC's decoded peaks land
+above the encoded ones (quantization at 64 kb/s); two full-scale speech-like voices
+limited to this decoded to at most 0.88 (tests/test_media_pipeline.py)."""
+LIMIT_KNEE = 10 ** (-4.5 / 20)
+"""Where limiting starts (-4.5 dBFS, 0.6): between knee and ceiling the peak level bends
+smoothly over, so a waveform running into the limit is rounded, not flattened. A hard
+knee (a corner where the limit starts) decoded up to 0.96 on the same voices."""
+LIMIT_RELEASE_SECONDS = 0.3
+"""Time constant of the limiter's recovery: slower than a voice's lowest pitch period
+(the gain barely ripples within a cycle, so it does not distort) and fast enough that a
+quieter speaker after a loud burst is back at full level within a second."""
+LIMIT_BLOCK = SAMPLE_RATE // 10
+"""The most samples the limiter takes at once, so that ``r ** -n`` stays far inside the
+float64 range whatever size is pulled (the recorder pulls one AAC frame, 1024)."""
 
 Samples = npt.NDArray[np.float32]
 
@@ -42,7 +59,8 @@ Samples = npt.NDArray[np.float32]
 class _Voice:
     gaps: GapTracker
     resampler: av.AudioResampler = field(
-        default_factory=lambda: av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        # Planar float in the sender's own layout; ``push`` averages the channels.
+        default_factory=lambda: av.AudioResampler(format="fltp", rate=SAMPLE_RATE)
     )
     segments: list[tuple[int, Samples]] = field(default_factory=list)
     next_position: int | None = None
@@ -55,6 +73,70 @@ class _Voice:
     samples_slewed: int = 0
 
 
+class Limiter:
+    """A soft-knee peak limiter without look-ahead: instant attack, exponential release.
+
+    Two browsers at full level sum to nearly twice full scale. Clipping that sum flattens
+    every peak into a corner, which the AAC encoder then rings on (a decoded peak of 1.18
+    was measured) and which is heard as harsh distortion over both voices, the worst case
+    for intelligibility. Here the gain follows a peak envelope that jumps to each new peak
+    and decays with ``LIMIT_RELEASE_SECONDS``; the envelope's level maps through a soft
+    knee onto at most ``LIMIT_CEILING``. So the output never exceeds the ceiling, a rising
+    peak is bent over smoothly (its slope only lessens, it never jumps), after it the
+    voices are scaled by a gain that glides back, and below the knee nothing changes.
+    Looking ahead would soften the attack further but delay the mix against the picture
+    and the speaker tracks.
+
+    The envelope ``env[n] = max(|x[n]|, r * env[n-1])`` is a running maximum of
+    ``|x[k]| / r**k`` scaled back by ``r**n``: one ``np.maximum.accumulate`` per chunk,
+    no loop over samples. The envelope carries over from chunk to chunk.
+    """
+
+    def __init__(
+        self,
+        ceiling: float = LIMIT_CEILING,
+        knee: float = LIMIT_KNEE,
+        release_seconds: float = LIMIT_RELEASE_SECONDS,
+    ) -> None:
+        self.ceiling = ceiling
+        self.knee = knee
+        self._decay = float(np.exp(-1.0 / (release_seconds * SAMPLE_RATE)))
+        self._envelope = 0.0
+        self._powers = np.empty(0)
+        """``r ** (n + 1)`` for n = 0, 1, ...: the decay n + 1 samples into a block."""
+
+    def apply(self, mix: Samples) -> None:
+        """Limit ``mix`` in place; below the knee it is left exactly as it was."""
+        for start in range(0, mix.size, LIMIT_BLOCK):
+            block = mix[start : start + LIMIT_BLOCK]
+            peak = float(np.abs(block).max(initial=0.0))
+            if max(peak, self._envelope) <= self.knee:
+                # Quiet: the envelope stays under the knee, so the gain is 1 throughout
+                # and no per-sample work is needed.
+                self._envelope = max(peak, self._envelope * self._decay**block.size)
+                continue
+            powers = self._power_table(block.size)
+            envelope = powers * np.maximum.accumulate(
+                np.maximum(np.abs(block) / powers, self._envelope)
+            )
+            self._envelope = float(envelope[-1])
+            block *= self._gain(envelope).astype(np.float32)
+
+    def _gain(self, envelope: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """1 up to the knee; above it, the level bends over (tanh) toward the ceiling."""
+        width = self.ceiling - self.knee
+        level = np.maximum(envelope, self.knee)
+        gain: npt.NDArray[np.float64] = (
+            self.knee + width * np.tanh((level - self.knee) / width)
+        ) / level
+        return gain
+
+    def _power_table(self, size: int) -> npt.NDArray[np.float64]:
+        if self._powers.size < size:
+            self._powers = self._decay ** np.arange(1, size + 1, dtype=np.float64)
+        return self._powers[:size]
+
+
 class Mixer:
     """Keeps each voice's pending samples and hands out aligned chunks of the mix."""
 
@@ -62,6 +144,7 @@ class Mixer:
         self._voices: list[_Voice] = []
         self.cursor = 0
         """First sample position not yet handed out."""
+        self._limiter = Limiter()
 
     def add_voice(self, gaps: GapTracker) -> int:
         self._voices.append(_Voice(gaps))
@@ -75,7 +158,11 @@ class Mixer:
         v.frames_in += 1
         frame.pts = None  # the resampler must not re-time: placement is ours
         for out in v.resampler.resample(frame):
-            samples = out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+            # The channels' mean, not swresample's float downmix, which adds them at -3 dB
+            # each: a mono voice arriving as identical stereo channels (Opus as aiortc
+            # decodes it) came out 3 dB louder than sent, a full-scale voice at 1.41.
+            planes = out.to_ndarray()
+            samples = planes.sum(axis=0) / np.float32(planes.shape[0])
             self._place(v, round(t * SAMPLE_RATE), samples)
             t += samples.size / SAMPLE_RATE
 
@@ -110,7 +197,7 @@ class Mixer:
                 chunk[:] = 0
             mix += chunk
             voices.append(chunk)
-        np.clip(mix, -1.0, 1.0, out=mix)
+        self._limiter.apply(mix)
         self.cursor = end
         return mix, voices
 

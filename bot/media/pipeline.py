@@ -24,6 +24,7 @@ from bot.media.compositor import Compositor
 from bot.media.gaps import Gap, GapTracker
 from bot.media.layout import grid
 from bot.media.mixer import SAMPLE_RATE, Mixer
+from bot.media.overlay import Captions, Overlay
 from bot.media.withholding import Withholding
 from bot.media.writer import Mp4Writer
 from bot.timeline import Timeline
@@ -74,7 +75,9 @@ class MediaPipeline:
         timeline: Timeline,
         latency: float,
         withholding: Withholding | None = None,
+        captions: Captions | None = None,
     ) -> None:
+        """``captions``: labels and clock burned into the picture; None: none."""
         self._writer = writer
         self._slots = list(slots)
         self._fps = fps
@@ -82,9 +85,16 @@ class MediaPipeline:
         self._latency = latency
         self._compositor = Compositor(width, height, fps)
         self._mixer = Mixer()
-        for slot, rect in zip(slots, grid(len(slots), width, height), strict=True):
+        rects = grid(len(slots), width, height)
+        for slot, rect in zip(slots, rects, strict=True):
             self._compositor.add_cell(rect, GapTracker(slot.participant_id, "video"))
             self._mixer.add_voice(GapTracker(slot.participant_id, "audio"))
+        cells = [(rect, slot.role) for slot, rect in zip(slots, rects, strict=True)]
+        self._overlay = (
+            None
+            if captions is None
+            else Overlay(width, height, cells, captions, origin_wall=timeline.origin_wall)
+        )
         video_cap = max(8, int(VIDEO_QUEUE_SECONDS * 30 * max(1, len(slots))))
         audio_cap = max(50, int(AUDIO_QUEUE_SECONDS * 50 * max(1, len(slots))))
         self._video_in: deque[tuple[int, float, av.VideoFrame]] = deque(maxlen=video_cap)
@@ -169,8 +179,7 @@ class MediaPipeline:
                 tick = self._writer.video_frames * period
                 behind = now - self._latency - tick > CATCH_UP_SECONDS
                 self.report.video_frames_repeated += behind
-                frame = self._compositor.compose(tick, self._withheld(tick), repeat=behind)
-                self._writer.write_video(frame)
+                self._writer.write_video(self._picture(tick, behind))
             horizon = min(horizon, pass_end + period)
             final = final and horizon >= (end or 0.0)
             # A chunk is written once it lies wholly before the horizon; at the end, the
@@ -182,6 +191,8 @@ class MediaPipeline:
             ):
                 start = self._mixer.cursor / SAMPLE_RATE
                 mix, voices = self._mixer.pull(chunk, self._withheld(start))
+                if self._overlay is not None:
+                    self._overlay.listen(start + chunk / SAMPLE_RATE, voices)
                 self._writer.write_audio(0, mix)
                 for index, samples in enumerate(voices, start=1):
                     self._writer.write_audio(index, samples)
@@ -192,6 +203,17 @@ class MediaPipeline:
             self._wake.clear()
         assert end is not None
         self._close(end)
+
+    def _picture(self, tick: float, repeat: bool) -> av.VideoFrame:
+        """The output frame for ``tick``, captioned; the captions come off again before
+        the next compose, so the compositor repaints only what it changed itself."""
+        withheld = self._withheld(tick)
+        if self._overlay is None:
+            return self._compositor.compose(tick, withheld, repeat=repeat)
+        self._overlay.erase()
+        frame = self._compositor.compose(tick, withheld, repeat=repeat)
+        self._overlay.draw(frame, tick, withheld)
+        return frame
 
     def assign(self, slot: int, info: SlotInfo) -> None:
         """A participant takes a cell (joins, or comes back under a new session)."""

@@ -18,6 +18,7 @@ from bot.custody.chain import FragmentChain
 from bot.custody.evidence import Evidence
 from bot.custody.signing import Signer
 from bot.manifest import Manifest
+from bot.media.overlay import Captions
 from bot.media.pipeline import MediaPipeline, SlotInfo
 from bot.media.withholding import Withholding
 from bot.media.writer import Mp4Writer
@@ -97,6 +98,7 @@ def open_pipeline(
         timeline=timeline,
         latency=rec.latency,
         withholding=withholding,
+        captions=Captions.of(rec),
     )
 
 
