@@ -16,7 +16,7 @@ FOUNDATION = frozenset(
 EVERYTHING = frozenset(
     {"bot.realtime", "bot.rtc", "bot.media", "bot.storage", "bot.manifest", "bot.recording"}
     | {"bot.observe", "bot.control", "bot.inspect", "bot.selftest", "bot.synthetic"}
-    | {"bot.custody"}
+    | {"bot.custody", "bot.e2ee"}
 )
 ALLOWED: dict[str, frozenset[str]] = {
     "bot.config": frozenset(),
@@ -26,6 +26,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "bot.timeline": frozenset(),
     "bot.manifest": FOUNDATION,
     "bot.realtime": FOUNDATION | {"bot.realtime"},
+    # MLS (RFC 9420): the wire, the crypto, the tree, the group; frames decrypted here.
+    "bot.e2ee": FOUNDATION | {"bot.e2ee"},
     "bot.rtc": FOUNDATION | {"bot.realtime", "bot.rtc"},
     "bot.media": FOUNDATION | {"bot.media"},
     "bot.storage": FOUNDATION | {"bot.storage", "bot.manifest"},
