@@ -353,3 +353,16 @@ class SecretTree:
                 self._nodes[right] = expand_with_label(secret, "tree", b"right", HASH_LEN)
             node = left if target < node else right
         return self._nodes.pop(target)
+
+
+def psk_secret(psks: list[tuple[bytes, bytes]]) -> bytes:
+    """§8.4: the psk_secret from (encoded PreSharedKeyID, key) pairs, in the order the
+    Welcome or Commit lists them; ``NO_PSK`` for none. The recorder holds no PSK in a call
+    (Orange never uses them); the working group's vectors do, so the rule is kept exact."""
+    secret = NO_PSK
+    for index, (psk_id, key) in enumerate(psks):
+        extracted = extract(NO_PSK, key)
+        label = bytes(Writer().raw(psk_id).u16(index).u16(len(psks)))
+        psk_input = expand_with_label(extracted, "derived psk", label, HASH_LEN)
+        secret = extract(psk_input, secret)
+    return secret
