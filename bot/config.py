@@ -513,6 +513,15 @@ class FhirSettings(_Section):
         return value
 
 
+class E2eeSettings(_Section):
+    """End-to-end encrypted calls (``bot.e2ee``): the recorder joins the call's MLS group
+    as a visible member through the control API. Frames it cannot open are never decoded;
+    if the media stays unreadable for ``join_timeout`` seconds the recording fails (exit 4)
+    instead of filling with black."""
+
+    join_timeout: float = Field(30.0, gt=0)
+
+
 class Settings(_Section):
     realtime: RealtimeSettings = RealtimeSettings()
     recording: RecordingSettings = RecordingSettings()
@@ -522,6 +531,7 @@ class Settings(_Section):
     webhook: WebhookSettings = WebhookSettings()
     fhir: FhirSettings = FhirSettings()
     custody: CustodySettings = CustodySettings()
+    e2ee: E2eeSettings = E2eeSettings()
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:

@@ -13,6 +13,7 @@ import aiortc
 import pytest
 import structlog
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCSessionDescription
+from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket, RtpPacket, wrap_rtx
 from hypothesis import given
 from hypothesis import strategies as st
@@ -103,6 +104,26 @@ def test_decoder_queue_drops_the_oldest_frames_but_never_the_stop_sentinel() -> 
     items = [q.get_nowait() for _ in range(q.qsize())]
     assert items[:-1] == [("codec", 7), ("codec", 8), ("codec", 9)] and items[-1] is None
     assert q.dropped == 7
+
+
+def test_decoder_queue_opens_frames_and_drops_those_it_cannot() -> None:
+    """The decoder thread takes frames through the opener (end-to-end decryption): what
+    cannot be opened is never handed to the decoder, and frames dropped for space are not
+    opened at all (no key spent on them)."""
+    opened: list[bytes] = []
+
+    def opener(data: bytes) -> bytes | None:
+        opened.append(data)
+        return None if data.startswith(b"sealed") else data.upper()
+
+    frames = [JitterFrame(data, timestamp=i) for i, data in enumerate([b"a", b"sealed", b"b"])]
+    q = BoundedDecoderQueue(2, opener)
+    for frame in frames:
+        q.put(("codec", frame))
+    q.put(None)
+    assert q.get()[1].data == b"B"  # "a" was dropped for space, unopened
+    assert q.get() is None and q.unopened == 1 and q.dropped == 1
+    assert opened == [b"sealed", b"b"]
 
 
 async def test_frame_queue_keeps_the_newest_frames_and_the_end_marker() -> None:

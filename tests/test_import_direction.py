@@ -35,7 +35,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "bot.custody": FOUNDATION | {"bot.custody", "bot.manifest", "bot.storage"},
     "bot.recording": FOUNDATION
     | {"bot.realtime", "bot.rtc", "bot.media", "bot.storage"}
-    | {"bot.manifest", "bot.custody"},
+    | {"bot.manifest", "bot.custody", "bot.e2ee"},
     "bot.observe": FOUNDATION | {"bot.observe", "bot.storage", "bot.recording", "bot.custody"},
     # The synthetic participant: the selftest's publisher (and the testbed's).
     "bot.synthetic": FOUNDATION | {"bot.realtime", "bot.rtc", "bot.synthetic"},

@@ -69,6 +69,7 @@ def test_a_calm_recording_goes_on() -> None:
         ({"connected": False, "elapsed_s": 15.0}, "connect_timeout"),
         ({"pipeline_alive": False}, "media_failed"),
         ({"disk_limit": True}, "disk_limit"),
+        ({"unreadable_for_s": 30.0}, "encrypted"),
     ],
 )
 def test_each_stop_rule(change: dict[str, object], reason: str) -> None:
@@ -92,6 +93,9 @@ def test_failures_have_exit_codes_and_normal_ends_have_none() -> None:
     assert failure_of("disk_limit")[0] == ExitCode.STORAGE  # type: ignore[index]
     assert failure_of("connect_timeout")[0] == ExitCode.REALTIME  # type: ignore[index]
     assert failure_of("media_failed")[0] == ExitCode.MEDIA  # type: ignore[index]
+    encrypted = failure_of("encrypted")
+    assert encrypted is not None and encrypted[0] == ExitCode.REALTIME
+    assert "end-to-end encrypted" in encrypted[1] and "e2ee.join_timeout" in encrypted[1]
     for normal in ("duration_limit", "silence_timeout", "sigterm", "stop_requested"):
         assert failure_of(normal) is None
 

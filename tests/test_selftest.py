@@ -110,7 +110,9 @@ async def test_keep_leaves_the_object_and_its_manifest(call: LocalCall, s3: Loca
     assert not steps["rtx"]["required"] and not steps["simulcast"]["required"]
     key = report["object_key"]
     assert key.startswith("selftest/") and key.endswith(".mp4")
-    assert _objects(s3) == sorted([key, key + ".manifest.json"]) == report["kept"]
+    # The recording and its evidence (unsigned here: the selftest has no clinic key).
+    beside = [".manifest.json", ".audit.jsonl", ".fhir.json"]
+    assert _objects(s3) == sorted([key, *(key + suffix for suffix in beside)]) == report["kept"]
     assert all(s["seconds"] is not None for s in steps.values() if s["status"] == "pass")
 
 

@@ -28,6 +28,7 @@ import structlog
 from bot.config import ConfigError, Participant, Settings
 from bot.custody.audit import AuditLog
 from bot.custody.signing import load_signer
+from bot.e2ee.frames import FrameDecryptor
 from bot.exitcodes import ExitCode
 from bot.manifest import Manifest
 from bot.media.pipeline import MediaPipeline, MediaReport
@@ -96,12 +97,15 @@ class Recorder:
         self._wall_clock = wall_clock
         self._stop = asyncio.Event()
         self._stop_reason = ""
-        self._policy = StopPolicy(rec)
+        self._policy = StopPolicy(rec, settings.e2ee.join_timeout)
         self._supervisor: TransportSupervisor[Subscriber] | None = None
         self._pipeline: MediaPipeline | None = None
         self._output: Output | None = None
         self._packets_lost: dict[str, int] = {}
         self._withholding = Withholding(require_consent=rec.require_consent)
+        self.frames = FrameDecryptor()
+        """Opens end-to-end encrypted frames (once a group is joined) and keeps every frame
+        it cannot open away from the decoders."""
 
     # -- live control ------------------------------------------------------------------
 
@@ -234,6 +238,7 @@ class Recorder:
             timeline,
             submit=self._submit,
             stopping=self._stop.is_set,
+            open_frame=self.frames.open,
         )
         refused = await self._join()
         if refused is not None:
@@ -372,7 +377,13 @@ class Recorder:
     def _observe(self) -> StopSignals:
         assert self._supervisor is not None and self._pipeline is not None
         upload = self._output.uploader.status() if self._output else None
-        return StopSignals.of(self._supervisor.current, self._pipeline, upload, self._wall_clock)
+        return StopSignals.of(
+            self._supervisor.current,
+            self._pipeline,
+            upload,
+            self._wall_clock,
+            self.frames.unreadable_for(),
+        )
 
     def _manifest(
         self, started_at: datetime, ended_at: datetime | None, media: MediaReport | None

@@ -27,6 +27,12 @@ FAILED_STOPS: dict[str, tuple[ExitCode, str]] = {
         "Cloudflare (or the ICE servers in realtime.ice_servers) is reachable",
     ),
     "media_failed": (ExitCode.MEDIA, "the media thread failed; see media.thread_failed"),
+    "encrypted": (
+        ExitCode.REALTIME,
+        "the media is end-to-end encrypted and this recorder cannot open it (not a member "
+        "of the call's MLS group within e2ee.join_timeout): admit it through the control "
+        "API's /v1/e2ee routes; nothing encrypted was decoded into the recording",
+    ),
     "disk_limit": (
         ExitCode.STORAGE,
         "the spool reached its disk limit (storage.max_spool_bytes or storage.min_free_bytes); "
@@ -48,6 +54,8 @@ class StopSignals:
     connected: bool
     pipeline_alive: bool
     disk_limit: bool
+    unreadable_for_s: float = 0.0
+    """Seconds every frame has been ciphertext this recorder cannot open."""
 
     @classmethod
     def of(
@@ -56,6 +64,7 @@ class StopSignals:
         pipeline: MediaPipeline,
         upload: UploadStatus | None,
         wall_clock: Callable[[], float],
+        unreadable_for_s: float = 0.0,
     ) -> StopSignals:
         elapsed = pipeline.now()
         last = transport.last_media()
@@ -66,11 +75,13 @@ class StopSignals:
             connected=transport.connected.is_set(),
             pipeline_alive=pipeline.alive,
             disk_limit=bool(upload and upload.disk_limit),
+            unreadable_for_s=unreadable_for_s,
         )
 
 
 class StopPolicy:
-    def __init__(self, settings: RecordingSettings) -> None:
+    def __init__(self, settings: RecordingSettings, e2ee_join_timeout: float = 30.0) -> None:
+        self._join_timeout = e2ee_join_timeout
         self._max_duration = settings.max_duration
         self._silence_timeout = settings.silence_timeout
         self._connect_timeout = settings.connect_timeout
@@ -87,6 +98,8 @@ class StopPolicy:
             return "media_failed"
         if seen.disk_limit:
             return "disk_limit"
+        if seen.unreadable_for_s >= self._join_timeout:
+            return "encrypted"
         return None
 
     def time_left(self, elapsed_s: float) -> float:

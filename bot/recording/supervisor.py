@@ -22,6 +22,7 @@ import structlog
 from bot.config import Participant, Settings, TrackRef
 from bot.realtime import RealtimeClient, RealtimeError, TrackResult
 from bot.recording.roster import Roster
+from bot.rtc.buffers import FrameOpener
 from bot.rtc.subscriber import FailedTrack, FrameSink, PulledTrack, Subscriber
 from bot.timeline import Timeline
 
@@ -208,6 +209,7 @@ def subscriber_supervisor(
     *,
     submit: FrameSink,
     stopping: Callable[[], bool],
+    open_frame: FrameOpener | None = None,
 ) -> TransportSupervisor[Subscriber]:
     """The recorder's supervisor: each transport a ``Subscriber`` on the one timeline."""
     realtime = settings.realtime
@@ -219,6 +221,7 @@ def subscriber_supervisor(
             timeline=timeline,
             ice_servers=realtime.ice_servers,
             simulcast_layer=settings.recording.simulcast_layer or None,
+            open_frame=open_frame,
         )
 
     return TransportSupervisor(

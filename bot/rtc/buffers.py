@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+from collections.abc import Callable
 from typing import Any
 
 from aiortc.utils import uint16_add
@@ -53,22 +54,33 @@ class AudioReorder:
         return ready
 
 
+FrameOpener = Callable[[bytes], bytes | None]
+"""Turns an encoded frame as received into the frame to decode, or None to drop it: the
+end-to-end decryption (``bot.e2ee.frames``), which also keeps ciphertext it cannot open
+from ever reaching a decoder."""
+
+
 class BoundedDecoderQueue(queue.Queue[Any]):
     """aiortc's decoder input queue, bounded: when the decoder thread cannot keep up (a
     starved machine), the oldest encoded frames go instead of memory growing without
     limit. A video frame lost this way makes the next ones fail to decode, and aiortc
     then asks for a keyframe by itself.
+
+    With an ``opener``, each frame is opened as the decoder thread takes it (off the
+    event loop) and dropped when it cannot be (``unopened``).
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, opener: FrameOpener | None = None) -> None:
         super().__init__()
         self._limit = limit
+        self._opener = opener
         self.dropped = 0
+        self.unopened = 0
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         while item is not None and self.qsize() >= self._limit:
             try:
-                oldest = self.get_nowait()
+                oldest = super().get(block=False)  # dropped unopened: no key spent on it
             except queue.Empty:
                 break
             if oldest is None:  # the stop sentinel always goes through
@@ -76,6 +88,18 @@ class BoundedDecoderQueue(queue.Queue[Any]):
                 break
             self.dropped += 1
         super().put(item, block, timeout)
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        while True:
+            item = super().get(block, timeout)
+            if item is None or self._opener is None:
+                return item
+            _, encoded = item
+            opened = self._opener(encoded.data)
+            if opened is not None:
+                encoded.data = opened
+                return item
+            self.unopened += 1
 
 
 class DroppingFrameQueue(asyncio.Queue[Any]):

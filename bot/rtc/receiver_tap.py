@@ -16,7 +16,7 @@ from aiortc.rtp import RtcpSrPacket
 from aiortc.utils import uint16_add, uint16_gt
 
 from bot.rtc.aiortc_compat import AudioPassThrough, LossTolerantJitterBuffer, ReceiverHooks
-from bot.rtc.buffers import AudioReorder, BoundedDecoderQueue, DroppingFrameQueue
+from bot.rtc.buffers import AudioReorder, BoundedDecoderQueue, DroppingFrameQueue, FrameOpener
 from bot.rtc.clock import StreamClock
 
 VIDEO_GIVE_UP_PACKETS = 48
@@ -47,7 +47,7 @@ class ReceiverTap:
     Anything else (RED, FEC, a codec that was not negotiated) is counted and dropped.
     """
 
-    def __init__(self, receiver: Any, kind: str) -> None:
+    def __init__(self, receiver: Any, kind: str, opener: FrameOpener | None = None) -> None:
         self.kind = kind
         self.clock: StreamClock | None = None
         self._media: frozenset[int] = frozenset()
@@ -62,12 +62,13 @@ class ReceiverTap:
         self.foreign_packets = 0
         self.foreign_payload_type: int | None = None
         self._frames = DroppingFrameQueue(DECODED_FRAMES_KEPT[kind])
+        self._encoded = BoundedDecoderQueue(ENCODED_FRAMES_KEPT[kind], opener)
         self._aiortc = ReceiverHooks(
             receiver,
             on_rtp=self._on_rtp,
             on_rtcp=self._on_rtcp,
             frame_timestamp=self._frame_timestamp,
-            decoder_queue=BoundedDecoderQueue(ENCODED_FRAMES_KEPT[kind]),
+            decoder_queue=self._encoded,
             frame_queue=self._frames,
         )
 
@@ -101,6 +102,11 @@ class ReceiverTap:
         self._aiortc.add_codecs(codecs)
         while not self._frames.empty():  # frames of the m-line's previous track
             self._frames.get_nowait()
+
+    @property
+    def unopened_frames(self) -> int:
+        """Encoded frames dropped because they could not be opened (encrypted media)."""
+        return self._encoded.unopened
 
     def decline(self) -> None:
         """Drop every packet (a track in a codec the recorder cannot decode, or the

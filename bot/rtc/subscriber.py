@@ -32,6 +32,7 @@ from bot.rtc.aiortc_compat import (
     request_keyframe,
     route_by_mid,
 )
+from bot.rtc.buffers import FrameOpener
 from bot.rtc.clock import ClockDomain, StreamClock
 from bot.rtc.codec_policy import Declined, OfferPlan, prepare_offer
 from bot.rtc.receiver_tap import ReceiverTap
@@ -70,12 +71,14 @@ class Subscriber:
         timeline: Timeline,
         ice_servers: tuple[str, ...] = (),
         simulcast_layer: str | None = None,
+        open_frame: FrameOpener | None = None,
     ) -> None:
         accept_lower_dynamic_payload_types()
         self._client = client
         self._sink = sink
         self._timeline = timeline
         self._simulcast_layer = simulcast_layer
+        self._open_frame = open_frame
         self._pc = RTCPeerConnection(
             RTCConfiguration(iceServers=[RTCIceServer(urls=url) for url in ice_servers])
         )
@@ -248,7 +251,9 @@ class Subscriber:
         mid: str = transceiver.mid
         tap = self._taps.get(mid)
         if tap is None:
-            tap = self._taps[mid] = ReceiverTap(transceiver.receiver, transceiver.kind)
+            tap = self._taps[mid] = ReceiverTap(
+                transceiver.receiver, transceiver.kind, self._open_frame
+            )
             route_by_mid(transceiver.receiver.transport)
         return tap
 
