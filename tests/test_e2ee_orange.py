@@ -102,3 +102,47 @@ def test_frames_it_cannot_open_are_never_passed_on(orange: OrangeWorkers) -> Non
     assert member.outcomes[Outcome.UNREADABLE] == 3
     with pytest.raises(GroupError):
         group.open_application(fresh[1:] + b"\x00")
+
+
+def test_outliving_its_admitter_it_commits_for_the_group_and_orange_follows(
+    orange: OrangeWorkers,
+) -> None:
+    """Alice admits the recorder, then Bob; Alice leaves. Bob does not commit her Remove:
+    the recorder, which was there before him, is the committer now. Its Remove and then
+    its Add of a newcomer (Carol, admitted by its Welcome) must be accepted by Orange, and
+    everyone must agree on the safety number."""
+    orange.new("alice")
+    orange.event("alice", "initializeAndCreateGroup", id="alice")
+    recorder = Member.create(b"recorder")
+    welcome, tree, _, _ = _admit(orange, "alice", recorder.key_package.to_bytes())
+    group = Group.join(recorder, welcome, tree)
+    orange.new("bob")
+    shared = of_type(orange.event("bob", "initialize", id="bob"), "shareKeyPackage")[0]
+    bob_welcome, bob_tree, commit, _ = _admit(orange, "alice", shared["keyPkg"])
+    group.handle(commit)
+    orange.event("bob", "recvMlsWelcome", welcome=bob_welcome, rtree=bob_tree, senderId="alice")
+
+    assert not of_type(orange.event("bob", "userLeft", id="alice"), "sendMlsMessage")
+    removal = group.commit(remove=[group.members.index(b"alice")])
+    assert removal.welcome is None
+    followed = orange.event("bob", "recvMlsMessage", msg=removal.commit, senderId="recorder")
+    assert of_type(followed, "newSafetyNumber")[0]["hash"] == group.safety_number
+    assert group.members == [b"recorder", b"bob"]
+
+    orange.new("carol")
+    shared = of_type(orange.event("carol", "initialize", id="carol"), "shareKeyPackage")[0]
+    added = group.commit(add=[shared["keyPkg"]])
+    assert added.welcome is not None
+    bob_sees = orange.event("bob", "recvMlsMessage", msg=added.commit, senderId="recorder")
+    carol_sees = orange.event(
+        "carol",
+        "recvMlsWelcome",
+        welcome=added.welcome,
+        rtree=added.ratchet_tree,
+        senderId="recorder",
+    )
+    for outputs in (bob_sees, carol_sees):
+        assert of_type(outputs, "newSafetyNumber")[0]["hash"] == group.safety_number
+    frames = FrameDecryptor(group)
+    for member in ("bob", "carol"):
+        assert frames.open(orange.encrypt(member, KEYFRAME, "video")) == KEYFRAME

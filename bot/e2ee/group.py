@@ -29,32 +29,47 @@ from bot.e2ee.messages import (
     AuthenticatedContent,
     Capabilities,
     Commit,
+    ConfirmedTranscriptHashInput,
     ContentType,
     Credential,
     CredentialType,
+    EncryptedGroupSecrets,
     Extension,
     ExtensionType,
+    FramedContent,
+    FramedContentAuthData,
     GroupContext,
     GroupContextExtensions,
     GroupInfo,
     GroupSecrets,
+    HPKECiphertext,
     KeyPackage,
     LeafNode,
     LeafNodeSource,
     Lifetime,
     MLSMessage,
+    PathSecret,
     PreSharedKey,
     PreSharedKeyID,
     PrivateMessage,
     Proposal,
+    ProposalOrRef,
     PSKType,
     PublicMessage,
     Remove,
+    Sender,
     Update,
     Welcome,
+    WireFormat,
 )
-from bot.e2ee.protect import ProtectionError, unprotect_private, unprotect_public
-from bot.e2ee.tree import LEAF_NODE_LABEL, RatchetTree, TreeError
+from bot.e2ee.protect import (
+    ProtectionError,
+    encrypt_private_message,
+    sign_framed_content,
+    unprotect_private,
+    unprotect_public,
+)
+from bot.e2ee.tree import LEAF_NODE_LABEL, PathSecrets, RatchetTree, TreeError, in_subtree, level
 
 KEY_PACKAGE_LABEL: Final = "KeyPackageTBS"
 GROUP_INFO_LABEL: Final = "GroupInfoTBS"
@@ -364,15 +379,115 @@ class Group:
         tag = content.auth.confirmation_tag
         if tag is None or tag != schedule.confirmation_tag(secrets.confirmation_key, confirmed):
             raise GroupError("the Commit's confirmation tag does not match")
-        self._kept[epoch.context.epoch] = epoch
+        self._enter(context, secrets, tree, tag, new_keys)
+
+    def _enter(
+        self,
+        context: GroupContext,
+        secrets: schedule.EpochSecrets,
+        tree: RatchetTree,
+        confirmation_tag: bytes,
+        new_keys: Mapping[int, bytes],
+    ) -> None:
+        """Make the next epoch current; the one left stays for frames still in flight."""
+        left = self.current
+        self._kept[left.context.epoch] = left
         while len(self._kept) > KEPT_EPOCHS:
             self._kept.popitem(last=False)
         self.private_keys = {x: k for x, k in self.private_keys.items() if tree.node(x)}
         self.private_keys.update(new_keys)
-        self.interim_transcript_hash = schedule.interim_transcript_hash(confirmed, tag)
+        self.interim_transcript_hash = schedule.interim_transcript_hash(
+            context.confirmed_transcript_hash, confirmation_tag
+        )
         secret_tree = schedule.SecretTree(secrets.encryption_secret, tree.leaf_count)
-        self.current = _Epoch(context, context_bytes, secrets, secret_tree, tree)
+        self.current = _Epoch(context, context.to_bytes(), secrets, secret_tree, tree)
         self._proposals.clear()
+
+    # -- our own commits (§12.4.1), when this member is the one to commit ------------------
+
+    def commit(self, add: Sequence[bytes] = (), remove: Sequence[int] = ()) -> Committed:
+        """Commit Removes of ``remove`` (leaf indices) and Adds of ``add`` (bare
+        KeyPackages), always with an UpdatePath (as openmls does, so Orange accepts it),
+        as a PrivateMessage; a Welcome for the new members. Moves to the new epoch."""
+        with self._lock:
+            epoch = self.current
+            packages = [_checked_key_package(data) for data in add]
+            tree = epoch.tree.copy()
+            try:
+                for leaf in remove:
+                    if leaf == self.own_leaf or tree.leaf(leaf) is None:
+                        raise GroupError(f"leaf {leaf} cannot be removed by this member")
+                    tree.remove_leaf(leaf)
+                added = [tree.add_leaf(package.leaf_node) for package in packages]
+                path, learned = tree.encrypt_path(
+                    self.own_leaf,
+                    self.signature_private,
+                    self.group_id,
+                    lambda tree_hash: replace(
+                        epoch.context, epoch=self.epoch + 1, tree_hash=tree_hash
+                    ).to_bytes(),
+                    excluded_leaves=added,
+                )
+            except TreeError as exc:
+                raise GroupError(f"cannot commit: {exc}") from None
+            proposals = [Proposal(Remove(leaf)) for leaf in remove]
+            proposals += [Proposal(Add(package)) for package in packages]
+            commit = Commit(tuple(ProposalOrRef(p) for p in proposals), path)
+            return self._send_commit(commit, tree, learned, list(zip(added, packages, strict=True)))
+
+    def _send_commit(
+        self,
+        commit: Commit,
+        tree: RatchetTree,
+        learned: PathSecrets,
+        newcomers: list[tuple[int, KeyPackage]],
+    ) -> Committed:
+        epoch = self.current
+        framed = FramedContent(
+            self.group_id,
+            epoch.context.epoch,
+            Sender.member(self.own_leaf),
+            b"",
+            ContentType.COMMIT,
+            commit,
+        )
+        wire = WireFormat.PRIVATE_MESSAGE
+        signature = sign_framed_content(framed, wire, epoch.context, self.signature_private)
+        confirmed = schedule.confirmed_transcript_hash(
+            self.interim_transcript_hash,
+            ConfirmedTranscriptHashInput(wire, framed, signature).to_bytes(),
+        )
+        context = replace(
+            epoch.context,
+            epoch=epoch.context.epoch + 1,
+            tree_hash=tree.tree_hash(),
+            confirmed_transcript_hash=confirmed,
+        )
+        joiner = schedule.joiner_secret(
+            epoch.secrets.init_secret, learned.commit_secret, context.to_bytes()
+        )
+        welcome_secret, secrets = schedule.epoch_secrets(
+            joiner, schedule.NO_PSK, context.to_bytes()
+        )
+        tag = schedule.confirmation_tag(secrets.confirmation_key, confirmed)
+        sealed = encrypt_private_message(
+            AuthenticatedContent(wire, framed, FramedContentAuthData(signature, tag)),
+            sender_data_secret=epoch.secrets.sender_data_secret,
+            secret_tree=epoch.secret_tree,
+        )
+        welcome = None
+        if newcomers:
+            info = self._group_info(context, tag)
+            welcome = _welcome(info, joiner, welcome_secret, newcomers, learned)
+        self._remember_resumption(epoch)
+        self._enter(context, secrets, tree, tag, learned.private_keys)
+        return Committed(MLSMessage(sealed).to_bytes(), welcome, tree.to_bytes())
+
+    def _group_info(self, context: GroupContext, confirmation_tag: bytes) -> GroupInfo:
+        """§12.4.3: signed by us; no ratchet_tree extension (Orange sends the tree beside)."""
+        unsigned = GroupInfo(context, (), confirmation_tag, self.own_leaf)
+        signature = crypto.sign_with_label(self.signature_private, GROUP_INFO_LABEL, unsigned.tbs())
+        return replace(unsigned, signature=signature)
 
     def _remember_resumption(self, epoch: _Epoch) -> None:
         self._resumption[epoch.context.epoch] = epoch.secrets.resumption_psk
@@ -453,6 +568,67 @@ class Group:
         except TreeError as exc:
             raise GroupError(f"the Commit's UpdatePath does not apply: {exc}") from None
         return learned.commit_secret, dict(learned.private_keys)
+
+
+@dataclass(frozen=True, repr=False)
+class Committed:
+    """What our Commit sends: the Commit for the group, a Welcome for the new members
+    (None without Adds), and the new ratchet tree that travels beside the Welcome."""
+
+    commit: bytes
+    welcome: bytes | None
+    ratchet_tree: bytes
+
+    def __repr__(self) -> str:
+        return f"Committed(welcome={self.welcome is not None})"
+
+
+def _checked_key_package(data: bytes) -> KeyPackage:
+    """§10.1: a KeyPackage we may add: our suite, distinct keys, its signature."""
+    try:
+        package = KeyPackage.from_bytes(data)
+    except DecodeError as exc:
+        raise GroupError(f"malformed KeyPackage: {exc}") from None
+    leaf = package.leaf_node
+    if package.cipher_suite != crypto.CIPHER_SUITE:
+        raise GroupError(f"a KeyPackage of cipher suite {package.cipher_suite}, not 1")
+    if package.init_key == leaf.encryption_key:
+        raise GroupError("a KeyPackage whose init and encryption keys are the same")
+    if leaf.leaf_node_source is not LeafNodeSource.KEY_PACKAGE or not crypto.verify_with_label(
+        leaf.signature_key, KEY_PACKAGE_LABEL, package.tbs(), package.signature
+    ):
+        raise GroupError("a KeyPackage whose signature does not verify")
+    return package
+
+
+def _welcome(
+    info: GroupInfo,
+    joiner_secret: bytes,
+    welcome_secret: bytes,
+    newcomers: list[tuple[int, KeyPackage]],
+    learned: PathSecrets,
+) -> bytes:
+    """§12.4.3: the GroupInfo sealed under the welcome secret and, for each new member,
+    the joiner secret and the path secret of the lowest node of our path above them,
+    HPKE-sealed to their init key."""
+    key, nonce = schedule.welcome_key_nonce(welcome_secret)
+    encrypted_info = crypto.seal(key, nonce, b"", info.to_bytes())
+    entries = []
+    for leaf, package in newcomers:
+        above = [x for x in learned.path_secrets if in_subtree(x, 2 * leaf)]
+        path_secret = learned.path_secrets[min(above, key=level)] if above else None
+        secrets = GroupSecrets(
+            joiner_secret, PathSecret(path_secret) if path_secret is not None else None
+        )
+        kem_output, ciphertext = crypto.encrypt_with_label(
+            package.init_key, WELCOME_LABEL, encrypted_info, secrets.to_bytes()
+        )
+        entries.append(
+            EncryptedGroupSecrets(
+                crypto.key_package_ref(package.to_bytes()), HPKECiphertext(kem_output, ciphertext)
+            )
+        )
+    return MLSMessage(Welcome(crypto.CIPHER_SUITE, tuple(entries), encrypted_info)).to_bytes()
 
 
 def _decode(data: bytes, what: str) -> MLSMessage:
@@ -538,4 +714,4 @@ def _check_group_info(info: GroupInfo, tree: RatchetTree) -> None:
         raise GroupError(f"the Welcome's tree is not valid: {exc}") from None
 
 
-__all__ = ["Group", "GroupError", "Member", "NotForUs"]
+__all__ = ["Committed", "Group", "GroupError", "Member", "NotForUs"]
