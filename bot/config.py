@@ -160,6 +160,14 @@ class RecordingSettings(_Section):
     show_consultation_id: bool = False
     participants: tuple[Participant, ...] = ()
 
+    def required_consultation_id(self) -> str:
+        if self.consultation_id is None:
+            raise ConfigError(
+                "no consultation id: pass --consultation-id ID (an opaque id, never patient "
+                "data) or set BOT_RECORDING_CONSULTATION_ID"
+            )
+        return self.consultation_id
+
     @field_validator("consultation_id")
     @classmethod
     def _opaque(cls, value: str | None) -> str | None:

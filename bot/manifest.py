@@ -17,7 +17,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 from bot import __version__
 
 SCHEMA_VERSION = 2
-"""2: ``custody`` (chain heads and signature), ``storage.sha1``, consent."""
+"""2: ``custody`` (chain heads and signature), ``storage.sha1``, consent, ``e2ee``."""
 _OPAQUE = r"^[A-Za-z0-9_-]{1,64}$"
 _SHA256 = r"^[0-9a-f]{64}$"
 
@@ -66,6 +66,24 @@ class ConsentChange(_Model):
     participant_id: str = Field(pattern=_OPAQUE)
     consent: Literal["given", "withdrawn"]
     at: float = Field(ge=0)
+
+
+class E2eeChange(_Model):
+    """The recorder joined the call's MLS group, followed a new epoch, or committed one."""
+
+    kind: Literal["joined", "epoch", "committed", "removed"]
+    epoch: int = Field(ge=0)
+    safety_number: str = Field(pattern=r"^[0-9]{1,128}$")
+    members: int = Field(ge=0)
+    at: AwareDatetime
+
+
+class E2eeRecord(_Model):
+    """An end-to-end encrypted call: the recorder's membership and what it could open.
+    Frames it could not open were never decoded; they are gaps with reason ``encrypted``."""
+
+    changes: tuple[E2eeChange, ...] = ()
+    frames: dict[str, int] = Field(default_factory=dict)
 
 
 class PartEntry(_Model):
@@ -131,6 +149,7 @@ class Manifest(_Model):
     require_consent: bool = False
     """Each participant's media entered the record only once their consent was given."""
     consent: tuple[ConsentChange, ...] = ()
+    e2ee: E2eeRecord | None = None
     sync: dict[str, Any] = Field(default_factory=dict)
     recovered: bool = False
     """True when ``bot recover`` finished the recording after the recorder died."""

@@ -37,7 +37,7 @@ async def _record(output_dir: Path) -> tuple[RecordingResult, float]:
         pipeline = recorder.pipeline
         assert pipeline is not None
         await asyncio.sleep(max(0.0, GIVEN_AFTER - pipeline.now()))  # schedules the call
-        given_at = recorder.set_consent("c1", True)
+        given_at = recorder.privacy.set_consent("c1", True)
         assert [p.consent for p in recorder.status().participants] == [True, False]
         return await asyncio.wait_for(running, 60), given_at
     finally:

@@ -193,7 +193,7 @@ async def test_a_fault_in_a_handler_is_a_json_500_and_audited(
     def pause() -> None:
         raise RuntimeError("jane doe's camera")
 
-    monkeypatch.setattr(served.recorder, "pause", pause)
+    monkeypatch.setattr(served.recorder.privacy, "pause", pause)
     response = await served.http.post("/v1/pause", headers=hs(role="clinician", sub="clin-2"))
     assert response.status_code == 500
     assert response.json()["error"] == "internal_error"

@@ -41,6 +41,8 @@ class Action(StrEnum):
     """Record anyone's consent, given or withdrawn."""
     WITHDRAW_OWN_CONSENT = "withdraw_own_consent"
     """Withdraw one's own consent (the token's ``sub`` is the participant id)."""
+    E2EE = "e2ee"
+    """Relay the encrypted call's handshake (orchestrator only)."""
 
 
 ROLE_POLICY: Final[Mapping[str, frozenset[Action]]] = {

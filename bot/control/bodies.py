@@ -6,6 +6,7 @@ the reason goes to the audit trail; a bad value is named by position and fingerp
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from typing import Any, Final
@@ -51,7 +52,8 @@ def nesting(text: str) -> int:
     return deepest
 
 
-async def _json_object(request: web.Request) -> dict[str, Any]:
+async def read_object(request: web.Request) -> dict[str, Any]:
+    """A JSON object body, size and depth bounded (reasons never quote it)."""
     try:
         text = (await request.read()).decode("utf-8")
     except web.HTTPRequestEntityTooLarge:
@@ -73,7 +75,7 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
 
 async def read_consent(request: web.Request) -> bool:
     """The consent body: ``{"consent": "given" | "withdrawn"}``; True when given."""
-    body = await _json_object(request)
+    body = await read_object(request)
     value = body.get("consent")
     if set(body) != {"consent"} or not isinstance(value, str) or value not in _CONSENT:
         raise ControlError(400, "bad_request", 'body must be {"consent": "given" | "withdrawn"}')
@@ -87,7 +89,7 @@ async def read_participant(request: web.Request) -> Participant:
     and the reason goes to the audit trail. A bad track is named by position and
     fingerprint.
     """
-    body = await _json_object(request)
+    body = await read_object(request)
     unknown = set(body) - _ADD_FIELDS
     if unknown:
         raise ControlError(
@@ -118,3 +120,16 @@ async def read_participant(request: web.Request) -> Participant:
             f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
         )
         raise ControlError(400, "bad_request", reasons) from None
+
+
+def base64_field(body: dict[str, Any], name: str, *, required: bool = True) -> bytes | None:
+    """A field holding bytes as standard base64 (the E2EE routes' MLS messages)."""
+    value = body.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str):
+        raise ControlError(400, "bad_request", f"{name} must be a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError:
+        raise ControlError(400, "bad_request", f"{name} is not valid base64") from None

@@ -51,6 +51,7 @@ from bot.control.auth import (
     Caller,
 )
 from bot.control.bodies import MAX_BODY, read_consent, read_participant
+from bot.control.e2ee_routes import E2eeRoutes
 from bot.custody.audit import AuditLog
 from bot.observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from bot.observe.metrics import Metrics
@@ -103,6 +104,7 @@ class ControlServer:
             (hdrs.METH_POST, "/v1/resume", (Action.RESUME,), self._resume),
             (hdrs.METH_POST, "/v1/stop", (Action.STOP,), self._stop),
             (hdrs.METH_GET, "/v1/status", (Action.STATUS,), self._status),
+            *E2eeRoutes(recorder.e2ee).routes(),
         ]
         self._actions: dict[str, Action] = {}
         for method, path, actions, handler in control:
@@ -301,7 +303,7 @@ class ControlServer:
         if participant_id not in {p.id for p in self._recorder.roster.ever()}:
             raise ControlError(404, "unknown_participant", "no such participant is recorded")
         state = "given" if given else "withdrawn"
-        at = round(self._recorder.set_consent(participant_id, given), 3)
+        at = round(self._recorder.privacy.set_consent(participant_id, given), 3)
         if self._notify is not None:
             self._notify(
                 "consent.changed",
@@ -319,7 +321,7 @@ class ControlServer:
     async def _pause(self, _: web.Request, caller: Caller) -> Answer:
         changed = not self._recorder.status().paused
         if changed:
-            self._recorder.pause()
+            self._recorder.privacy.pause()
         return Answer(
             {"paused": True, "changed": changed},
             event="recording.paused",
@@ -331,7 +333,7 @@ class ControlServer:
     async def _resume(self, _: web.Request, caller: Caller) -> Answer:
         changed = self._recorder.status().paused
         if changed:
-            self._recorder.resume()
+            self._recorder.privacy.resume()
         return Answer(
             {"paused": False, "changed": changed},
             event="recording.resumed",

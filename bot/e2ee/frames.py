@@ -101,6 +101,9 @@ class FrameDecryptor:
         if len(frame) <= split:
             return Outcome.PREFIX_ONLY, None
         if not looks_encrypted(frame):
+            other = DELTA_PREFIX if split == KEYFRAME_PREFIX else KEYFRAME_PREFIX
+            if frame[other : other + len(MLS_PRIVATE_HEADER)] == MLS_PRIVATE_HEADER:
+                return Outcome.UNREADABLE, None  # the prefix-length bit was changed
             return Outcome.PLAIN, frame
         opener = self._opener
         if opener is None:

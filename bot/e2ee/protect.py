@@ -167,8 +167,8 @@ def _open_sender_data(message: PrivateMessage, sender_data_secret: bytes) -> Sen
 def _content_key_nonce(
     tree: SecretTree, content_type: ContentType, sender: SenderData
 ) -> tuple[bytes, bytes]:
-    """§6.3.1: the sender's ratchet key for the generation, its nonce XOR the reuse guard.
-    Replays and generations outside the ratchet's window fail here."""
+    """§6.3.1: the sender's ratchet key and nonce for the generation (the caller XORs the
+    reuse guard in). Replays and generations outside the ratchet's window fail here."""
     try:
         ratchet = _ratchet(tree, content_type, sender.leaf_index)
     except ValueError:
@@ -176,10 +176,9 @@ def _content_key_nonce(
             STEP_SENDER_DATA, f"leaf {sender.leaf_index} is outside the tree"
         ) from None
     try:
-        key, nonce = ratchet.key_nonce(sender.generation)
+        return ratchet.key_nonce(sender.generation)
     except RatchetError as error:
         raise ProtectionError(STEP_GENERATION, str(error)) from None
-    return key, apply_reuse_guard(nonce, sender.reuse_guard)
 
 
 def _open_content(message: PrivateMessage, key: bytes, nonce: bytes) -> PrivateMessageContent:
@@ -219,17 +218,22 @@ def unprotect_private(
     if public_key is None:
         raise ProtectionError(STEP_SENDER_DATA, f"leaf {sender.leaf_index} is not a member")
     key, nonce = _content_key_nonce(secret_tree, message.content_type, sender)
-    plain = _open_content(message, key, nonce)
-    framed = FramedContent(
-        message.group_id,
-        message.epoch,
-        Sender.member(sender.leaf_index),
-        message.authenticated_data,
-        message.content_type,
-        plain.content,
-    )
-    authenticated = AuthenticatedContent(WireFormat.PRIVATE_MESSAGE, framed, plain.auth)
-    verify_framed_content(authenticated, group_context, public_key)
+    ratchet = _ratchet(secret_tree, message.content_type, sender.leaf_index)
+    try:
+        plain = _open_content(message, key, apply_reuse_guard(nonce, sender.reuse_guard))
+        framed = FramedContent(
+            message.group_id,
+            message.epoch,
+            Sender.member(sender.leaf_index),
+            message.authenticated_data,
+            message.content_type,
+            plain.content,
+        )
+        authenticated = AuthenticatedContent(WireFormat.PRIVATE_MESSAGE, framed, plain.auth)
+        verify_framed_content(authenticated, group_context, public_key)
+    except ProtectionError:
+        ratchet.give_back(sender.generation, key, nonce)  # the genuine copy may still come
+        raise
     return Unprotected(sender.leaf_index, sender.generation, authenticated)
 
 

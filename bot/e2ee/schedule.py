@@ -263,6 +263,12 @@ class HashRatchet:
         self._prune()
         return key, nonce
 
+    def give_back(self, generation: int, key: bytes, nonce: bytes) -> None:
+        """Return a key handed out by ``key_nonce`` whose message did not open or verify:
+        a forged or damaged copy must not spend the genuine message's key."""
+        if self._generation - OUT_OF_ORDER_TOLERANCE <= generation < self._generation:
+            self._past.setdefault(generation, (key, nonce))
+
     def _forward(self) -> tuple[int, bytes, bytes]:
         """Derive the head generation's key and nonce and replace the secret by the next one."""
         secret, generation = self._secret, self._generation

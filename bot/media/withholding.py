@@ -14,18 +14,29 @@ change lands exactly at that moment of the recording.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Final
 
 PAUSED: Final = "paused"
 CONSENT_WITHDRAWN: Final = "consent_withdrawn"
 CONSENT_PENDING: Final = "consent_pending"
+ENCRYPTED: Final = "encrypted"
+"""Media that arrives end-to-end encrypted, which this recorder cannot open: never
+decoded, so black and silence (``bot.e2ee.frames``)."""
 
 
 class Withholding:
     """The pauses and each participant's consent, as changes on the timeline."""
 
-    def __init__(self, *, require_consent: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        require_consent: bool = False,
+        unreadable: Callable[[str], bool] | None = None,
+    ) -> None:
+        """``unreadable(participant)``: whether their media is ciphertext right now."""
         self._require_consent = require_consent
+        self._unreadable = unreadable
         self._pauses: list[tuple[float, float | None]] = []
         self._consent: dict[str, list[tuple[float, bool]]] = {}
         self._changes: list[tuple[str, bool, float]] = []
@@ -72,6 +83,10 @@ class Withholding:
                 if at > t:
                     break
                 state = given
-        if state is None:
-            return CONSENT_PENDING if self._require_consent else None
-        return None if state else CONSENT_WITHDRAWN
+        if state is None and self._require_consent:
+            return CONSENT_PENDING
+        if state is False:
+            return CONSENT_WITHDRAWN
+        if self._unreadable is not None and self._unreadable(participant):
+            return ENCRYPTED
+        return None

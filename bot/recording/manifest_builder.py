@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from bot.config import RecordingSettings
+from bot.e2ee.frames import Outcome
+from bot.e2ee.session import E2eeSession
 from bot.manifest import (
     AudioInfo,
     ConsentChange,
+    E2eeChange,
+    E2eeRecord,
     Gap,
     Manifest,
     ParticipantEntry,
@@ -66,6 +70,7 @@ def build_manifest(
     ended_at: datetime | None,
     media: MediaReport | None,
     consent: list[tuple[str, bool, float]] | None = None,
+    e2ee: E2eeRecord | None = None,
 ) -> Manifest:
     """``consent``: the changes as ``Withholding.consent_changes`` lists them."""
     return Manifest(
@@ -92,6 +97,7 @@ def build_manifest(
             for g in (media.gaps if media else [])
         ),
         require_consent=rec.require_consent,
+        e2ee=e2ee,
         consent=tuple(
             ConsentChange(
                 participant_id=participant,
@@ -102,6 +108,24 @@ def build_manifest(
         ),
         sync=sync_report(rec.fps, transport, media),
     )
+
+
+def e2ee_record(session: E2eeSession) -> E2eeRecord | None:
+    """The manifest's ``e2ee``: only for a call that was encrypted (or joined)."""
+    outcomes = {str(k): v for k, v in session.frames.outcomes.items() if k != Outcome.PLAIN}
+    if not outcomes and not session.events:
+        return None
+    changes = tuple(
+        E2eeChange(
+            kind=event.kind,
+            epoch=event.epoch,
+            safety_number=event.safety_number,
+            members=event.members,
+            at=datetime.fromtimestamp(event.at, UTC),
+        )
+        for event in session.events
+    )
+    return E2eeRecord(changes=changes, frames=outcomes)
 
 
 def sync_report(fps: int, transport: TransportFacts, media: MediaReport | None) -> dict[str, Any]:

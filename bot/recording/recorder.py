@@ -25,18 +25,20 @@ from typing import Any
 
 import structlog
 
-from bot.config import ConfigError, Participant, Settings
+from bot.config import Participant, Settings
 from bot.custody.audit import AuditLog
 from bot.custody.signing import load_signer
 from bot.e2ee.frames import FrameDecryptor
+from bot.e2ee.session import E2eeSession
 from bot.exitcodes import ExitCode
 from bot.manifest import Manifest
 from bot.media.pipeline import MediaPipeline, MediaReport
 from bot.media.withholding import Withholding
-from bot.realtime import AuthenticationError, RealtimeClient, RealtimeError, TrackResult
-from bot.recording.manifest_builder import TransportFacts, build_manifest
+from bot.realtime import RealtimeClient, RealtimeError, TrackResult
+from bot.recording.manifest_builder import TransportFacts, build_manifest, e2ee_record
 from bot.recording.output import Output, local_copy, open_output, open_pipeline
-from bot.recording.result import RecordingResult, failed
+from bot.recording.privacy import PrivacyControls
+from bot.recording.result import RecordingResult, exit_code_of, failed, failure_summary
 from bot.recording.roster import Roster
 from bot.recording.status import (
     ParticipantStatus,
@@ -74,13 +76,8 @@ class Recorder:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         rec = settings.recording
-        if rec.consultation_id is None:
-            raise ConfigError(
-                "no consultation id: pass --consultation-id ID (an opaque id, never patient "
-                "data) or set BOT_RECORDING_CONSULTATION_ID"
-            )
         self.settings = settings
-        self.consultation_id: str = rec.consultation_id
+        self.consultation_id = rec.required_consultation_id()
         self.recording_id = uuid.uuid4().hex
         self.roster = Roster(
             rec.layout or tuple(p.role for p in rec.participants) or DEFAULT_LAYOUT
@@ -102,10 +99,13 @@ class Recorder:
         self._pipeline: MediaPipeline | None = None
         self._output: Output | None = None
         self._packets_lost: dict[str, int] = {}
-        self._withholding = Withholding(require_consent=rec.require_consent)
-        self.frames = FrameDecryptor()
-        """Opens end-to-end encrypted frames (once a group is joined) and keeps every frame
-        it cannot open away from the decoders."""
+        self._withholding = Withholding(
+            require_consent=rec.require_consent, unreadable=self._unreadable
+        )
+        self.privacy = PrivacyControls(self._withholding, self._now)
+        self.e2ee = E2eeSession(FrameDecryptor(), clock=wall_clock)
+        """The recorder's membership in an encrypted call (driven by the control API); its
+        ``frames`` opens every received frame, or keeps it from the decoders."""
 
     # -- live control ------------------------------------------------------------------
 
@@ -141,28 +141,6 @@ class Recorder:
         await supervisor.current.drop(participant_id)
         log.info("recorder.participant_dropped", participant=participant_id)
 
-    def pause(self) -> float:
-        """Black and silence for everyone from now until ``resume``; returns the moment."""
-        at = self._now()
-        self._withholding.pause(at)
-        log.info("recorder.paused", at=round(at, 3))
-        return at
-
-    def resume(self) -> float:
-        at = self._now()
-        self._withholding.resume(at)
-        log.info("recorder.resumed", at=round(at, 3))
-        return at
-
-    def set_consent(self, participant_id: str, given: bool) -> float:
-        """A participant's consent, from now: withdrawn, their media stays out of the
-        composite, the mix and their speaker track until it is given again. Returns the
-        moment on the timeline (the manifest lists each change)."""
-        at = self._now()
-        self._withholding.set_consent(participant_id, given, at)
-        log.info("recorder.consent", participant=participant_id, given=given, at=round(at, 3))
-        return at
-
     def stop(self, reason: str = "stop_requested") -> None:
         self._stop_reason = self._stop_reason or reason
         self._stop.set()
@@ -196,6 +174,7 @@ class Recorder:
             paused=self._withholding.paused,
             packets_lost=self._packets_lost,
             upload=self._output.uploader.status() if self._output else None,
+            e2ee=self.e2ee.status() if self.e2ee.member else None,
         )
 
     async def refresh(self) -> None:
@@ -238,7 +217,7 @@ class Recorder:
             timeline,
             submit=self._submit,
             stopping=self._stop.is_set,
-            open_frame=self.frames.open,
+            open_frame=self.e2ee.frames.open,
         )
         refused = await self._join()
         if refused is not None:
@@ -276,18 +255,13 @@ class Recorder:
             for participant in self.settings.recording.participants:
                 await self.add_participant(participant)
         except RealtimeError as exc:
-            code = (
-                ExitCode.REALTIME_AUTH
-                if isinstance(exc, AuthenticationError)
-                else ExitCode.REALTIME
-            )
-            return failed(self.recording_id, code, str(exc))
+            return failed(self.recording_id, exit_code_of(exc), str(exc))
         if self.settings.recording.participants and not transport.tracks:
             return failed(
                 self.recording_id,
                 ExitCode.REALTIME,
                 "no track could be pulled; check the SESSION_ID/TRACK references"
-                + transport.failure_summary(),
+                + failure_summary(transport.failures),
             )
         return None
 
@@ -353,6 +327,13 @@ class Recorder:
             signer=self._signer,
         )
 
+    def _unreadable(self, participant_id: str) -> bool:
+        supervisor = self._supervisor
+        return (
+            supervisor is not None
+            and participant_id in supervisor.current.unreadable_participants()
+        )
+
     def _now(self) -> float:
         return self._pipeline.now() if self._pipeline is not None else 0.0
 
@@ -382,7 +363,7 @@ class Recorder:
             self._pipeline,
             upload,
             self._wall_clock,
-            self.frames.unreadable_for(),
+            self.e2ee.frames.unreadable_for(),
         )
 
     def _manifest(
@@ -398,6 +379,7 @@ class Recorder:
             ended_at=ended_at,
             media=media,
             consent=self._withholding.consent_changes(),
+            e2ee=e2ee_record(self.e2ee),
         )
 
 

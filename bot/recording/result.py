@@ -10,6 +10,7 @@ import structlog
 
 from bot.exitcodes import ExitCode
 from bot.media.pipeline import MediaReport
+from bot.realtime import AuthenticationError, RealtimeError, TrackResult
 from bot.storage import UploadResult
 
 log = structlog.get_logger("bot.recorder")
@@ -52,6 +53,21 @@ class RecordingResult:
             f"gaps={len(self.media.gaps)} verified={self.upload is not None} "
             f"stop={self.stop_reason}"
         )
+
+
+def exit_code_of(error: RealtimeError) -> ExitCode:
+    """A refused secret is the operator's to fix (3); anything else from the API is 4."""
+    return ExitCode.REALTIME_AUTH if isinstance(error, AuthenticationError) else ExitCode.REALTIME
+
+
+def failure_summary(failures: list[TrackResult]) -> str:
+    """``": name: [code] description; ..."`` of the pulls that failed, for an error line
+    ("" if none did)."""
+    if not failures:
+        return ""
+    return ": " + "; ".join(
+        f"{f.trackName}: [{f.errorCode}] {f.errorDescription or ''}".rstrip() for f in failures
+    )
 
 
 def failed(recording_id: str, code: ExitCode, error: str) -> RecordingResult:

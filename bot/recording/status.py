@@ -7,10 +7,12 @@ loop cannot change under its reader.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Self
 
+from bot.e2ee.session import E2eeStatus
 from bot.media.pipeline import MediaPipeline
 from bot.recording.supervisor import TransportSupervisor
 from bot.rtc.subscriber import Subscriber
@@ -77,6 +79,7 @@ class RecorderStatus:
     transport: TransportStatus | None
     media: MediaStatus | None
     upload: UploadStatus | None
+    e2ee: E2eeStatus | None = None
 
     @classmethod
     def of(
@@ -92,6 +95,7 @@ class RecorderStatus:
         paused: bool,
         packets_lost: Mapping[str, int],
         upload: UploadStatus | None,
+        e2ee: E2eeStatus | None = None,
     ) -> Self:
         """The snapshot of a recorder's parts, each read once (what is not running yet
         reads as empty)."""
@@ -110,6 +114,7 @@ class RecorderStatus:
             else None,
             media=MediaStatus.of(pipeline) if pipeline else None,
             upload=upload,
+            e2ee=e2ee,
         )
 
     def readiness(self) -> tuple[bool, str]:
@@ -144,4 +149,5 @@ class RecorderStatus:
             "upload_alarm": upload.alarm if upload else False,
             "disk_limit": upload.disk_limit if upload else None,
             "last_error": upload.last_error if upload else None,
+            "e2ee": dataclasses.asdict(self.e2ee) if self.e2ee else None,
         }

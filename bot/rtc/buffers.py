@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -76,6 +77,9 @@ class BoundedDecoderQueue(queue.Queue[Any]):
         self._opener = opener
         self.dropped = 0
         self.unopened = 0
+        self.last_opened = 0.0
+        self.last_unopened = 0.0
+        """``time.monotonic()`` of the last frame opened, and of the last one that was not."""
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         while item is not None and self.qsize() >= self._limit:
@@ -98,8 +102,10 @@ class BoundedDecoderQueue(queue.Queue[Any]):
             opened = self._opener(encoded.data)
             if opened is not None:
                 encoded.data = opened
+                self.last_opened = time.monotonic()
                 return item
             self.unopened += 1
+            self.last_unopened = time.monotonic()
 
 
 class DroppingFrameQueue(asyncio.Queue[Any]):

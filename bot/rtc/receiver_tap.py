@@ -108,6 +108,13 @@ class ReceiverTap:
         """Encoded frames dropped because they could not be opened (encrypted media)."""
         return self._encoded.unopened
 
+    def unreadable(self, within: float) -> bool:
+        """Whether the latest frames, within the last ``within`` seconds, were ciphertext
+        this recorder could not open (so the gap they leave has that reason)."""
+        encoded = self._encoded
+        recent = time.monotonic() - encoded.last_unopened < within
+        return recent and encoded.last_unopened > encoded.last_opened
+
     def decline(self) -> None:
         """Drop every packet (a track in a codec the recorder cannot decode, or the
         connection closing)."""

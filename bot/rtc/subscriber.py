@@ -45,6 +45,9 @@ from bot.timeline import Timeline
 
 __all__ = ["FailedTrack", "FrameSink", "PulledTrack", "Subscriber"]
 
+UNREADABLE_WITHIN = 2.0
+"""Seconds since an unopened frame for its track to count as encrypted now."""
+
 log = structlog.get_logger("bot.rtc.subscriber")
 
 
@@ -311,15 +314,13 @@ class Subscriber:
             }
         return ice_path(transceivers[0].receiver.transport)
 
-    def failure_summary(self) -> str:
-        """``": name: [code] description; ..."`` of the pulls that failed, for an error
-        line ("" if none did)."""
-        if not self.failures:
-            return ""
-        return ": " + "; ".join(
-            f"{f.trackName}: [{f.errorCode}] {f.errorDescription or ''}".rstrip()
-            for f in self.failures
-        )
+    def unreadable_participants(self) -> set[str]:
+        """Participants whose media arrives encrypted beyond what this recorder can open."""
+        return {
+            t.participant.id
+            for t in self.tracks
+            if t.active and t.tap.unreadable(UNREADABLE_WITHIN)
+        }
 
     def track_status(self) -> list[TrackStatus]:
         """A snapshot per track for status, metrics and the manifest's sync report."""

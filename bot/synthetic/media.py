@@ -115,6 +115,11 @@ class MediaPlan:
     near_silent_mute: bool
 
 
+Seal = Callable[[bytes, str], bytes]
+"""Encrypts an encoded frame of a kind ("audio", "video") before it is packetized, as an
+end-to-end encrypting app's encoded-frame transform does (tests of encrypted calls)."""
+
+
 class MediaWorker:
     """Renders and encodes audio and video in a thread, ``lead_s`` ahead of schedule."""
 
@@ -128,8 +133,10 @@ class MediaWorker:
         emit_audio: Callable[[Scheduled | None], None],
         emit_video: Callable[[Scheduled | None], None],
         keyframe: threading.Event,
+        seal: Seal | None = None,
     ) -> None:
         self._plan = plan
+        self._seal = seal
         self._clock = clock
         self._start_at = start_at
         self._lead_s = lead_s
@@ -213,7 +220,7 @@ class MediaWorker:
                 continue
             packet.time_base = _AUDIO_TIME_BASE
             due = self._start_at + float(packet.pts * _AUDIO_TIME_BASE)
-            self._emit_audio(Scheduled(packet, due))
+            self._emit_audio(Scheduled(self._sealed(packet, "audio"), due))
 
     def _encode_video(self, i: int) -> None:
         seconds = i / self._plan.fps
@@ -237,7 +244,15 @@ class MediaWorker:
                 continue
             packet.time_base = self._video_time_base
             due = self._start_at + float(packet.pts * self._video_time_base)
-            self._emit_video(Scheduled(packet, due))
+            self._emit_video(Scheduled(self._sealed(packet, "video"), due))
+
+    def _sealed(self, packet: Packet[Any], kind: str) -> Packet[Any]:
+        """The packet as an end-to-end encrypting sender would send it (``seal``)."""
+        if self._seal is None:
+            return packet
+        sealed: Packet[Any] = av.Packet(self._seal(bytes(packet), kind))
+        sealed.pts, sealed.dts, sealed.time_base = packet.pts, packet.dts, packet.time_base
+        return sealed
 
     def _new_video_encoder(self, width: int, height: int) -> av.VideoCodecContext:
         """A low-CPU realtime encoder; keyframes are forced every second, not by GOP."""

@@ -31,7 +31,14 @@ from bot.realtime import (
     TrackObject,
 )
 from bot.rtc.aiortc_compat import on_keyframe_request
-from bot.synthetic.media import MediaPlan, MediaWorker, MuteWindow, PacketTrack, Scheduled
+from bot.synthetic.media import (
+    MediaPlan,
+    MediaWorker,
+    MuteWindow,
+    PacketTrack,
+    Scheduled,
+    Seal,
+)
 from bot.synthetic.signal import (
     SAMPLE_RATE,
     SAMPLES_PER_FRAME,
@@ -77,6 +84,7 @@ class SyntheticParticipant:
         ice_servers: Sequence[str] = (),
         connect_timeout: float = 10.0,
         lead_s: float = 0.2,
+        seal: Seal | None = None,
     ) -> None:
         if codec not in VIDEO_CODECS:
             raise ValueError(f"codec must be one of {', '.join(VIDEO_CODECS)}, got {codec!r}")
@@ -101,6 +109,7 @@ class SyntheticParticipant:
         self._ice_servers = [RTCIceServer(urls=url) for url in ice_servers]
         self._connect_timeout = connect_timeout
         self._lead_s = lead_s
+        self._seal = seal
         self.session_id = ""
         self.clock_start: float | None = None
         """Loop-clock instant of source time 0 (the first audio sample and video frame)."""
@@ -156,6 +165,7 @@ class SyntheticParticipant:
             emit_audio=self._emitter(loop, self._tracks["audio"]),
             emit_video=self._emitter(loop, self._tracks["video"]),
             keyframe=self._keyframe,
+            seal=self._seal,
         )
         # A PLI or FIR from the SFU must reach the encoder, which aiortc does not own.
         on_keyframe_request(transceivers["video"].sender, self._keyframe.set)

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -53,7 +54,8 @@ class Output:
 
 
 class OrangeWorkers:
-    """A Node process hosting any number of Orange members; close it when done."""
+    """A Node process hosting any number of Orange members; close it when done. Calls may
+    come from several threads (publishers encrypt in their media threads): one at a time."""
 
     def __init__(self, folder: Path) -> None:
         self._process = subprocess.Popen(
@@ -64,6 +66,7 @@ class OrangeWorkers:
             env={**os.environ, INTEROP_ENV: str(folder)},
         )
         self._calls = 0
+        self._lock = threading.Lock()
 
     def __enter__(self) -> OrangeWorkers:
         return self
@@ -117,11 +120,12 @@ class OrangeWorkers:
 
     def _call(self, **command: Any) -> dict[str, Any]:
         assert self._process.stdin is not None and self._process.stdout is not None
-        self._calls += 1
-        command["id"] = self._calls
-        self._process.stdin.write(json.dumps(command) + "\n")
-        self._process.stdin.flush()
-        line = self._process.stdout.readline()
+        with self._lock:
+            self._calls += 1
+            command["id"] = self._calls
+            self._process.stdin.write(json.dumps(command) + "\n")
+            self._process.stdin.flush()
+            line = self._process.stdout.readline()
         if not line:
             raise OrangeError(f"the Orange worker process ended (exit {self._process.poll()})")
         answer: dict[str, Any] = json.loads(line)
