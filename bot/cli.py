@@ -1,5 +1,5 @@
-"""Command line: ``bot record | selftest | recover | inspect | verify`` (and the testbed's
-commands).
+"""Command line: ``bot record | selftest | recover | inspect | verify | review`` (and the
+testbed's commands).
 
 Each command parses its flags here and hands a typed call to the module that owns the
 work, so this file is the map from a command to the code behind it. Errors a user can fix
@@ -202,6 +202,40 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_review(args: argparse.Namespace) -> int:
+    from bot.custody.signing import SignatureError, load_public_keys
+    from bot.review import serve
+    from bot.storage import StorageError
+
+    try:
+        keys = [key for path in args.public_key for key in load_public_keys(path)]
+    except (OSError, SignatureError) as exc:
+        print(f"bot: error: --public-key: {exc}", file=sys.stderr)
+        return int(ExitCode.CONFIG)
+    settings = _settings(args)
+    configure_logging(settings.logging.level, settings.logging.format)
+    try:
+        run_on_uvloop(
+            serve(
+                settings.storage,
+                host=args.host,
+                port=args.port,
+                public_keys=keys,
+                limit=args.limit,
+                announce=lambda line: print(line, flush=True),
+            )
+        )
+    except StorageError as exc:
+        print(f"bot: error: {exc}", file=sys.stderr)
+        return int(ExitCode.STORAGE)
+    except OSError as exc:
+        print(f"bot: error: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return int(ExitCode.CONFIG)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how the page is closed
+    return int(ExitCode.OK)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bot", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"bot {__version__}")
@@ -211,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recover(sub)
     _add_inspect(sub)
     _add_verify(sub)
+    _add_review(sub)
     if not _add_registered_commands(sub):
         parser.epilog = (
             "demo, sfu and publish are the testbed's commands; a development checkout has "
@@ -299,6 +334,30 @@ def _add_verify(sub: Any) -> None:
     )
     verify.add_argument("--json", action="store_true", help="the verdict as JSON on stdout")
     verify.set_defaults(run=_cmd_verify)
+
+
+def _add_review(sub: Any) -> None:
+    review = sub.add_parser(
+        "review", help="a read-only web page on loopback listing and showing stored recordings"
+    )
+    review.add_argument("--config", type=Path, help="config.toml naming the store")
+    review.add_argument(
+        "--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)"
+    )
+    review.add_argument(
+        "--port", type=int, default=8790, help="port (default 8790; 0 for any free port)"
+    )
+    review.add_argument(
+        "--public-key",
+        type=Path,
+        action="append",
+        default=[],
+        help="the clinic's public key (PEM or JWKS), for the page's bot verify; repeatable",
+    )
+    review.add_argument(
+        "--limit", type=int, default=200, help="list at most this many recordings (newest)"
+    )
+    review.set_defaults(run=_cmd_review)
 
 
 def _add_registered_commands(sub: Any) -> int:

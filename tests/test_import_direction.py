@@ -16,7 +16,7 @@ FOUNDATION = frozenset(
 EVERYTHING = frozenset(
     {"bot.realtime", "bot.rtc", "bot.media", "bot.storage", "bot.manifest", "bot.recording"}
     | {"bot.observe", "bot.control", "bot.inspect", "bot.selftest", "bot.synthetic"}
-    | {"bot.custody", "bot.e2ee"}
+    | {"bot.custody", "bot.e2ee", "bot.review"}
 )
 ALLOWED: dict[str, frozenset[str]] = {
     "bot.config": frozenset(),
@@ -43,6 +43,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "bot.control": FOUNDATION | EVERYTHING,
     "bot.inspect": FOUNDATION
     | {"bot.inspect", "bot.media", "bot.storage", "bot.manifest", "bot.synthetic"},
+    # The review page: reads the store, the manifests and the custody evidence, only.
+    "bot.review": FOUNDATION | {"bot.review", "bot.storage", "bot.manifest", "bot.custody"},
     "bot.cli": FOUNDATION | EVERYTHING,
     "bot.__main__": frozenset({"bot.cli"}),
 }
