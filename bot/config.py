@@ -123,6 +123,15 @@ class RecordingSettings(_Section):
     # free cell of their role. Empty: the configured participants' roles, or
     # clinician + patient when none are configured (they join through the control API).
     layout: tuple[Role, ...] = ()
+    # "grid": equal cells; "speaker": the current speaker large, the others in a strip
+    # (switching with hysteresis on the voices' levels, every switch in the manifest).
+    layout_mode: Literal["grid", "speaker"] = "grid"
+    # "contain": the whole picture, bars where its aspect differs from the cell's;
+    # "cover": the cell filled, the picture cropped by that difference.
+    fit: Literal["contain", "cover"] = "contain"
+    # The participants' expected aspect: the cells are shaped and chosen for it once, so
+    # a participant whose picture changes shape mid-call keeps its place.
+    participant_aspect: str = Field("16:9", pattern=r"^[1-9][0-9]?:[1-9][0-9]?$")
     width: int = Field(1280, ge=160, le=3840, multiple_of=2)
     height: int = Field(720, ge=120, le=2160, multiple_of=2)
     fps: int = Field(30, ge=5, le=60)

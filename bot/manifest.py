@@ -16,8 +16,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 
 from bot import __version__
 
-SCHEMA_VERSION = 2
-"""2: ``custody`` (chain heads and signature), ``storage.sha1``, consent, ``e2ee``."""
+SCHEMA_VERSION = 3
+"""2: ``custody`` (chain heads and signature), ``storage.sha1``, consent, ``e2ee``;
+3: ``layout``."""
 _OPAQUE = r"^[A-Za-z0-9_-]{1,64}$"
 _SHA256 = r"^[0-9a-f]{64}$"
 
@@ -86,6 +87,34 @@ class E2eeRecord(_Model):
     frames: dict[str, int] = Field(default_factory=dict)
 
 
+class CellEntry(_Model):
+    """A participant's cell in the picture, in output pixels."""
+
+    x: int = Field(ge=0)
+    y: int = Field(ge=0)
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+
+
+class SpeakerSwitch(_Model):
+    """From timeline second ``at`` the large cell shows ``participant_id``."""
+
+    at: float = Field(ge=0)
+    participant_id: str = Field(pattern=_OPAQUE)
+
+
+class LayoutRecord(_Model):
+    """Where each participant is in the picture. ``cells``: one per slot (the order of
+    ``sync.slots``) as they were at the start; the speaker layout moves them at each
+    switch, the large cell going to the switch's participant."""
+
+    mode: Literal["grid", "speaker"]
+    fit: Literal["contain", "cover"]
+    aspect: str = Field(pattern=r"^[1-9][0-9]?:[1-9][0-9]?$")
+    cells: tuple[CellEntry, ...] = ()
+    switches: tuple[SpeakerSwitch, ...] = ()
+
+
 class PartEntry(_Model):
     number: int = Field(ge=1)
     size: int = Field(ge=0)
@@ -150,6 +179,7 @@ class Manifest(_Model):
     """Each participant's media entered the record only once their consent was given."""
     consent: tuple[ConsentChange, ...] = ()
     e2ee: E2eeRecord | None = None
+    layout: LayoutRecord | None = None
     sync: dict[str, Any] = Field(default_factory=dict)
     recovered: bool = False
     """True when ``bot recover`` finished the recording after the recorder died."""

@@ -47,6 +47,10 @@ pytestmark = [
     ),
 ]
 SECRET = "e2ee-control-secret-0123456789abcdef"
+LEAD = 0.8
+"""Seconds the publishers encode ahead of each frame's send time: encrypting through
+Orange's worker (a round trip to Node per frame) must never make a frame late, or the
+A/V figure would measure the test's publisher instead of the recorder."""
 AUDIENCE = "consultation-recorder"
 
 
@@ -94,8 +98,12 @@ async def _publishers(client: RealtimeClient, orange: OrangeWorkers) -> list[Syn
         return lambda data, kind: orange.encrypt(member, data, kind)
 
     sources = [
-        SyntheticParticipant(client, number=1, role="clinician", fps=25, seal=seal("alice")),
-        SyntheticParticipant(client, number=2, role="patient", fps=25, seal=seal("bob")),
+        SyntheticParticipant(
+            client, number=1, role="clinician", fps=25, seal=seal("alice"), lead_s=LEAD
+        ),
+        SyntheticParticipant(
+            client, number=2, role="patient", fps=25, seal=seal("bob"), lead_s=LEAD
+        ),
     ]
     for source in sources:
         await source.start()

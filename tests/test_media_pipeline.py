@@ -360,3 +360,38 @@ def test_the_decoded_mix_of_two_full_scale_voices_stays_under_full_scale(
             container.seek(0)
     assert peaks["mix"] <= 1.0, peaks
     assert peaks["clinician"] > 0.9 and peaks["patient"] > 0.9, peaks
+
+
+def test_two_16_9_participants_fill_their_halves_of_the_recording(tmp_path: Path) -> None:
+    """Issue #15: each participant fills at least 90% of the width of its half of the
+    decoded picture (the default layout: a contained 16:9 grid)."""
+    path = tmp_path / "halves.mp4"
+    writer = Mp4Writer(
+        path,
+        width=320,
+        height=180,
+        fps=30,
+        video_bitrate=300_000,
+        keyframe_seconds=1.0,
+        audio_codec="aac",
+        audio_bitrate=64_000,
+        speaker_titles=["clinician", "patient"],
+    )
+    pipeline = MediaPipeline(
+        writer,
+        [SlotInfo("c1", "clinician"), SlotInfo("p1", "patient")],
+        width=320,
+        height=180,
+        fps=30,
+        timeline=Timeline(time.time()),
+        latency=0.05,
+    )
+    for i in range(30):
+        pipeline.submit(0, i / 30, gray(200, 160, 90))
+        pipeline.submit(1, i / 30, gray(120, 160, 90))
+    pipeline.start()
+    pipeline.finish(1.0)
+    with av.open(str(path)) as container:
+        last = [f.to_ndarray(format="gray") for f in container.decode(video=0)][-1]
+    for half in (last[:, :160], last[:, 160:]):
+        assert (half > 80).any(axis=0).sum() >= 0.9 * 160

@@ -20,7 +20,7 @@ import numpy.typing as npt
 import pytest
 
 from bot.config import ConfigError, RecordingSettings, load_settings
-from bot.media.layout import Rect, grid
+from bot.media.layout import Rect, grid, grid_cells
 from bot.media.mixer import SAMPLE_RATE
 from bot.media.overlay import (
     ADVANCE,
@@ -218,7 +218,8 @@ def test_a_pipeline_run_shows_the_timeline_clock_and_each_cells_state(tmp_path: 
         wall = datetime.strptime(read_clock(decoded[n], height), "%Y-%m-%d %H:%M:%S %Z")
         assert abs(wall.replace(tzinfo=UTC).timestamp() - (ORIGIN + n / fps)) < 1.0
         assert read_clock(decoded[n], height) == clock(ORIGIN + n / fps), f"frame {n}"
-    clinician, patient = grid(2, width, height)
+    # The labels sit at the foot of each cell as laid out (16:9 cells, side by side).
+    clinician, patient = grid_cells(2, width, height, (16, 9))
     expected = {
         0.5: ("clinician", "Patient (P1)"),
         1.5: ("clinician - paused", "Patient (P1) - paused"),
@@ -227,5 +228,9 @@ def test_a_pipeline_run_shows_the_timeline_clock_and_each_cells_state(tmp_path: 
     }
     for t, (left, right) in expected.items():
         luma = decoded[round(t * fps)]
-        assert read_label(luma, clinician, height, 20) == left.ljust(20), t
-        assert read_label(luma, patient, height, 34) == right.ljust(34), t
+        assert read_label(luma, clinician, height, len(left)) == left, t
+        assert read_label(luma, patient, height, len(right)) == right, t
+    # The pause's longer label is gone once it ends, not left over beside the short one.
+    after_pause = decoded[round(2.5 * fps)]
+    paused = "clinician - paused"
+    assert read_label(after_pause, clinician, height, len(paused)) != paused

@@ -7,7 +7,9 @@ and the media time at a byte offset (for the upload parts). ``bot.inspect.report
 gathers these into the report. May import the foundation, ``bot.manifest`` (the slots),
 ``bot.media.layout`` (the grid) and ``bot.synthetic.signal`` (the barcode reader).
 
-Where the cells are: the manifest's slots say how many grid cells the recorder drew.
+Where the cells are: the manifest's ``layout`` says where they are (for the speaker
+layout, where they were at the start); an older manifest's slots say how many grid
+cells the recorder drew.
 Without a manifest (a copy of the file on its own) the grids of 1 to ``MAX_CELLS``
 cells are all followed for the first ``BARCODE_PROBE_S`` and the one in whose cells the
 synthetic barcodes read best is kept; with no barcode (a real consultation), the one
@@ -230,6 +232,11 @@ class Scan:
         count = len(self._slots())
         counts = [count] if count else range(1, MAX_CELLS + 1)
         self._candidates = {n: grid(n, self.width, self.height) for n in counts}
+        layout = self.manifest.layout if self.manifest is not None else None
+        if layout is not None and layout.cells:
+            count = len(layout.cells)
+            cells = [Rect(c.x, c.y, c.width, c.height) for c in layout.cells]
+            self._candidates = {count: cells}
         for rects in self._candidates.values():
             for rect in rects:
                 self._cell_states.setdefault(rect, _CellState())
@@ -243,7 +250,9 @@ class Scan:
         count = max(self._candidates, key=lambda n: (self._reads.get(n, 0), n == hint, -n))
         self.rects = self._candidates[count]
         self._cell_states = {rect: self._cell_states[rect] for rect in self.rects}
-        if self._slots():
+        if self.manifest is not None and self.manifest.layout is not None:
+            how = f"from the manifest's layout ({self.manifest.layout.mode})"
+        elif self._slots():
             how = "from the manifest's slots"
         elif self._reads.get(count):
             how = "found by the synthetic barcodes in the picture"

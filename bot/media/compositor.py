@@ -3,8 +3,11 @@
 Runs in the media thread. For each output tick it shows, per cell, the input frame whose
 timeline time is nearest the tick, so frames are neither shifted by up to a frame period
 (as "latest before" would) nor collapsed when timestamps collide. Inputs of any size,
-changing mid-stream, are scaled to fit their cell; a cell with no recent frame freezes
-its last picture briefly, then turns black.
+changing mid-stream, are scaled to fit their cell (``contain``: the whole picture, bars
+where its aspect differs) or to fill it (``cover``: cropped by that difference); a cell
+with no recent frame freezes its last picture briefly, then turns black. Cells move only
+when ``arrange`` is called (a speaker switch): the moved ones are repainted once, from
+the frame they last showed.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from dataclasses import dataclass, field
 import av
 import numpy as np
 import numpy.typing as npt
+from av.video.reformatter import VideoReformatter
 
 from bot.media.gaps import GapTracker
-from bot.media.layout import Rect
+from bot.media.layout import Fit, Rect
 
 BLACK_Y, BLACK_UV = 16, 128
 FREEZE_SECONDS = 1.0
@@ -42,6 +46,12 @@ class _Cell:
     scaled: tuple[Rect, list[npt.NDArray[np.uint8]]] | None = None
     painted: tuple[Rect, list[npt.NDArray[np.uint8]]] | None = None
     """The picture the output frame shows in this cell; None: the cell is all black."""
+    source: av.VideoFrame | None = None
+    """The input frame last shown, to scale again when the cell moves."""
+    reformatter: VideoReformatter = field(default_factory=VideoReformatter)
+    """The cell's own scaler: ``VideoFrame.reformat`` makes one per frame, and every
+    decoded frame is new, so each paid swscale's set-up (most of the cost of an
+    upscale, and all of it when one frame went to cells of two sizes)."""
     frames_in: int = 0
     frames_shown: int = 0
     frames_skipped: int = 0
@@ -52,10 +62,11 @@ class _Cell:
 class Compositor:
     """Builds one yuv420p output frame per tick from the cells' pending input frames."""
 
-    def __init__(self, width: int, height: int, fps: int) -> None:
+    def __init__(self, width: int, height: int, fps: int, fit: Fit = "contain") -> None:
         self.width = width
         self.height = height
         self.fps = fps
+        self.fit = fit
         self._cells: list[_Cell] = []
         # One output frame, painted in place and handed to the encoder every tick: x264
         # copies it in, so a fresh 1.4 MB frame per tick would be allocated and filled
@@ -72,6 +83,26 @@ class Compositor:
     def add_cell(self, rect: Rect, gaps: GapTracker) -> int:
         self._cells.append(_Cell(rect, gaps))
         return len(self._cells) - 1
+
+    def arrange(self, rects: Sequence[Rect]) -> None:
+        """Move the cells (in cell order) to ``rects``: a speaker switch.
+
+        Only the cells that move cost anything, once: their old places go black (all of
+        them first, as a moved cell may land where another was), and a picture that was
+        showing is scaled from its input frame and painted in the new place at once, so
+        it moves without a black frame, even while ``compose`` only repeats (catching up).
+        """
+        moved = [(c, r, c.painted is not None) for c, r in zip(self._cells, rects, strict=True)]
+        moved = [m for m in moved if m[0].rect != m[1]]
+        for cell, _, _ in moved:
+            self._fill_black(cell.rect)
+            cell.painted = None
+        for cell, rect, showing in moved:
+            cell.rect = rect
+            if cell.scaled is not None and cell.source is not None:
+                cell.scaled = self._scale(cell, cell.source)
+                if showing:
+                    self._paint(cell, cell.scaled)
 
     def cut(self, cell: int, at: float) -> None:
         self._cells[cell].cut = at
@@ -158,25 +189,35 @@ class Compositor:
         cell.shown = (t, sequence)
         cell.frames_shown += 1
         if scale:
-            cell.scaled = self._scale(cell.rect, frame)
+            cell.scaled = self._scale(cell, frame)
+            cell.source = frame
 
-    @staticmethod
-    def _scale(rect: Rect, frame: av.VideoFrame) -> tuple[Rect, list[npt.NDArray[np.uint8]]]:
-        target = rect.fit(frame.width, frame.height)
-        same = (frame.width, frame.height, frame.format.name) == (
-            target.width,
-            target.height,
-            "yuv420p",
-        )
-        # A frame that already fits its cell is used as is: no swscale pass. The views
+    def _scale(self, cell: _Cell, frame: av.VideoFrame) -> tuple[Rect, list[npt.NDArray[np.uint8]]]:
+        """The picture for the cell and where it goes: fitted inside it (``contain``), or
+        scaled to cover it and cropped to it around the centre (``cover``)."""
+        rect = cell.rect
+        if self.fit == "cover":
+            width, height = rect.cover(frame.width, frame.height)
+            target = rect
+        else:
+            target = rect.fit(frame.width, frame.height)
+            width, height = target.width, target.height
+        same = (frame.width, frame.height, frame.format.name) == (width, height, "yuv420p")
+        # A frame that already has that size is used as is: no swscale pass. The views
         # keep the decoded frame alive; decoders hand out a new frame every time.
-        scaled = frame if same else frame.reformat(target.width, target.height, "yuv420p")
+        scaled = frame if same else cell.reformatter.reformat(frame, width, height, "yuv420p")
+        # The crop: even offsets, so the chroma planes are cut at the same place.
+        x, y = (width - target.width) // 4 * 2, (height - target.height) // 4 * 2
         planes = [
             np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(plane.height, plane.line_size)[
                 :, : plane.width
             ]
             for plane in scaled.planes
         ]
+        w, h = target.width, target.height
+        planes[0] = planes[0][y : y + h, x : x + w]
+        for i in (1, 2):
+            planes[i] = planes[i][y // 2 : (y + h) // 2, x // 2 : (x + w) // 2]
         return target, planes
 
     def _paint(self, cell: _Cell, picture: tuple[Rect, list[npt.NDArray[np.uint8]]]) -> None:

@@ -227,15 +227,26 @@ class Overlay:
         self._zone = clock_zone(captions.zone)
         self._suffix = f"  {captions.consultation_id}" if captions.consultation_id else ""
         self._labels = [captions.labels.get(role, role) for _, role in cells]
-        tall = box_height(self._scale)
         self._clock = _Box(0, 0, width)
-        self._cells = [_Box(r.x, max(r.y, r.y + r.height - tall), r.width) for r, _ in cells]
+        self._cells = [_Box(0, 0, 0) for _ in cells]
+        self.place([rect for rect, _ in cells])
         self._heard = [0.0] * len(cells)
         self._second: int | None = None
         self._saved: list[tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]] = []
         """Each region a caption covers (a view of the frame) and what was there."""
         self._planes: list[npt.NDArray[np.uint8]] = []
         self._frame: av.VideoFrame | None = None
+
+    def place(self, rects: Sequence[Rect]) -> None:
+        """Put each cell's caption at the foot of its rectangle (slot order): at the start,
+        and when the cells move (a speaker switch). Call it between ``erase`` and
+        ``draw``, so nothing is put back where the cells no longer are."""
+        tall = box_height(self._scale)
+        for box, r in zip(self._cells, rects, strict=True):
+            where = (r.x, max(r.y, r.y + r.height - tall), r.width)
+            if where != (box.x, box.y, box.room):
+                box.x, box.y, box.room = where
+                box.text = None  # drawn again for its new width
 
     def listen(self, end: float, voices: Sequence[npt.NDArray[np.float32]]) -> None:
         """Note who made a sound in the audio chunk ending at timeline second ``end``."""

@@ -22,8 +22,8 @@ import structlog
 
 from bot.media.compositor import Compositor
 from bot.media.gaps import Gap, GapTracker
-from bot.media.layout import grid
-from bot.media.mixer import SAMPLE_RATE, Mixer
+from bot.media.layout import Layout, LayoutReport, LayoutSpec, SpeakerSelector
+from bot.media.mixer import SAMPLE_RATE, Mixer, Samples
 from bot.media.overlay import Captions, Overlay
 from bot.media.withholding import Withholding
 from bot.media.writer import Mp4Writer
@@ -59,6 +59,7 @@ class MediaReport:
     audio_frames_dropped_in_queue: int = 0
     gaps: list[Gap] = field(default_factory=list)
     slots: list[dict[str, Any]] = field(default_factory=list)
+    layout: LayoutReport | None = None
 
 
 class MediaPipeline:
@@ -76,16 +77,24 @@ class MediaPipeline:
         latency: float,
         withholding: Withholding | None = None,
         captions: Captions | None = None,
+        layout: LayoutSpec | None = None,
     ) -> None:
-        """``captions``: labels and clock burned into the picture; None: none."""
+        """``captions``: labels and clock burned into the picture; None: none.
+        ``layout``: grid or speaker, contain or cover; None: a contained 16:9 grid."""
         self._writer = writer
         self._slots = list(slots)
         self._fps = fps
         self._timeline = timeline
         self._latency = latency
-        self._compositor = Compositor(width, height, fps)
+        spec = layout or LayoutSpec()
+        self._layout = Layout(spec, len(slots), width, height)
+        self._compositor = Compositor(width, height, fps, spec.fit)
         self._mixer = Mixer()
-        rects = grid(len(slots), width, height)
+        rects = self._layout.cells()
+        self._speakers = SpeakerSelector(len(slots)) if self._layout.switches else None
+        self._next_speaker: int | None = None
+        """Decided from the sound, shown from the next picture on."""
+        self._layout_report = LayoutReport(spec, list(rects))
         for slot, rect in zip(slots, rects, strict=True):
             self._compositor.add_cell(rect, GapTracker(slot.participant_id, "video"))
             self._mixer.add_voice(GapTracker(slot.participant_id, "audio"))
@@ -191,8 +200,7 @@ class MediaPipeline:
             ):
                 start = self._mixer.cursor / SAMPLE_RATE
                 mix, voices = self._mixer.pull(chunk, self._withheld(start))
-                if self._overlay is not None:
-                    self._overlay.listen(start + chunk / SAMPLE_RATE, voices)
+                self._listen(start, start + chunk / SAMPLE_RATE, voices)
                 self._writer.write_audio(0, mix)
                 for index, samples in enumerate(voices, start=1):
                     self._writer.write_audio(index, samples)
@@ -209,11 +217,36 @@ class MediaPipeline:
         the next compose, so the compositor repaints only what it changed itself."""
         withheld = self._withheld(tick)
         if self._overlay is None:
+            self._switch_speaker(tick)
             return self._compositor.compose(tick, withheld, repeat=repeat)
         self._overlay.erase()
+        self._switch_speaker(tick)
         frame = self._compositor.compose(tick, withheld, repeat=repeat)
         self._overlay.draw(frame, tick, withheld)
         return frame
+
+    def _listen(self, start: float, end: float, voices: list[Samples]) -> None:
+        """Who made a sound in the chunk from ``start`` to ``end``: the captions' "muted",
+        and who speaks (the speaker layout)."""
+        if self._overlay is not None:
+            self._overlay.listen(end, voices)
+        if self._speakers is not None:
+            speaker = self._speakers.hear(start, voices)
+            if speaker is not None:
+                self._next_speaker = speaker
+
+    def _switch_speaker(self, tick: float) -> None:
+        """Give the large cell to the speaker the sound chose, from picture ``tick`` on,
+        and note the switch for the manifest; only rectangles move (computed up front)."""
+        speaker, self._next_speaker = self._next_speaker, None
+        if speaker is None:
+            return
+        rects = self._layout.cells(speaker)
+        self._compositor.arrange(rects)
+        if self._overlay is not None:
+            self._overlay.place(rects)
+        participant = self._slots[speaker].participant_id
+        self._layout_report.switches.append((round(tick, 3), participant))
 
     def assign(self, slot: int, info: SlotInfo) -> None:
         """A participant takes a cell (joins, or comes back under a new session)."""
@@ -232,6 +265,7 @@ class MediaPipeline:
         report.duration = end
         report.video_frames = self._writer.video_frames
         report.audio_samples = self._mixer.cursor
+        report.layout = self._layout_report
         trackers = self._compositor.gaps(end) + self._mixer.gaps(end)
         report.gaps = sorted((g for t in trackers for g in t.gaps), key=lambda g: g.start)
         for slot, video, audio in zip(

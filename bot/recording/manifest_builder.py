@@ -16,15 +16,19 @@ from bot.e2ee.frames import Outcome
 from bot.e2ee.session import E2eeSession
 from bot.manifest import (
     AudioInfo,
+    CellEntry,
     ConsentChange,
     E2eeChange,
     E2eeRecord,
     Gap,
+    LayoutRecord,
     Manifest,
     ParticipantEntry,
+    SpeakerSwitch,
     TrackEntry,
     VideoInfo,
 )
+from bot.media.layout import LayoutReport
 from bot.media.mixer import SAMPLE_RATE
 from bot.media.pipeline import MediaReport
 from bot.recording.roster import Roster
@@ -106,7 +110,22 @@ def build_manifest(
             )
             for participant, given, at in consent or ()
         ),
+        layout=layout_record(media.layout) if media and media.layout else None,
         sync=sync_report(rec.fps, transport, media),
+    )
+
+
+def layout_record(layout: LayoutReport) -> LayoutRecord:
+    """The manifest's ``layout``: how the picture was laid out, and every speaker switch."""
+    spec = layout.spec
+    return LayoutRecord(
+        mode=spec.mode,
+        fit=spec.fit,
+        aspect=f"{spec.aspect[0]}:{spec.aspect[1]}",
+        cells=tuple(CellEntry(x=r.x, y=r.y, width=r.width, height=r.height) for r in layout.cells),
+        switches=tuple(
+            SpeakerSwitch(at=at, participant_id=participant) for at, participant in layout.switches
+        ),
     )
 
 

@@ -18,6 +18,7 @@ from bot.custody.chain import FragmentChain
 from bot.custody.evidence import Evidence
 from bot.custody.signing import Signer
 from bot.manifest import Manifest
+from bot.media.layout import LayoutSpec
 from bot.media.overlay import Captions
 from bot.media.pipeline import MediaPipeline, SlotInfo
 from bot.media.withholding import Withholding
@@ -99,6 +100,7 @@ def open_pipeline(
         latency=rec.latency,
         withholding=withholding,
         captions=Captions.of(rec),
+        layout=LayoutSpec.of(rec),
     )
 
 
