@@ -161,6 +161,15 @@ class BrowserCall:
         ``simulcast``: rids of the camera's layers, full size first, each next one half
         the size (``("a", "b")`` as Orange Meets publishes; empty: one layer).
         """
+        query = {"role": role, "codec": codec, "camera": f"{media.width}x{media.height}"}
+        if simulcast:
+            query["simulcast"] = ",".join(simulcast)
+        return await self.open(role, media, f"{self._origin}/call?{urlencode(query)}")
+
+    async def open(self, role: str, media: FakeMedia, url: str) -> BrowserParticipant:
+        """Launch a browser playing ``media`` and load a publishing page at ``url``: one
+        that, like the SFU's call page, shows its published tracks as JSON in ``#tracks``
+        (or why it failed in ``#error``). Returns once it has."""
         if self._playwright is None:
             raise RuntimeError("BrowserCall is not started: use it with async with")
         browser = await self._playwright.chromium.launch(
@@ -173,10 +182,7 @@ class BrowserCall:
         )
         self._browsers.append(browser)
         page = await browser.new_page()
-        query = {"role": role, "codec": codec, "camera": f"{media.width}x{media.height}"}
-        if simulcast:
-            query["simulcast"] = ",".join(simulcast)
-        await page.goto(f"{self._origin}/call?{urlencode(query)}")
+        await page.goto(url)
         await page.wait_for_function(
             "() => document.getElementById('tracks').textContent"
             " || document.getElementById('error').textContent",

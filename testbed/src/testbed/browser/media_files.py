@@ -30,30 +30,38 @@ class FakeMedia:
     duration_s: float
     width: int = WIDTH
     height: int = HEIGHT
+    fps: int = FPS
 
 
 def write_fake_media(
-    directory: Path, number: int, duration_s: float, *, width: int = WIDTH, height: int = HEIGHT
+    directory: Path,
+    number: int,
+    duration_s: float,
+    *,
+    width: int = WIDTH,
+    height: int = HEIGHT,
+    fps: int = FPS,
 ) -> FakeMedia:
     """Write participant ``number``'s signal as ``p<n>.y4m`` and ``p<n>.wav``.
 
     Blocking file I/O (about 10 MB per second of 640x360 video): call it in a worker
     thread from async code. A larger camera (``width``, ``height``) lets Chrome send
-    more simulcast layers: it sends two at 360p, three from 540p.
+    more simulcast layers: it sends two at 360p, three from 540p. ``fps``: the camera's
+    rate (25 against the recorder's 30 lets the analysis time video to under a frame).
     """
     if duration_s <= 0:
         raise ValueError("fake media needs a positive duration")
     directory.mkdir(parents=True, exist_ok=True)
     video = directory / f"p{number}.y4m"
     audio = directory / f"p{number}.wav"
-    frames = round(duration_s * FPS)
+    frames = round(duration_s * fps)
     with video.open("wb") as out:
         # C420mpeg2: 4:2:0 with the chroma siting our I420 planes use; limited range.
-        out.write(f"YUV4MPEG2 W{width} H{height} F{FPS}:1 Ip A1:1 C420mpeg2\n".encode())
+        out.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420mpeg2\n".encode())
         for index in range(frames):
             out.write(b"FRAME\n")
-            out.write(render_i420(number, index, width, height, FPS).tobytes())
-    samples = frames * SAMPLE_RATE // FPS
+            out.write(render_i420(number, index, width, height, fps).tobytes())
+    samples = frames * SAMPLE_RATE // fps
     with wave.open(str(audio), "wb") as wav:
         wav.setnchannels(1)
         wav.setsampwidth(2)
@@ -65,7 +73,8 @@ def write_fake_media(
         number=number,
         video=video,
         audio=audio,
-        duration_s=frames / FPS,
+        duration_s=frames / fps,
         width=width,
         height=height,
+        fps=fps,
     )
