@@ -7,8 +7,10 @@ import base64
 import hashlib
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 from testbed.analysis import analyze_recording, audio_rms
 from testbed.stack import start_local_sfu
@@ -19,6 +21,7 @@ from bot.recording import RecordingResult, record
 from bot.storage import fhir_key
 from bot.storage.boxes import top_level_boxes
 from tests.e2e import bot_verify, ffprobe, recorder_settings, slots
+from tests.test_overlay import lumas, read_clock
 
 DURATION = 6.0
 
@@ -103,3 +106,23 @@ def test_the_fhir_resource_names_this_object(two_party: RecordingResult) -> None
         ("clinician", "c1"),
         ("patient", "p1"),
     ]
+
+
+def test_what_a_person_sees_fills_the_frame_and_carries_the_time(
+    two_party: RecordingResult,
+) -> None:
+    """Issue #15's "done when": each participant fills at least 90% of the width of its half
+    of the frame, and the burned-in clock, read back from decoded frames, is the
+    manifest's start time plus the frame's time, within a second."""
+    assert two_party.path is not None and two_party.upload is not None
+    started = two_party.upload.manifest.started_at.timestamp()
+    frames = lumas(two_party.path)
+    height, width = frames[0].shape
+    fps = len(frames) / two_party.media.duration
+    for n in range(int(fps), len(frames), int(fps)):
+        shown = datetime.strptime(read_clock(frames[n], height), "%Y-%m-%d %H:%M:%S %Z")
+        assert abs(shown.replace(tzinfo=UTC).timestamp() - (started + n / fps)) < 1.0, n
+    middle = frames[len(frames) // 2]
+    for half in (middle[:, : width // 2], middle[:, width // 2 :]):
+        lit = np.count_nonzero((half > 24).any(axis=0)) / half.shape[1]
+        assert lit >= 0.90, f"a participant fills {lit:.0%} of its half's width"
