@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ from bot.e2ee.frames import Outcome
 from bot.e2ee.session import safety_number_text
 from bot.exitcodes import ExitCode
 from bot.realtime import RealtimeClient
+from bot.recording import RecordingResult
 from bot.synthetic.participant import SyntheticParticipant
 from tests.e2e import slots
 from tests.faults import wait_until
@@ -52,6 +55,19 @@ LEAD = 0.8
 Orange's worker (a round trip to Node per frame) must never make a frame late, or the
 A/V figure would measure the test's publisher instead of the recorder."""
 AUDIENCE = "consultation-recorder"
+
+
+@asynccontextmanager
+async def _running(session: ControlledRecording) -> AsyncIterator[asyncio.Task[RecordingResult]]:
+    """The recording, stopped and awaited if the test fails half-way (never left running)."""
+    task = asyncio.create_task(session.run())
+    try:
+        yield task
+    finally:
+        if not task.done():
+            session.recorder.stop("test_failed")
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 60)
 
 
 @pytest.fixture
@@ -93,16 +109,22 @@ def _participant(pid: str, source: SyntheticParticipant) -> Participant:
     )
 
 
-async def _publishers(client: RealtimeClient, orange: OrangeWorkers) -> list[SyntheticParticipant]:
-    def seal(member: str) -> Any:
-        return lambda data, kind: orange.encrypt(member, data, kind)
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
+
+def _seal(orange: OrangeWorkers, member: str) -> Any:
+    """Encrypt a frame as ``member``'s Orange worker does, before it is packetized."""
+    return lambda data, kind: orange.encrypt(member, data, kind)
+
+
+async def _publishers(client: RealtimeClient, orange: OrangeWorkers) -> list[SyntheticParticipant]:
     sources = [
         SyntheticParticipant(
-            client, number=1, role="clinician", fps=25, seal=seal("alice"), lead_s=LEAD
+            client, number=1, role="clinician", fps=25, seal=_seal(orange, "alice"), lead_s=LEAD
         ),
         SyntheticParticipant(
-            client, number=2, role="patient", fps=25, seal=seal("bob"), lead_s=LEAD
+            client, number=2, role="patient", fps=25, seal=_seal(orange, "bob"), lead_s=LEAD
         ),
     ]
     for source in sources:
@@ -111,10 +133,16 @@ async def _publishers(client: RealtimeClient, orange: OrangeWorkers) -> list[Syn
 
 
 def _recording(
-    sfu: LocalSfu, tmp_path: Path, sources: list[SyntheticParticipant], **e2ee: Any
+    sfu: LocalSfu,
+    tmp_path: Path,
+    sources: list[SyntheticParticipant],
+    layout: tuple[str, ...] = (),
+    **e2ee: Any,
 ) -> ControlledRecording:
     participants = (_participant("c1", sources[0]), _participant("p1", sources[1]))
-    settings = settings_for(sfu, tmp_path, participants=participants, max_duration=14.0)
+    settings = settings_for(
+        sfu, tmp_path, participants=participants, max_duration=16.0, layout=layout
+    )
     control = ControlSettings(enabled=True, port=0, jwt_secret=SECRET, jwt_audience=AUDIENCE)
     update = {"control": control, "e2ee": E2eeSettings(**e2ee)}
     return ControlledRecording(settings.model_copy(update=update), progress=False)
@@ -170,6 +198,13 @@ async def test_an_encrypted_call_is_recorded_once_the_recorder_is_admitted(
             assert changed["new_epoch"] and changed["epoch"] == joined["epoch"] + 1
             status = (await api.get("/v1/status")).json()
             assert status["e2ee"]["joined"] and status["e2ee"]["members"] == 4
+            await asyncio.sleep(max(0.0, epoch_change + 3 - recorder.status().duration_s))
+            # Carol leaves: Alice commits her Remove, a second epoch change mid-call.
+            removal = of_type(orange.event("alice", "userLeft", id="carol"), "sendMlsMessage")
+            orange.event("bob", "recvMlsMessage", msg=removal[0]["msg"], senderId="alice")
+            left = await api.post("/v1/e2ee/messages", json={"message": _b64(removal[0]["msg"])})
+            second_change = recorder.status().duration_s
+            assert left.json()["members"] == 3
         result = await asyncio.wait_for(running, 60)
         for source in sources:
             await source.stop()
@@ -179,17 +214,20 @@ async def test_an_encrypted_call_is_recorded_once_the_recorder_is_admitted(
     ), result.error
     manifest = result.upload.manifest
     assert manifest.e2ee is not None
-    assert [c.kind for c in manifest.e2ee.changes] == ["joined", "epoch"]
+    assert [c.kind for c in manifest.e2ee.changes] == ["joined", "epoch", "epoch"]
     assert manifest.e2ee.frames["not_member"] > 50 and manifest.e2ee.frames["opened"] > 200
 
     observations, _, _, _ = _scan_video(result.path, slots(2))
     for number in (1, 2):
         seen = np.array(sorted(o.time_s for o in observations if o.participant == number))
-        assert seen.min() == pytest.approx(admitted, abs=1.5), (
+        # Frames the publishers encrypted before they processed the recorder's Add (up to
+        # LEAD seconds ahead) stay unreadable, and a picture starts at the next keyframe.
+        assert seen.min() == pytest.approx(admitted + LEAD / 2 + 0.5, abs=1.5), (
             f"participant {number} before admission"
         )
-        around = seen[(seen > epoch_change - 2) & (seen < epoch_change + 2)]
-        assert np.diff(around).max() < 1.0, f"participant {number}: a hole at the epoch change"
+        for change in (epoch_change, second_change):
+            around = seen[(seen > change - 2) & (seen < change + 2)]
+            assert np.diff(around).max() < 1.0, f"participant {number}: a hole at {change:.1f} s"
     report = analyze_recording(result.path, slots(2), src_fps=25)
     for number in (1, 2):
         offsets = report.participants[number].av_offsets()
@@ -214,3 +252,93 @@ async def test_a_recorder_never_admitted_fails_naming_encrypted_media(
     assert not observations, "nothing but black: ciphertext was never decoded"
     assert result.upload is not None and result.upload.manifest.e2ee is not None
     assert result.upload.manifest.e2ee.frames["not_member"] > 50
+
+
+async def test_outliving_the_call_it_admits_a_newcomer_whose_media_is_recorded(
+    sfu: LocalSfu, tmp_path: Path, orange: OrangeWorkers
+) -> None:
+    """Alice and Bob, who were in the group before the recorder, leave one after the other
+    (two more epochs: Bob commits Alice's Remove, the recorder Bob's); the recorder is then
+    the group's committer: it admits Dave with its own Commit and Welcome, Orange's worker
+    accepts them, and Dave's encrypted media is recorded."""
+    async with RealtimeClient(
+        "test-app", "test-secret-0123456789abcdef", base_url=sfu.base_url
+    ) as client:
+        sources = await _publishers(client, orange)
+        # A third cell: the departed keep theirs, reserved should they come back.
+        session = _recording(sfu, tmp_path, sources, layout=("clinician", "patient", "clinician"))
+        async with _running(session) as running:
+            await asyncio.wait_for(session.recorder.started.wait(), 30)
+            assert session.server is not None
+            auth = {"Authorization": f"Bearer {_token()}"}
+            async with httpx.AsyncClient(
+                base_url=session.server.url, headers=auth, timeout=10
+            ) as api:
+                await _admit_recorder(api, orange)
+                await _everyone_from_before_leaves(api, orange, sources)
+                dave = await _recorder_admits_dave(api, orange, client)
+                dave_from = session.recorder.status().duration_s
+            result = await asyncio.wait_for(running, 60)
+            await dave.stop()
+
+    assert result.exit_code == ExitCode.OK and result.path is not None, result.error
+    assert result.upload is not None and result.upload.manifest.e2ee is not None
+    kinds = [c.kind for c in result.upload.manifest.e2ee.changes]
+    assert kinds == ["joined", "epoch", "committed", "committed"]
+    observations, _, _, _ = _scan_video(result.path, slots(3))
+    seen = sorted(o.time_s for o in observations if o.participant == 3)
+    assert len(seen) > 25 and seen[0] == pytest.approx(dave_from, abs=2.0)
+
+
+async def _admit_recorder(api: httpx.AsyncClient, orange: OrangeWorkers) -> None:
+    package = (await api.post("/v1/e2ee/key-package", json={"identity": "recorder"})).json()
+    outputs = orange.event("alice", "userJoined", keyPkg=base64.b64decode(package["key_package"]))
+    welcome = of_type(outputs, "sendMlsWelcome")[0]
+    commit = of_type(outputs, "sendMlsMessage")[0]["msg"]
+    orange.event("bob", "recvMlsMessage", msg=commit, senderId="alice")
+    body = {"welcome": _b64(welcome["welcome"]), "ratchet_tree": _b64(welcome["rtree"])}
+    assert (await api.post("/v1/e2ee/welcome", json=body)).json()["accepted"]
+
+
+async def _everyone_from_before_leaves(
+    api: httpx.AsyncClient, orange: OrangeWorkers, sources: list[SyntheticParticipant]
+) -> None:
+    await sources[0].stop()  # Alice leaves: Bob (there before the recorder) commits
+    await api.delete("/v1/participants/c1")
+    removal = of_type(orange.event("bob", "userLeft", id="alice"), "sendMlsMessage")
+    assert (await api.delete("/v1/e2ee/members/alice")).json()["committed"] is False
+    moved = await api.post("/v1/e2ee/messages", json={"message": _b64(removal[0]["msg"])})
+    assert moved.json()["members"] == 2
+    await sources[1].stop()  # Bob leaves: nobody from before is left, the recorder commits
+    await api.delete("/v1/participants/p1")
+    left = (await api.delete("/v1/e2ee/members/bob")).json()
+    assert left["committed"] and left["committer"] and left["members"] == 1, left
+    await api.get("/v1/e2ee/outbox")  # the Remove: nobody is left to send it to
+
+
+async def _recorder_admits_dave(
+    api: httpx.AsyncClient, orange: OrangeWorkers, client: RealtimeClient
+) -> SyntheticParticipant:
+    orange.new("dave")
+    shared = of_type(orange.event("dave", "initialize", id="dave"), "shareKeyPackage")[0]
+    body = {"key_package": _b64(shared["keyPkg"])}
+    added = (await api.post("/v1/e2ee/members", json=body)).json()
+    assert added["committed"] and added["members"] == 2, added
+    sent = {m["type"]: m for m in (await api.get("/v1/e2ee/outbox")).json()["messages"]}
+    joined = orange.event(
+        "dave",
+        "recvMlsWelcome",
+        welcome=base64.b64decode(sent["sendMlsWelcome"]["welcome"]),
+        rtree=base64.b64decode(sent["sendMlsWelcome"]["rtree"]),
+        senderId="recorder",
+    )
+    number = of_type(joined, "newSafetyNumber")[0]["hash"]
+    assert safety_number_text(number) == added["safety_number"]
+    dave = SyntheticParticipant(
+        client, number=3, role="clinician", fps=25, seal=_seal(orange, "dave"), lead_s=LEAD
+    )
+    await dave.start()
+    tracks = {"participant_id": "d1", "role": "clinician", "tracks": list(dave.track_refs.values())}
+    added_tracks = await api.post("/v1/tracks", json=tracks)
+    assert added_tracks.status_code == 200, added_tracks.text
+    return dave

@@ -123,7 +123,7 @@ def test_outliving_its_admitter_it_commits_for_the_group_and_orange_follows(
     orange.event("bob", "recvMlsWelcome", welcome=bob_welcome, rtree=bob_tree, senderId="alice")
 
     assert not of_type(orange.event("bob", "userLeft", id="alice"), "sendMlsMessage")
-    removal = group.commit(remove=[group.members.index(b"alice")])
+    removal = group.commit(remove=[group.leaf_of(b"alice")])
     assert removal.welcome is None
     followed = orange.event("bob", "recvMlsMessage", msg=removal.commit, senderId="recorder")
     assert of_type(followed, "newSafetyNumber")[0]["hash"] == group.safety_number

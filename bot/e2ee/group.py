@@ -90,6 +90,14 @@ class Group:
         """The identities of the members, in leaf order."""
         return [leaf.credential.identity for _, leaf in self.current.tree.members()]
 
+    def leaf_of(self, identity: bytes) -> int | None:
+        """The leaf index of the member with this credential identity (the members list
+        skips blank leaves, so its positions are not leaf indices)."""
+        return next(
+            (i for i, leaf in self.current.tree.members() if leaf.credential.identity == identity),
+            None,
+        )
+
     # -- joining -------------------------------------------------------------------------
 
     @classmethod

@@ -139,9 +139,10 @@ class E2eeSession:
         """A member left the room: removed here if the recorder is (now) the committer."""
         self._before_us.discard(identity)
         group = self.group
-        if group is None or not self.is_committer or identity not in group.members:
+        leaf = group.leaf_of(identity) if group is not None else None
+        if group is None or leaf is None or not self.is_committer:
             return None
-        committed = group.commit(remove=[group.members.index(identity)])
+        committed = group.commit(remove=[leaf])
         self._send(Outgoing("sendMlsMessage", {"msg": committed.commit}))
         self._record("committed")
         return committed
