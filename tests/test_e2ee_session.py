@@ -9,6 +9,8 @@ departure as ``userLeft``.
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -135,3 +137,25 @@ def test_room_messages_that_are_not_orange_shapes_are_named(room: Room) -> None:
         relay(
             session, {"type": "e2eeMlsMessage", "payload": json.dumps({"type": "shareKeyPackage"})}
         )
+
+
+def test_no_key_material_leaves_the_session(room: Room) -> None:
+    """What the session shows the outside (status, events, reprs, room messages) never
+    holds a private key or an epoch secret, in any common encoding."""
+    room.join("alice", create=True)
+    room.recorder_joins()
+    session = room.session
+    group, member = session.group, session.member
+    assert group is not None and member is not None
+    secrets = [member.init_private, member.encryption_private, member.signature_private]
+    secrets += [
+        getattr(group.current.secrets, f.name) for f in dataclasses.fields(group.current.secrets)
+    ]
+    secrets = [s for s in secrets if s != group.current.secrets.epoch_authenticator]
+    shown = " ".join(
+        [repr(session), repr(group), repr(member), repr(session.status()), repr(session.events)]
+        + [json.dumps(m) for m in outgoing(session)]
+    )
+    for secret in secrets:
+        for form in (secret.hex(), base64.b64encode(secret).decode(), repr(secret)):
+            assert form not in shown
