@@ -13,14 +13,13 @@ Orange's room does.
 from __future__ import annotations
 
 import base64
-import json
 import os
 import shutil
-import subprocess
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
+
+from testbed.nodejs import NodeScript
 
 INTEROP_ENV: Final = "ORANGE_E2EE"
 DEFAULT_INTEROP: Final = Path(__file__).resolve().parents[4].parent / "shared/interop/orange-e2ee"
@@ -36,10 +35,6 @@ def interop_dir() -> Path | None:
     if shutil.which("node") is None or not (folder / "wasm-pkg").is_dir():
         return None
     return folder
-
-
-class OrangeError(RuntimeError):
-    """The worker refused or crashed; the message is its own."""
 
 
 @dataclass(frozen=True)
@@ -58,15 +53,7 @@ class OrangeWorkers:
     come from several threads (publishers encrypt in their media threads): one at a time."""
 
     def __init__(self, folder: Path) -> None:
-        self._process = subprocess.Popen(
-            ["node", str(MEMBER_JS)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, INTEROP_ENV: str(folder)},
-        )
-        self._calls = 0
-        self._lock = threading.Lock()
+        self._node = NodeScript(MEMBER_JS, env={INTEROP_ENV: str(folder)})
 
     def __enter__(self) -> OrangeWorkers:
         return self
@@ -75,13 +62,7 @@ class OrangeWorkers:
         self.close()
 
     def close(self) -> None:
-        if self._process.stdin is not None:
-            self._process.stdin.close()
-        try:
-            self._process.wait(5)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        self._node.close()
 
     def new(self, member: str) -> None:
         self._call(op="new", m=member)
@@ -119,19 +100,7 @@ class OrangeWorkers:
         )
 
     def _call(self, **command: Any) -> dict[str, Any]:
-        assert self._process.stdin is not None and self._process.stdout is not None
-        with self._lock:
-            self._calls += 1
-            command["id"] = self._calls
-            self._process.stdin.write(json.dumps(command) + "\n")
-            self._process.stdin.flush()
-            line = self._process.stdout.readline()
-        if not line:
-            raise OrangeError(f"the Orange worker process ended (exit {self._process.poll()})")
-        answer: dict[str, Any] = json.loads(line)
-        if not answer.get("ok"):
-            raise OrangeError(str(answer.get("error", answer)))
-        return answer
+        return self._node.call(**command)
 
 
 def of_type(outputs: list[Output], kind: str) -> list[Output]:

@@ -11,14 +11,14 @@ in ``package.json`` and installed beside it by ``npm ci --prefix`` this folder.
 from __future__ import annotations
 
 import base64
-import json
 import shutil
 import subprocess
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+
+from testbed.nodejs import NodeScript
 
 FOLDER: Final = Path(__file__).resolve().parent
 MEMBER_JS: Final = FOLDER / "member.mjs"
@@ -42,10 +42,6 @@ def available() -> str | None:
     return None
 
 
-class TsMlsError(RuntimeError):
-    """ts-mls refused or the process ended; the message is its own."""
-
-
 @dataclass(frozen=True)
 class Committed:
     commit: bytes
@@ -66,15 +62,7 @@ class TsMlsMembers:
     """A Node process hosting ts-mls members; close it when done. One call at a time."""
 
     def __init__(self) -> None:
-        self._process = subprocess.Popen(
-            ["node", str(MEMBER_JS)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=FOLDER,
-        )
-        self._calls = 0
-        self._lock = threading.Lock()
+        self._node = NodeScript(MEMBER_JS, cwd=FOLDER)
 
     def __enter__(self) -> TsMlsMembers:
         return self
@@ -83,13 +71,7 @@ class TsMlsMembers:
         self.close()
 
     def close(self) -> None:
-        if self._process.stdin is not None:
-            self._process.stdin.close()
-        try:
-            self._process.wait(5)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        self._node.close()
 
     def new(self, member: str) -> bytes:
         """A member named ``member`` (its basic credential's identity); its bare KeyPackage."""
@@ -151,22 +133,7 @@ class TsMlsMembers:
         )
 
     def _call(self, **command: Any) -> dict[str, Any]:
-        assert self._process.stdin is not None and self._process.stdout is not None
-        with self._lock:
-            self._calls += 1
-            command["id"] = self._calls
-            try:
-                self._process.stdin.write(json.dumps(command) + "\n")
-                self._process.stdin.flush()
-            except BrokenPipeError:
-                pass
-            line = self._process.stdout.readline()
-        if not line:
-            raise TsMlsError(f"the ts-mls process ended (exit {self._process.poll()})")
-        answer: dict[str, Any] = json.loads(line)
-        if not answer.get("ok"):
-            raise TsMlsError(str(answer.get("error", answer)))
-        return answer
+        return self._node.call(**command)
 
 
 def _text(data: bytes) -> str:
