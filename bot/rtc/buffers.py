@@ -59,6 +59,9 @@ FrameOpener = Callable[[bytes], bytes | None]
 """Turns an encoded frame as received into the frame to decode, or None to drop it: the
 end-to-end decryption (``bot.e2ee.frames``), which also keeps ciphertext it cannot open
 from ever reaching a decoder."""
+EncodedSink = Callable[[int, bytes], None]
+"""Takes each opened encoded frame, ``(extended RTP timestamp, data)``, on the decoder
+thread: the track archive (``bot.recording.archive``)."""
 
 
 class BoundedDecoderQueue(queue.Queue[Any]):
@@ -68,13 +71,19 @@ class BoundedDecoderQueue(queue.Queue[Any]):
     then asks for a keyframe by itself.
 
     With an ``opener``, each frame is opened as the decoder thread takes it (off the
-    event loop) and dropped when it cannot be (``unopened``).
+    event loop) and dropped when it cannot be (``unopened``). Each opened frame goes to
+    the ``archive`` sink if one is set; with ``decode`` False it goes nowhere else, so
+    aiortc's decoder thread never decodes (the track archive without a composite).
     """
 
-    def __init__(self, limit: int, opener: FrameOpener | None = None) -> None:
+    def __init__(
+        self, limit: int, opener: FrameOpener | None = None, *, decode: bool = True
+    ) -> None:
         super().__init__()
         self._limit = limit
         self._opener = opener
+        self._decode = decode
+        self.archive: EncodedSink | None = None
         self.dropped = 0
         self.unopened = 0
         self.last_opened = 0.0
@@ -96,16 +105,22 @@ class BoundedDecoderQueue(queue.Queue[Any]):
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         while True:
             item = super().get(block, timeout)
-            if item is None or self._opener is None:
+            if item is None:
                 return item
             _, encoded = item
-            opened = self._opener(encoded.data)
-            if opened is not None:
+            if self._opener is not None:
+                opened = self._opener(encoded.data)
+                if opened is None:
+                    self.unopened += 1
+                    self.last_unopened = time.monotonic()
+                    continue
                 encoded.data = opened
                 self.last_opened = time.monotonic()
+            archive = self.archive
+            if archive is not None:
+                archive(encoded.timestamp, encoded.data)
+            if self._decode:
                 return item
-            self.unopened += 1
-            self.last_unopened = time.monotonic()
 
 
 class DroppingFrameQueue(asyncio.Queue[Any]):

@@ -16,7 +16,13 @@ from aiortc.rtp import RtcpSrPacket
 from aiortc.utils import uint16_add, uint16_gt
 
 from bot.rtc.aiortc_compat import AudioPassThrough, LossTolerantJitterBuffer, ReceiverHooks
-from bot.rtc.buffers import AudioReorder, BoundedDecoderQueue, DroppingFrameQueue, FrameOpener
+from bot.rtc.buffers import (
+    AudioReorder,
+    BoundedDecoderQueue,
+    DroppingFrameQueue,
+    EncodedSink,
+    FrameOpener,
+)
 from bot.rtc.clock import StreamClock
 
 VIDEO_GIVE_UP_PACKETS = 48
@@ -47,7 +53,15 @@ class ReceiverTap:
     Anything else (RED, FEC, a codec that was not negotiated) is counted and dropped.
     """
 
-    def __init__(self, receiver: Any, kind: str, opener: FrameOpener | None = None) -> None:
+    def __init__(
+        self,
+        receiver: Any,
+        kind: str,
+        opener: FrameOpener | None = None,
+        *,
+        decode: bool = True,
+    ) -> None:
+        """``decode``: False when nothing needs decoded frames (the track archive alone)."""
         self.kind = kind
         self.clock: StreamClock | None = None
         self._media: frozenset[int] = frozenset()
@@ -62,7 +76,7 @@ class ReceiverTap:
         self.foreign_packets = 0
         self.foreign_payload_type: int | None = None
         self._frames = DroppingFrameQueue(DECODED_FRAMES_KEPT[kind])
-        self._encoded = BoundedDecoderQueue(ENCODED_FRAMES_KEPT[kind], opener)
+        self._encoded = BoundedDecoderQueue(ENCODED_FRAMES_KEPT[kind], opener, decode=decode)
         self._aiortc = ReceiverHooks(
             receiver,
             on_rtp=self._on_rtp,
@@ -87,6 +101,7 @@ class ReceiverTap:
         thread at start.
         """
         self.clock = clock
+        self._encoded.archive = None  # the m-line's previous track's file
         self._media = frozenset(c.payloadType for c in codecs if not is_rtx(c))
         self._rtx = frozenset(c.payloadType for c in codecs if is_rtx(c))
         self._on_packet = on_packet
@@ -102,6 +117,10 @@ class ReceiverTap:
         self._aiortc.add_codecs(codecs)
         while not self._frames.empty():  # frames of the m-line's previous track
             self._frames.get_nowait()
+
+    def archive_to(self, sink: EncodedSink | None) -> None:
+        """Hand every opened encoded frame to ``sink`` from now on (None: to no one)."""
+        self._encoded.archive = sink
 
     @property
     def unopened_frames(self) -> int:

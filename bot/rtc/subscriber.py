@@ -39,7 +39,7 @@ from bot.rtc.receiver_tap import ReceiverTap
 from bot.rtc.simulcast import prefer_layer
 from bot.rtc.track_reader import FrameSink, read_track, watch_keyframes
 from bot.rtc.track_status import TrackStatus
-from bot.rtc.tracks import FailedTrack, PulledTrack
+from bot.rtc.tracks import FailedTrack, PulledTrack, TrackArchiver
 from bot.tasks import stop_task
 from bot.timeline import Timeline
 
@@ -75,13 +75,19 @@ class Subscriber:
         ice_servers: tuple[str, ...] = (),
         simulcast_layer: str | None = None,
         open_frame: FrameOpener | None = None,
+        archiver: TrackArchiver | None = None,
+        decode: bool = True,
     ) -> None:
+        """``archiver``: stores each track as it arrived; ``decode``: False when no
+        decoded frame is wanted (``sink`` then gets none)."""
         accept_lower_dynamic_payload_types()
         self._client = client
         self._sink = sink
         self._timeline = timeline
         self._simulcast_layer = simulcast_layer
         self._open_frame = open_frame
+        self._archiver = archiver
+        self._decode = decode
         self._pc = RTCPeerConnection(
             RTCConfiguration(iceServers=[RTCIceServer(urls=url) for url in ice_servers])
         )
@@ -213,6 +219,8 @@ class Subscriber:
         )
         self._on_mid[track.mid] = track
         self.tracks.append(track)
+        if self._archiver is not None:
+            ready.tap.archive_to(self._archiver.begin(track))
         track.reader = asyncio.create_task(read_track(track, self._sink), name=f"read-{track.mid}")
         log.info(
             "subscriber.track_pulled",
@@ -255,7 +263,7 @@ class Subscriber:
         tap = self._taps.get(mid)
         if tap is None:
             tap = self._taps[mid] = ReceiverTap(
-                transceiver.receiver, transceiver.kind, self._open_frame
+                transceiver.receiver, transceiver.kind, self._open_frame, decode=self._decode
             )
             route_by_mid(transceiver.receiver.transport)
         return tap
@@ -296,6 +304,9 @@ class Subscriber:
             self._on_mid.pop(track.mid, None)
             if track.reader is not None:
                 track.reader.cancel()
+            if self._archiver is not None:
+                track.tap.archive_to(None)
+                self._archiver.end(track)
         if leaving:
             result = await self._client.close_tracks(self.session_id, [t.mid for t in leaving])
             for item in result.tracks:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from bot.config import Participant, TrackRef
+from bot.rtc.buffers import EncodedSink
 from bot.rtc.clock import StreamClock
 from bot.rtc.receiver_tap import ReceiverTap
 from bot.rtc.track_status import TrackStatus
@@ -101,3 +102,13 @@ class FailedTrack:
     def report(self) -> dict[str, str | None]:
         """Plain data for the result and the manifest."""
         return {"participant": self.participant.id, "errorCode": self.code, "reason": self.reason}
+
+
+class TrackArchiver(Protocol):
+    """Where received tracks are stored as they arrived (``bot.recording.archive``)."""
+
+    def begin(self, track: PulledTrack) -> EncodedSink | None:
+        """A track starts: the sink for its encoded frames (None: not archived)."""
+
+    def end(self, track: PulledTrack) -> None:
+        """A track was dropped: its file is complete (no frame comes any more)."""
