@@ -15,6 +15,7 @@ after them, so a manifest in the store always has its evidence beside it.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -110,6 +111,7 @@ def finalize(
         sha256=sha256,
         parts=journal.parts,
         full_read=full_read,
+        keyframe_pieces=spool.composite,
     )
     record = _storage_record(
         store, journal, key=key, size=size, hashes=hashes, verification=verification
@@ -137,6 +139,31 @@ def finalize(
         parts=len(journal.parts),
         sidecars=tuple(sidecar.key for sidecar in sealed.sidecars),
         seconds_to_verified=seconds,
+        manifest=sealed.manifest,
+    )
+
+
+def store_record(store: ObjectStore, sealed: Sealed, key: str, *, began: float) -> UploadResult:
+    """Store a record that has no media object of its own (a recording kept only as
+    tracks, each already verified): its evidence, then its manifest, read back to prove
+    it. The manifest is then the record's object."""
+    _store_sealed(store, sealed, key)
+    stored = manifest_key(key)
+    if store.read_range(stored, 0, len(sealed.body)) != sealed.body:
+        raise StorageError(
+            f"{store.describe(stored)} differs from the manifest written",
+            kind="integrity",
+            permanent=False,
+        )
+    return UploadResult(
+        object_key=stored,
+        location=store.describe(stored),
+        manifest_key=stored,
+        size=len(sealed.body),
+        sha256=hashlib.sha256(sealed.body).hexdigest(),
+        parts=0,
+        sidecars=tuple(sidecar.key for sidecar in sealed.sidecars),
+        seconds_to_verified=time.monotonic() - began,
         manifest=sealed.manifest,
     )
 

@@ -56,13 +56,15 @@ class SpoolInfo(BaseModel):
     object_key: str
     created_at: AwareDatetime
     recorder_version: str
+    media_name: str = MEDIA_NAME
+    """The file in the spool: the composite MP4, or one archived track (WebM, MP4)."""
 
 
 class Spool:
     def __init__(self, directory: Path, info: SpoolInfo) -> None:
         self.directory = directory
         self.info = info
-        self.media_path = directory / MEDIA_NAME
+        self.media_path = directory / info.media_name
         self.journal_path = directory / JOURNAL_NAME
         self.draft_path = directory / DRAFT_NAME
         self.trail_path = trail_path(directory.parent, info.recording_id)
@@ -70,7 +72,13 @@ class Spool:
 
     @classmethod
     def create(
-        cls, spool_dir: Path, *, consultation_id: str, recording_id: str, object_key: str
+        cls,
+        spool_dir: Path,
+        *,
+        consultation_id: str,
+        recording_id: str,
+        object_key: str,
+        media_name: str = MEDIA_NAME,
     ) -> Spool:
         for name, value in (("consultation_id", consultation_id), ("recording_id", recording_id)):
             if not OPAQUE_ID.match(value):
@@ -84,9 +92,10 @@ class Spool:
             object_key=object_key,
             created_at=datetime.now(UTC),
             recorder_version=__version__,
+            media_name=media_name,
         )
         write_atomic(directory / INFO_NAME, info.model_dump_json(indent=1).encode("utf-8"))
-        (directory / MEDIA_NAME).touch(mode=0o600)
+        (directory / media_name).touch(mode=0o600)
         spool = cls(directory, info)
         spool.try_lock()  # before `bot recover` at another recorder's start-up could see it
         return spool
@@ -103,6 +112,11 @@ class Spool:
             return []
         found = [cls.open(d) for d in spool_dir.iterdir() if (d / INFO_NAME).is_file()]
         return sorted(found, key=lambda s: s.info.created_at)
+
+    @property
+    def composite(self) -> bool:
+        """The composite MP4 (every fragment starts at a keyframe), not an archived track."""
+        return self.info.media_name == MEDIA_NAME
 
     def media_size(self) -> int:
         try:

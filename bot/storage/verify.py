@@ -5,6 +5,11 @@ parts were uploaded, the decode probe reads only the start (init segment and fir
 fragment) and the last complete fragment with ranged GETs, and in "ends" mode the bytes
 in between are proven by the server's per-part MD5s (each checked by the server against
 the Content-MD5 we sent, and chained into the multipart ETag).
+
+The composite is a fragmented MP4 whose fragments each start at a keyframe, so its end
+decodes on its own. An archived track (``bot.recording.archive``: WebM clusters, or MP4
+fragments cut every second) starts at a keyframe but its last pieces need not: their
+end is proven to demux and its keyframes, if any, to decode.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from pathlib import Path
 import av
 
 from bot.manifest import Verification
-from bot.storage.boxes import top_level_boxes
+from bot.storage.boxes import CLUSTER, is_matroska, segment_elements, top_level_boxes
 from bot.storage.errors import StorageError
 from bot.storage.journal import PartRecord
 from bot.storage.stores import ObjectStore
@@ -35,9 +40,17 @@ class Layout:
     """The last two complete fragments: what the end probe decodes. The last one alone
     may hold only an encoder flush, which decodes to nothing without what came before."""
     complete_end: int
+    format: str = "mp4"
+    """The container, as FFmpeg names its demuxer ("mp4", "matroska")."""
+    keyframe_pieces: bool = True
+    """Every fragment starts at a keyframe (the composite), so the end decodes alone."""
 
 
-def fragment_layout(path: Path, size: int) -> Layout:
+def fragment_layout(path: Path, size: int, *, keyframe_pieces: bool = True) -> Layout:
+    """Where the init segment, the first and the last fragments (or clusters) are;
+    ``keyframe_pieces``: whether the writer starts every fragment at a keyframe."""
+    if is_matroska(path):
+        return _cluster_layout(path, size)
     boxes = top_level_boxes(path, size)
     moov = next((b for b in boxes if b.kind == b"moov"), None)
     if moov is None:
@@ -54,7 +67,20 @@ def fragment_layout(path: Path, size: int) -> Layout:
     if not fragments:
         raise StorageError("recording has no complete fragment", kind="integrity", permanent=True)
     end_span = (fragments[max(0, len(fragments) - 2)][0], fragments[-1][1])
-    return Layout(moov.end, fragments[0][1], fragments[-1], end_span, boxes[-1].end)
+    return Layout(
+        moov.end, fragments[0][1], fragments[-1], end_span, boxes[-1].end, "mp4", keyframe_pieces
+    )
+
+
+def _cluster_layout(path: Path, size: int) -> Layout:
+    elements = segment_elements(path, size)
+    clusters = [(e.start, e.end) for e in elements if e.kind == CLUSTER]
+    if not clusters:
+        raise StorageError("recording has no complete cluster", kind="integrity", permanent=True)
+    end_span = (clusters[max(0, len(clusters) - 2)][0], clusters[-1][1])
+    return Layout(
+        clusters[0][0], clusters[0][1], clusters[-1], end_span, elements[-1].end, "matroska", False
+    )
 
 
 @dataclass(frozen=True)
@@ -63,17 +89,26 @@ class Probe:
     audio_frames: int
 
 
-def decode_probe(data: bytes, *, every_stream: bool = True) -> Probe:
-    """Decode every packet of a (partial) fragmented MP4.
+def decode_probe(
+    data: bytes, *, every_stream: bool = True, fmt: str = "mp4", keyframes_only: bool = False
+) -> Probe:
+    """Decode every packet of a (partial) fragmented MP4 or Matroska file.
 
     Fails if nothing decodes, or (``every_stream``) if a stream yields nothing: the last
     fragment may legitimately hold only one stream's final packets (encoder flushes).
+    ``keyframes_only``: a piece that need not start at a keyframe; only its keyframes
+    (and audio) are decoded, and its other packets must demux.
     """
     video = audio = 0
     try:
-        with av.open(io.BytesIO(data), mode="r", format="mp4") as container:
+        with av.open(io.BytesIO(data), mode="r", format=fmt) as container:
             streams = [s for s in container.streams if s.type in ("video", "audio")]
             for packet in container.demux(*streams):
+                if packet.size == 0:
+                    continue
+                if keyframes_only and packet.stream.type == "video" and not packet.is_keyframe:
+                    video += 1  # demuxed whole; decoding it needs the frames before it
+                    continue
                 for frame in packet.decode():
                     if isinstance(frame, av.VideoFrame):
                         video += 1
@@ -110,6 +145,7 @@ def verify_object(
     sha256: str,
     parts: list[PartRecord],
     full_read: bool,
+    keyframe_pieces: bool = True,
 ) -> Verification:
     """Raise ``StorageError`` unless the stored object is exactly the spool and decodes."""
     began = time.monotonic()
@@ -133,7 +169,7 @@ def verify_object(
     elif etag_result != "match":
         raise _integrity("cannot prove the bytes without a full read; set verify_read = 'full'")
 
-    layout = fragment_layout(media_path, size)
+    layout = fragment_layout(media_path, size, keyframe_pieces=keyframe_pieces)
     with media_path.open("rb") as src:
         local_head = src.read(layout.first_fragment_end)
         last_start, last_end = layout.end_span
@@ -143,8 +179,13 @@ def verify_object(
     remote_tail = store.read_range(key, last_start, last_end)
     if remote_head != local_head or remote_tail != local_tail:
         raise _integrity("stored start or end differs from the spool")
-    decode_probe(remote_head)
-    decode_probe(remote_head[: layout.init_end] + remote_tail, every_stream=False)
+    decode_probe(remote_head, fmt=layout.format)
+    decode_probe(
+        remote_head[: layout.init_end] + remote_tail,
+        every_stream=False,
+        fmt=layout.format,
+        keyframes_only=not layout.keyframe_pieces,
+    )
     return Verification(
         size_ok=True,
         etag="match" if etag_result == "match" else "not comparable",
