@@ -119,6 +119,10 @@ class RealtimeSettings(_Section):
 
 class RecordingSettings(_Section):
     consultation_id: str | None = None
+    # "composite": one MP4 of everyone, made live; "tracks": every track stored as it
+    # arrived (WebM/fMP4, no decode or encode: a tenth of the CPU), composed later with
+    # `bot compose` if ever; "both": the composite and the tracks.
+    mode: Literal["composite", "tracks", "both"] = "composite"
     # Roles of the grid's cells and speaker tracks, in order; participants take the first
     # free cell of their role. Empty: the configured participants' roles, or
     # clinician + patient when none are configured (they join through the control API).

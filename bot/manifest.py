@@ -16,9 +16,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 
 from bot import __version__
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """2: ``custody`` (chain heads and signature), ``storage.sha1``, consent, ``e2ee``;
-3: ``layout``."""
+3: ``layout``; 4: ``track`` and ``archive`` (tracks stored as they arrived)."""
 _OPAQUE = r"^[A-Za-z0-9_-]{1,64}$"
 _SHA256 = r"^[0-9a-f]{64}$"
 
@@ -115,6 +115,38 @@ class LayoutRecord(_Model):
     switches: tuple[SpeakerSwitch, ...] = ()
 
 
+class ArchivedTrack(_Model):
+    """One received track stored as it arrived, with what a composer needs to put it on
+    the recording's timeline. The file keeps the sender's timing; ``anchors`` map it to
+    the timeline as the live composite placed each frame: ``(file seconds, rtp seconds,
+    timeline seconds)`` at the first frame and wherever the mapping moved (a frame at
+    file second ``p`` is at ``p + t - f`` of the last anchor ``(f, r, t)`` with ``f <= p``)."""
+
+    part_of: str = Field(pattern=_OPAQUE)
+    """The recording (``recording_id``) the track belongs to."""
+    number: int = Field(ge=1)
+    participant_id: str = Field(pattern=_OPAQUE)
+    role: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    slot: int = Field(ge=0)
+    kind: Literal["audio", "video"]
+    codec: str
+    """As received (``video/VP8``, ``video/H264``, ``audio/opus``)."""
+    container: Literal["webm", "mp4"]
+    clock: Literal["sender_reports", "arrival"]
+    first_s: float | None = None
+    last_s: float | None = None
+    frames: int = Field(0, ge=0)
+    keyframes: int = Field(0, ge=0)
+    frames_before_keyframe: int = Field(0, ge=0)
+    """Left out because the file, or a resumption after a pause, starts at a keyframe."""
+    sizes: tuple[tuple[float, int, int], ...] = ()
+    """``(timeline seconds, width, height)`` at the first picture and each change."""
+    anchors: tuple[tuple[float, float, float], ...] = ()
+    object_key: str | None = None
+    sha256: str | None = Field(None, pattern=_SHA256)
+    size: int | None = Field(None, ge=0)
+
+
 class PartEntry(_Model):
     number: int = Field(ge=1)
     size: int = Field(ge=0)
@@ -180,6 +212,10 @@ class Manifest(_Model):
     consent: tuple[ConsentChange, ...] = ()
     e2ee: E2eeRecord | None = None
     layout: LayoutRecord | None = None
+    track: ArchivedTrack | None = None
+    """Set when this record is one archived track (its own object)."""
+    archive: tuple[ArchivedTrack, ...] = ()
+    """The recording's tracks as they arrived, each a verified object of its own."""
     sync: dict[str, Any] = Field(default_factory=dict)
     recovered: bool = False
     """True when ``bot recover`` finished the recording after the recorder died."""

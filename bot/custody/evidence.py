@@ -112,6 +112,24 @@ class Evidence:
                 verification=storage.verification.model_dump(mode="json"),
             )
             self._sealed = self.audit.seal()
+        return self._signed(manifest, storage.object_key, storage.bucket, fhir=True)
+
+    def seal_archive(self, manifest: Manifest, key: str) -> Sealed:
+        """The record of a recording kept only as tracks (``recording.mode = "tracks"``):
+        no object of its own, so nothing for the fragment chain or a FHIR attachment; the
+        signed manifest lists every track object with its SHA-256. ``key``: where the
+        record is stored (its manifest goes to ``manifest_key(key)``)."""
+        if self._sealed is None:
+            self.audit.record(
+                "archive.verified",
+                actor=self._actor,
+                tracks=[{"object_key": t.object_key, "sha256": t.sha256} for t in manifest.archive],
+            )
+            self._sealed = self.audit.seal()
+        return self._signed(manifest, key, None, fhir=False)
+
+    def _signed(self, manifest: Manifest, key: str, bucket: str | None, *, fhir: bool) -> Sealed:
+        assert self._sealed is not None
         signer = self._signer
         custody = Custody(
             fragments=self.chain.count,
@@ -124,17 +142,16 @@ class Evidence:
         )
         final = manifest.model_copy(update={"custody": custody})
         body = final.to_json()
-        key = storage.object_key
         sidecars = [Sidecar(audit_key(key), self.audit.path.read_bytes(), AUDIT_CONTENT_TYPE)]
         if signer is not None:
             sidecars.append(Sidecar(signature_key(key), signer.sign(body), SIGNATURE_CONTENT_TYPE))
-        if self._fhir.enabled:
+        if fhir and self._fhir.enabled:
             resource = document_reference(
                 final,
                 self._fhir,
                 manifest_key=manifest_key(key),
                 signature_key=signature_key(key) if signer else None,
-                bucket=storage.bucket,
+                bucket=bucket,
             )
             sidecars.append(Sidecar(fhir_key(key), resource, FHIR_CONTENT_TYPE))
         return Sealed(final, body, tuple(sidecars))

@@ -170,7 +170,6 @@ class MediaPipeline:
 
     def _loop(self) -> None:
         period = 1.0 / self._fps
-        chunk = self._writer.audio_frame_size
         while True:
             end = self._end
             now = self.now()
@@ -182,28 +181,10 @@ class MediaPipeline:
             # At most a second of output per pass, so the inputs are drained between passes
             # even when the thread is far behind.
             pass_end = min(horizon, self._writer.video_frames * period + 1.0)
-            while self._writer.video_frames * period <= pass_end and (
-                end is None or self._writer.video_frames * period < end
-            ):
-                tick = self._writer.video_frames * period
-                behind = now - self._latency - tick > CATCH_UP_SECONDS
-                self.report.video_frames_repeated += behind
-                self._writer.write_video(self._picture(tick, behind))
+            self._write_video(pass_end, end, now)
             horizon = min(horizon, pass_end + period)
             final = final and horizon >= (end or 0.0)
-            # A chunk is written once it lies wholly before the horizon; at the end, the
-            # last one may run up to one audio frame past it.
-            audio_horizon = horizon * SAMPLE_RATE
-            lead = 0 if final else chunk
-            while self._mixer.cursor + lead <= audio_horizon and (
-                not final or self._mixer.cursor < audio_horizon
-            ):
-                start = self._mixer.cursor / SAMPLE_RATE
-                mix, voices = self._mixer.pull(chunk, self._withheld(start))
-                self._listen(start, start + chunk / SAMPLE_RATE, voices)
-                self._writer.write_audio(0, mix)
-                for index, samples in enumerate(voices, start=1):
-                    self._writer.write_audio(index, samples)
+            self._write_audio(horizon, final)
             if final:
                 break
             next_tick = self._writer.video_frames * period + self._latency
@@ -211,6 +192,54 @@ class MediaPipeline:
             self._wake.clear()
         assert end is not None
         self._close(end)
+
+    # -- offline, on the caller's thread (``bot compose``) ------------------------------
+
+    def write_until(self, horizon: float) -> None:
+        """Write every output frame and audio chunk up to timeline second ``horizon``,
+        now: every input frame placed before it has been submitted (a composer reading
+        files, not a network). The thread is never started."""
+        self._drain()
+        self._write_video(horizon, None, horizon + self._latency)
+        self._write_audio(horizon, final=False)
+
+    def close_at(self, end: float) -> MediaReport:
+        """Write the rest up to ``end`` and close the file (offline, as ``write_until``)."""
+        self._drain()
+        self._write_video(end, end, end + self._latency)
+        self._write_audio(end, final=True)
+        self._close(end)
+        return self.report
+
+    # -- the output --------------------------------------------------------------------
+
+    def _write_video(self, until: float, end: float | None, now: float) -> None:
+        """Pictures for every tick up to ``until`` (and before ``end``); ``now``: timeline
+        second it is, to tell whether the thread has fallen behind."""
+        period = 1.0 / self._fps
+        while self._writer.video_frames * period <= until and (
+            end is None or self._writer.video_frames * period < end
+        ):
+            tick = self._writer.video_frames * period
+            behind = now - self._latency - tick > CATCH_UP_SECONDS
+            self.report.video_frames_repeated += behind
+            self._writer.write_video(self._picture(tick, behind))
+
+    def _write_audio(self, horizon: float, final: bool) -> None:
+        """Every audio chunk wholly before ``horizon``; when ``final``, the last one may run
+        up to one audio frame past it."""
+        chunk = self._writer.audio_frame_size
+        audio_horizon = horizon * SAMPLE_RATE
+        lead = 0 if final else chunk
+        while self._mixer.cursor + lead <= audio_horizon and (
+            not final or self._mixer.cursor < audio_horizon
+        ):
+            start = self._mixer.cursor / SAMPLE_RATE
+            mix, voices = self._mixer.pull(chunk, self._withheld(start))
+            self._listen(start, start + chunk / SAMPLE_RATE, voices)
+            self._writer.write_audio(0, mix)
+            for index, samples in enumerate(voices, start=1):
+                self._writer.write_audio(index, samples)
 
     def _picture(self, tick: float, repeat: bool) -> av.VideoFrame:
         """The output frame for ``tick``, captioned; the captions come off again before

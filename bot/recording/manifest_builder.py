@@ -88,8 +88,13 @@ def build_manifest(
         started_at=started_at,
         ended_at=ended_at,
         duration_seconds=media.duration if media else None,
-        video=VideoInfo(codec="h264", width=rec.width, height=rec.height, fps=rec.fps),
-        audio=AudioInfo(codec=rec.audio_codec, sample_rate=SAMPLE_RATE, channels=1),
+        # The composite's format; with tracks only, each track's is in ``archive``.
+        video=None
+        if rec.mode == "tracks"
+        else VideoInfo(codec="h264", width=rec.width, height=rec.height, fps=rec.fps),
+        audio=None
+        if rec.mode == "tracks"
+        else AudioInfo(codec=rec.audio_codec, sample_rate=SAMPLE_RATE, channels=1),
         gaps=tuple(
             Gap(
                 participant_id=g.participant or None,

@@ -17,16 +17,20 @@ the object, or left beside the spool for ``bot recover``.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import structlog
 
 from bot.config import Participant, Settings
 from bot.custody.audit import AuditLog
+from bot.custody.chain import FragmentChain
+from bot.custody.evidence import Evidence
 from bot.custody.signing import load_signer
 from bot.e2ee.frames import FrameDecryptor
 from bot.e2ee.session import E2eeSession
@@ -35,6 +39,7 @@ from bot.manifest import Manifest
 from bot.media.pipeline import MediaPipeline, MediaReport
 from bot.media.withholding import Withholding
 from bot.realtime import RealtimeClient, RealtimeError, TrackResult
+from bot.recording.archive import TrackArchive, archive_record_key
 from bot.recording.manifest_builder import TransportFacts, build_manifest, e2ee_record
 from bot.recording.output import Output, local_copy, open_output, open_pipeline
 from bot.recording.privacy import PrivacyControls
@@ -54,7 +59,9 @@ from bot.recording.stop_policy import (
 from bot.recording.supervisor import TransportSupervisor, subscriber_supervisor
 from bot.rtc.aiortc_compat import AiortcCompatError, check_private_api
 from bot.rtc.subscriber import Subscriber
-from bot.storage import ObjectStore, StorageError, object_key_for
+from bot.storage import ObjectStore, StorageError, UploadResult, object_key_for
+from bot.storage.finalize import store_record
+from bot.storage.stores import open_store
 from bot.tasks import stop_task
 from bot.timeline import Timeline
 
@@ -97,7 +104,10 @@ class Recorder:
         self._policy = StopPolicy(rec, settings.e2ee.join_timeout)
         self._supervisor: TransportSupervisor[Subscriber] | None = None
         self._pipeline: MediaPipeline | None = None
+        """The live composite (None in ``tracks`` mode)."""
         self._output: Output | None = None
+        self._archive: TrackArchive | None = None
+        """The tracks as they arrived (``tracks`` and ``both`` modes)."""
         self._packets_lost: dict[str, int] = {}
         self._withholding = Withholding(
             require_consent=rec.require_consent, unreadable=self._unreadable
@@ -137,7 +147,7 @@ class Recorder:
         supervisor = self._running()
         slot = self.roster.remove(participant_id)
         if self._pipeline is not None:
-            self._pipeline.cut(slot, self._pipeline.now())
+            self._pipeline.cut(slot, self._now())
         await supervisor.current.drop(participant_id)
         log.info("recorder.participant_dropped", participant=participant_id)
 
@@ -166,6 +176,7 @@ class Recorder:
             started=self.started.is_set(),
             stopping=self.stopping,
             supervisor=self._supervisor,
+            elapsed=self._now(),
             pipeline=self._pipeline,
             participants=tuple(
                 ParticipantStatus(p.id, p.role, slot, self._withholding.consent(p.id))
@@ -210,6 +221,24 @@ class Recorder:
     async def _run(self) -> RecordingResult:
         timeline = self.timeline = Timeline.starting_now(self._wall_clock)
         started_at = datetime.fromtimestamp(timeline.origin_wall, UTC)
+        object_key = object_key_for(
+            self.settings.storage,
+            consultation_id=self.consultation_id,
+            recording_id=self.recording_id,
+            started_at=started_at,
+        )
+        mode = self.settings.recording.mode
+        if mode != "composite":
+            self._archive = TrackArchive(
+                self.settings,
+                self._store,
+                consultation_id=self.consultation_id,
+                recording_id=self.recording_id,
+                object_key=object_key,
+                withholding=self._withholding,
+                signer=self._signer,
+                loop=asyncio.get_running_loop(),
+            )
         supervisor = self._supervisor = subscriber_supervisor(
             self.settings,
             self._client,
@@ -218,31 +247,31 @@ class Recorder:
             submit=self._submit,
             stopping=self._stop.is_set,
             open_frame=self.e2ee.frames.open,
+            archiver=self._archive,
         )
         refused = await self._join()
         if refused is not None:
             await supervisor.current.close()
+            if self._archive is not None:
+                await self._archive.finish()  # whatever a track wrote before the refusal
             return refused
-        object_key = object_key_for(
-            self.settings.storage,
-            consultation_id=self.consultation_id,
-            recording_id=self.recording_id,
-            started_at=started_at,
-        )
-        output = self._output = await asyncio.to_thread(self._open_output, object_key, started_at)
-        self.audit.record("recording.object", object_key=object_key)
-        pipeline = self._pipeline = open_pipeline(
-            self.settings, output, self.roster.slots, timeline, self._withholding
-        )
-        output.uploader.start()
-        pipeline.start()
+        if mode != "tracks":
+            output = self._output = await asyncio.to_thread(
+                self._open_output, object_key, started_at
+            )
+            self.audit.record("recording.object", object_key=object_key)
+            self._pipeline = open_pipeline(
+                self.settings, output, self.roster.slots, timeline, self._withholding
+            )
+            output.uploader.start()
+            self._pipeline.start()
         self.started.set()
-        log.info("recorder.started", slots=self.roster.roles, object_key=object_key)
+        log.info("recorder.started", slots=self.roster.roles, object_key=object_key, mode=mode)
         result = RecordingResult(
             ExitCode.OK, self.recording_id, object_key=object_key, started_at=started_at
         )
-        await self._record_until_stopped(result, supervisor, pipeline)
-        await self._store_result(result, output)
+        await self._record_until_stopped(result, supervisor)
+        await self._store_result(result)
         return result
 
     async def _join(self) -> RecordingResult | None:
@@ -266,10 +295,7 @@ class Recorder:
         return None
 
     async def _record_until_stopped(
-        self,
-        result: RecordingResult,
-        supervisor: TransportSupervisor[Subscriber],
-        pipeline: MediaPipeline,
+        self, result: RecordingResult, supervisor: TransportSupervisor[Subscriber]
     ) -> None:
         watchdog = asyncio.create_task(supervisor.watch(), name="transport-watchdog")
         repull = asyncio.create_task(supervisor.repull(), name="repull-tracks")
@@ -283,11 +309,16 @@ class Recorder:
             result.error = str(exc)
             result.stop_reason = "realtime_error"
         finally:
-            end = pipeline.now()
+            end = self._now()
             await stop_task(watchdog)
             await stop_task(repull)
             # Frames up to ``end`` still in flight arrive while the pipeline finishes.
-            result.media = await asyncio.to_thread(pipeline.finish, end)
+            pipeline = self._pipeline
+            result.media = (
+                await asyncio.to_thread(pipeline.finish, end)
+                if pipeline is not None
+                else MediaReport(duration=end)
+            )
             result.failed_tracks = [f.report() for f in supervisor.current.failed_tracks.values()]
             await supervisor.current.close()
             result.ended_at = datetime.now(UTC)
@@ -298,21 +329,51 @@ class Recorder:
                 gaps=len(result.media.gaps),
             )
 
-    async def _store_result(self, result: RecordingResult, output: Output) -> None:
+    async def _store_result(self, result: RecordingResult) -> None:
         assert result.started_at is not None
-        manifest = self._manifest(result.started_at, result.ended_at, result.media)
-        try:
-            result.upload = await asyncio.to_thread(
-                output.uploader.finish, manifest, output.evidence.seal
-            )
-            result.path = local_copy(self.settings, result.upload.object_key)
-        except StorageError as exc:
+        archive = await self._archive.finish() if self._archive is not None else []
+        manifest = self._manifest(result.started_at, result.ended_at, result.media).model_copy(
+            update={"archive": tuple(archive)}
+        )
+        output = self._output
+        if self._archive is not None and self._archive.unstored:
             result.exit_code = ExitCode.STORAGE
             result.error = (
-                f"{exc}; the recording is complete in {output.spool.directory}: run `bot recover`"
+                f"{self._archive.unstored} track file(s) could not be stored; they are in "
+                f"{self.settings.storage.spool_dir}: run `bot recover`"
             )
-            result.path = output.spool.media_path
+        try:
+            if output is None:
+                assert result.object_key is not None
+                result.upload = await asyncio.to_thread(
+                    self._store_archive_record, manifest, result.object_key
+                )
+            else:
+                result.upload = await asyncio.to_thread(
+                    output.uploader.finish, manifest, output.evidence.seal
+                )
+                result.path = local_copy(self.settings, result.upload.object_key)
+        except StorageError as exc:
+            result.exit_code = ExitCode.STORAGE
+            where = output.spool.directory if output else self.settings.storage.spool_dir
+            result.error = f"{exc}; the recording is complete in {where}: run `bot recover`"
+            result.path = output.spool.media_path if output else None
         result.log_finished()
+
+    def _store_archive_record(self, manifest: Manifest, object_key: str) -> UploadResult:
+        """``tracks`` mode: the recording's signed record, listing its verified tracks
+        (stored under the tracks' prefix: a composite made later takes ``object_key``)."""
+        began = time.monotonic()
+        if manifest.ended_at is None:
+            manifest = manifest.model_copy(update={"ended_at": datetime.now(UTC)})
+        # No media object: the fragment chain stays at its start, and the signed manifest
+        # carries each track's SHA-256 instead.
+        evidence = Evidence(
+            self.audit, FragmentChain(Path(os.devnull)), self._signer, self.settings.fhir
+        )
+        key = archive_record_key(object_key)
+        store = self._store or open_store(self.settings.storage)
+        return store_record(store, evidence.seal_archive(manifest, key), key, began=began)
 
     def _open_output(self, object_key: str, started_at: datetime) -> Output:
         return open_output(
@@ -335,7 +396,7 @@ class Recorder:
         )
 
     def _now(self) -> float:
-        return self._pipeline.now() if self._pipeline is not None else 0.0
+        return self.timeline.now() if self.timeline is not None else 0.0
 
     def _submit(self, slot: int, t: float, frame: Any) -> None:
         if self._pipeline is not None:
@@ -356,14 +417,16 @@ class Recorder:
             )
 
     def _observe(self) -> StopSignals:
-        assert self._supervisor is not None and self._pipeline is not None
+        assert self._supervisor is not None
         upload = self._output.uploader.status() if self._output else None
         return StopSignals.of(
             self._supervisor.current,
-            self._pipeline,
-            upload,
-            self._wall_clock,
-            self.e2ee.frames.unreadable_for(),
+            self._now(),
+            media_alive=self._pipeline.alive if self._pipeline is not None else True,
+            upload=upload,
+            wall_clock=self._wall_clock,
+            unreadable_for_s=self.e2ee.frames.unreadable_for(),
+            archive_disk_limit=self._archive is not None and self._archive.disk_limited(),
         )
 
     def _manifest(

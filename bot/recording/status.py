@@ -90,6 +90,7 @@ class RecorderStatus:
         started: bool,
         stopping: bool,
         supervisor: TransportSupervisor[Subscriber] | None,
+        elapsed: float,
         pipeline: MediaPipeline | None,
         participants: tuple[ParticipantStatus, ...],
         paused: bool,
@@ -105,7 +106,7 @@ class RecorderStatus:
             recording_id=recording_id,
             started=started,
             stopping=stopping,
-            duration_s=round(pipeline.now(), 3) if pipeline else 0.0,
+            duration_s=round(elapsed, 3),
             paused=paused,
             participants=participants,
             tracks=tuple(transport.track_status()) if transport else (),
@@ -123,7 +124,7 @@ class RecorderStatus:
             return False, "starting"
         if self.stopping:
             return False, "stopping"
-        if self.media is None or not self.media.alive:
+        if self.media is not None and not self.media.alive:
             return False, "media pipeline stopped"
         if self.transport is None or self.transport.failed:
             return False, "transport failed"

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 from bot.config import RecordingSettings
 from bot.exitcodes import ExitCode
-from bot.media.pipeline import MediaPipeline
 from bot.rtc.subscriber import Subscriber
 from bot.storage import UploadStatus
 
@@ -61,20 +60,25 @@ class StopSignals:
     def of(
         cls,
         transport: Subscriber,
-        pipeline: MediaPipeline,
+        elapsed: float,
+        *,
+        media_alive: bool,
         upload: UploadStatus | None,
         wall_clock: Callable[[], float],
         unreadable_for_s: float = 0.0,
+        archive_disk_limit: bool = False,
     ) -> StopSignals:
-        elapsed = pipeline.now()
+        """``elapsed``: timeline seconds; ``media_alive``: the media thread runs (or
+        there is none: the track archive alone); ``archive_disk_limit``: a track file's
+        spool reached a disk cap."""
         last = transport.last_media()
         return cls(
             elapsed_s=elapsed,
             silent_for_s=wall_clock() - last if last else elapsed,
             has_tracks=bool(transport.tracks),
             connected=transport.connected.is_set(),
-            pipeline_alive=pipeline.alive,
-            disk_limit=bool(upload and upload.disk_limit),
+            pipeline_alive=media_alive,
+            disk_limit=bool(upload and upload.disk_limit) or archive_disk_limit,
             unreadable_for_s=unreadable_for_s,
         )
 

@@ -24,6 +24,7 @@ from bot.realtime import RealtimeClient, RealtimeError, TrackResult
 from bot.recording.roster import Roster
 from bot.rtc.buffers import FrameOpener
 from bot.rtc.subscriber import FailedTrack, FrameSink, PulledTrack, Subscriber
+from bot.rtc.tracks import TrackArchiver
 from bot.timeline import Timeline
 
 log = structlog.get_logger("bot.recording")
@@ -210,6 +211,7 @@ def subscriber_supervisor(
     submit: FrameSink,
     stopping: Callable[[], bool],
     open_frame: FrameOpener | None = None,
+    archiver: TrackArchiver | None = None,
 ) -> TransportSupervisor[Subscriber]:
     """The recorder's supervisor: each transport a ``Subscriber`` on the one timeline."""
     realtime = settings.realtime
@@ -222,6 +224,8 @@ def subscriber_supervisor(
             ice_servers=realtime.ice_servers,
             simulcast_layer=settings.recording.simulcast_layer or None,
             open_frame=open_frame,
+            archiver=archiver,
+            decode=settings.recording.mode != "tracks",
         )
 
     return TransportSupervisor(
