@@ -128,5 +128,14 @@ class LocalStore:
                 found.append(PendingUpload(key, directory.name, mtime))
         return found
 
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every stored key under ``prefix``, sorted (uploads in progress are not keys)."""
+        base, _, _ = prefix.rpartition("/")
+        folder = self.root / base
+        if not folder.is_dir():
+            return []
+        keys = (p.relative_to(self.root).as_posix() for p in folder.rglob("*") if p.is_file())
+        return sorted(k for k in keys if k.startswith(prefix) and not k.startswith(".uploads/"))
+
     def abort(self, key: str, upload_id: str) -> None:
         shutil.rmtree(self._upload_dir(upload_id), ignore_errors=True)

@@ -53,6 +53,7 @@ class ObjectStore(Protocol):
     def iter_object(self, key: str) -> Iterator[bytes]: ...
     def put_small(self, key: str, data: bytes, content_type: str) -> None: ...
     def list_uploads(self, prefix: str) -> list[PendingUpload]: ...
+    def list_keys(self, prefix: str) -> list[str]: ...
     def abort(self, key: str, upload_id: str) -> None: ...
 
 
@@ -277,6 +278,17 @@ class S3Store:
                 return found
             kwargs["KeyMarker"] = response["NextKeyMarker"]
             kwargs["UploadIdMarker"] = response["NextUploadIdMarker"]
+
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every stored key under ``prefix`` (a recording's tracks), sorted."""
+        keys: list[str] = []
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        while True:
+            response = self._call("list the objects", "list_objects_v2", **kwargs)
+            keys.extend(item["Key"] for item in response.get("Contents", []))
+            if not response.get("IsTruncated"):
+                return sorted(keys)
+            kwargs["ContinuationToken"] = response["NextContinuationToken"]
 
     def abort(self, key: str, upload_id: str) -> None:
         self._call(
