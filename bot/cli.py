@@ -133,6 +133,29 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     return run_on_uvloop(recover_all(settings))
 
 
+def _cmd_compose(args: argparse.Namespace) -> int:
+    from bot.compose import ComposeError, compose
+    from bot.storage import StorageError
+
+    overrides = {"recording": {"encoder_threads": args.threads}} if args.threads else None
+    settings = _settings(args, overrides)
+    configure_logging(settings.logging.level, settings.logging.format)
+    try:
+        done = run_on_uvloop(compose(settings, key=args.key, folder=args.tracks))
+    except ComposeError as exc:
+        print(f"bot: error: {exc}", file=sys.stderr)
+        return int(ExitCode.CONFIG)
+    except StorageError as exc:
+        print(f"bot: error: {exc}", file=sys.stderr)
+        return int(ExitCode.STORAGE)
+    speed = done.media.duration / done.seconds if done.seconds else 0.0
+    print(
+        f"composite {done.upload.location} duration={done.media.duration:.2f}s "
+        f"in {done.seconds:.1f}s ({speed:.1f}x real time) verified=True"
+    )
+    return int(ExitCode.OK)
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -243,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_record(sub)
     _add_selftest(sub)
     _add_recover(sub)
+    _add_compose(sub)
     _add_inspect(sub)
     _add_verify(sub)
     _add_review(sub)
@@ -252,6 +276,24 @@ def build_parser() -> argparse.ArgumentParser:
             "them after `pip install -e ./testbed` (make demo and make test do it)"
         )
     return parser
+
+
+def _add_compose(sub: Any) -> None:
+    compose = sub.add_parser(
+        "compose", help="make the composite MP4 of a recording kept as tracks, afterwards"
+    )
+    compose.add_argument("--config", type=Path, help="config.toml (default: built-in defaults)")
+    source = compose.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--key", help="the recording's composite object key (its tracks are under <stem>.tracks/)"
+    )
+    source.add_argument(
+        "--tracks", type=Path, help="a folder holding the track files and their manifests"
+    )
+    compose.add_argument(
+        "--threads", type=int, default=0, help="x264 threads (default: recording.encoder_threads)"
+    )
+    compose.set_defaults(run=_cmd_compose)
 
 
 def _add_record(sub: Any) -> None:

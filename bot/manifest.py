@@ -131,6 +131,8 @@ class ArchivedTrack(_Model):
     kind: Literal["audio", "video"]
     codec: str
     """As received (``video/VP8``, ``video/H264``, ``audio/opus``)."""
+    timeline_origin: AwareDatetime
+    """Wall-clock time of the recording's timeline second 0."""
     container: Literal["webm", "mp4"]
     clock: Literal["sender_reports", "arrival"]
     first_s: float | None = None
@@ -216,6 +218,8 @@ class Manifest(_Model):
     """Set when this record is one archived track (its own object)."""
     archive: tuple[ArchivedTrack, ...] = ()
     """The recording's tracks as they arrived, each a verified object of its own."""
+    composed: bool = False
+    """True when ``bot compose`` made this composite afterwards from ``archive``."""
     sync: dict[str, Any] = Field(default_factory=dict)
     recovered: bool = False
     """True when ``bot recover`` finished the recording after the recorder died."""

@@ -93,15 +93,18 @@ class TrackArchive:
         consultation_id: str,
         recording_id: str,
         object_key: str,
+        origin: datetime,
         withholding: Withholding,
         signer: Signer | None,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
+        """``origin``: wall-clock time of the recording's timeline second 0."""
         self._settings = settings
         self._store = store
         self._consultation_id = consultation_id
         self._recording_id = recording_id
         self._prefix = tracks_prefix(object_key)
+        self._origin = origin
         self._withholding = withholding
         self._signer = signer
         self._loop = loop
@@ -290,6 +293,7 @@ class TrackArchive:
                 slot=track.slot,
                 kind="audio" if track.kind == "audio" else "video",
                 codec=track.codec or "",
+                timeline_origin=self._origin,
                 container="mp4" if report.container == "mp4" else "webm",
                 clock="sender_reports" if track.clock.synced else "arrival",
                 first_s=None if report.first_s is None else round(report.first_s, 6),

@@ -28,6 +28,7 @@ from bot.manifest import (
     TrackEntry,
     VideoInfo,
 )
+from bot.media.gaps import Gap as MediaGap
 from bot.media.layout import LayoutReport
 from bot.media.mixer import SAMPLE_RATE
 from bot.media.pipeline import MediaReport
@@ -95,16 +96,7 @@ def build_manifest(
         audio=None
         if rec.mode == "tracks"
         else AudioInfo(codec=rec.audio_codec, sample_rate=SAMPLE_RATE, channels=1),
-        gaps=tuple(
-            Gap(
-                participant_id=g.participant or None,
-                kind=g.kind,
-                start=round(g.start, 3),
-                end=round(g.end, 3),
-                reason=g.reason,
-            )
-            for g in (media.gaps if media else [])
-        ),
+        gaps=gap_entries(media.gaps if media else []),
         require_consent=rec.require_consent,
         e2ee=e2ee,
         consent=tuple(
@@ -117,6 +109,20 @@ def build_manifest(
         ),
         layout=layout_record(media.layout) if media and media.layout else None,
         sync=sync_report(rec.fps, transport, media),
+    )
+
+
+def gap_entries(gaps: Sequence[MediaGap]) -> tuple[Gap, ...]:
+    """The manifest's ``gaps`` from the media thread's."""
+    return tuple(
+        Gap(
+            participant_id=g.participant or None,
+            kind=g.kind,
+            start=round(g.start, 3),
+            end=round(g.end, 3),
+            reason=g.reason,
+        )
+        for g in gaps
     )
 
 

@@ -235,6 +235,7 @@ class Recorder:
                 consultation_id=self.consultation_id,
                 recording_id=self.recording_id,
                 object_key=object_key,
+                origin=started_at,
                 withholding=self._withholding,
                 signer=self._signer,
                 loop=asyncio.get_running_loop(),
