@@ -152,7 +152,10 @@ class TrackFile:
     def _open(self, t: float, keyframe: bytes) -> None:
         container = CONTAINER[self.codec]
         options = (
-            {"cluster_time_limit": str(int(PIECE_SECONDS * 1000))}
+            # "live": the muxer never seeks back to fill in sizes, a duration or cues, so
+            # every byte stays as written (the fragment chain holds) and the file is at
+            # any moment a playable prefix of itself.
+            {"cluster_time_limit": str(int(PIECE_SECONDS * 1000)), "live": "1"}
             if container == "webm"
             else {
                 "movflags": "frag_keyframe+empty_moov+default_base_moof",
