@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -233,3 +234,108 @@ async def test_sigkill_then_recover_leaves_one_complete_verified_object(
         "recording.recovering"
     ]
     assert lost <= max(fragment, 1), "at most one fragment's worth is cut short"
+
+
+_TRACKS_CHILD = """
+import asyncio, json, sys
+from pathlib import Path
+from bot.config import Settings
+from bot.logs import configure_logging
+from bot.recording import Recorder
+
+configure_logging("info", "json")
+settings = Settings.model_validate(json.loads(Path(sys.argv[1]).read_text()))
+asyncio.run(Recorder(settings).run())
+"""
+
+
+async def test_sigkill_in_tracks_mode_then_recover_keeps_every_track_to_its_last_cluster(
+    call: LocalCall, s3: LocalS3, tmp_path: Path
+) -> None:
+    """Issue #14: killed while archiving tracks, every track file is stored complete to
+    its last cluster, verified, and the recording's record is made from them."""
+    spool_dir = tmp_path / "spool"
+    settings = {
+        "realtime": {
+            "base_url": call.base_url,
+            "app_id": call.app_id,
+            "app_secret": call.app_secret,
+            "ice_servers": [],
+        },
+        "recording": {
+            "consultation_id": "c-crash",
+            "mode": "tracks",
+            "participants": [p.model_dump(mode="json") for p in call.participants],
+            "max_duration": 300,
+        },
+        "storage": s3.storage_settings(spool_dir=spool_dir).model_dump(mode="json"),
+        "custody": {"signing_key": CLINIC_KEY_PEM},
+    }
+    spec = tmp_path / "settings.json"
+    spec.write_text(json.dumps(settings))
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _TRACKS_CHILD, str(spec), env=_env(s3, spool_dir)
+    )
+
+    def files() -> list[Path]:
+        return sorted(spool_dir.glob("*-t0*/track.*"))
+
+    try:
+        # Four tracks, each with a few clusters on disk (video: ~30 KB a second).
+        await wait_until(
+            lambda: len(files()) == 4 and all(f.stat().st_size > 60_000 for f in files()[1::2]),
+            120,
+            "four tracks archiving",
+        )
+        child.send_signal(signal.SIGKILL)
+    finally:
+        if child.returncode is None:
+            child.kill()
+        await child.wait()
+    spooled = {
+        spool.info.object_key: spool.media_path.read_bytes() for spool in Spool.scan(spool_dir)
+    }
+    assert len(spooled) == 4
+
+    recover = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "recover",
+        env=_env(s3, spool_dir),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(recover.communicate(), 120)
+    assert recover.returncode == ExitCode.OK, err.decode()[-2000:]
+
+    client = s3.client()
+    for key, body in spooled.items():
+        stored = client.get_object(Bucket=s3.bucket, Key=key)["Body"].read()
+        assert stored == body, "every spooled byte, exactly once"
+        local = tmp_path / key.rsplit("/", 1)[-1]
+        local.write_bytes(stored)
+        layout = fragment_layout(local, len(stored), keyframe_pieces=False)
+        assert len(stored) - layout.complete_end < 200_000, "at most the last cluster is cut"
+        complete = tmp_path / f"complete-{local.name}"
+        complete.write_bytes(stored[: layout.complete_end])
+        decoded = subprocess.run(
+            ["ffmpeg", "-v", "error", "-i", str(complete), "-f", "null", "-"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert decoded.stderr == "", f"{key}: {decoded.stderr[:500]}"
+        manifest = Manifest.from_json(
+            client.get_object(Bucket=s3.bucket, Key=manifest_key(key))["Body"].read()
+        )
+        assert manifest.recovered and manifest.track is not None
+        verified = bot_verify(key, "--from-store", public_key_dir=tmp_path, env=_env(s3, spool_dir))
+        assert verified.returncode == ExitCode.OK, verified.stdout + verified.stderr
+    prefix = next(iter(spooled)).rsplit("/", 1)[0]
+    record = Manifest.from_json(
+        client.get_object(Bucket=s3.bucket, Key=f"{prefix}/recording.manifest.json")["Body"].read()
+    )
+    assert record.recovered and len(record.archive) == 4
+    assert record.custody is not None and record.custody.signature == "jws-detached"
+    assert not list(spool_dir.iterdir()), "no spool, no trail left behind"

@@ -37,7 +37,7 @@ from bot.manifest import (
 from bot.media.mixer import SAMPLE_RATE
 from bot.media.pipeline import MediaPipeline, MediaReport, SlotInfo
 from bot.media.withholding import Withholding
-from bot.recording.archive import tracks_prefix
+from bot.recording.archive import stored_entry, tracks_prefix
 from bot.recording.manifest_builder import gap_entries, layout_record
 from bot.recording.output import open_output, open_pipeline
 from bot.storage import ObjectStore, UploadResult
@@ -198,16 +198,7 @@ def _manifest(
         if media
         else (),
         layout=layout_record(media.layout) if media and media.layout else None,
-        archive=tuple(
-            s.track.model_copy(
-                update={
-                    "object_key": s.manifest.storage.object_key if s.manifest.storage else None,
-                    "sha256": s.manifest.storage.sha256 if s.manifest.storage else None,
-                    "size": s.manifest.storage.size if s.manifest.storage else None,
-                }
-            )
-            for s in sources
-        ),
+        archive=tuple(stored_entry(s.manifest) for s in sources),
         composed=True,
         sync={"slots": media.slots, "composed_at": datetime.now(UTC).isoformat()} if media else {},
     )

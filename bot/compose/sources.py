@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.manifest import ArchivedTrack, Manifest
+from bot.recording.archive import stored_tracks
 from bot.storage import ObjectStore
 from bot.storage.keys import MANIFEST_SUFFIX
 
@@ -39,12 +40,13 @@ class TrackSource:
 def tracks_in_store(store: ObjectStore, prefix: str, into: Path) -> list[TrackSource]:
     """Download every track under ``prefix`` into ``into``, each checked against the
     SHA-256 its verified manifest records."""
-    manifests = [k for k in store.list_keys(prefix) if k.endswith(MANIFEST_SUFFIX)]
+    try:
+        manifests = stored_tracks(store, prefix)
+    except ValueError as exc:
+        raise ComposeError(_unreadable(prefix, exc)) from None
     sources = []
-    for key in manifests:
-        manifest = _read_manifest(key, b"".join(store.iter_object(key)))
-        if manifest.track is None or manifest.storage is None:
-            continue  # the recording's own record, or not a verified track
+    for manifest in manifests:
+        assert manifest.storage is not None
         object_key = manifest.storage.object_key
         path = into / object_key.rsplit("/", 1)[-1]
         digest = hashlib.sha256()
@@ -81,10 +83,14 @@ def _read_manifest(name: str, body: bytes) -> Manifest:
     try:
         return Manifest.from_json(body)
     except ValueError as exc:
-        raise ComposeError(
-            f"{name} is not a manifest this recorder reads ({str(exc).splitlines()[0]}); "
-            "compose it with the recorder version that made it"
-        ) from None
+        raise ComposeError(_unreadable(name, exc)) from None
+
+
+def _unreadable(where: str, exc: ValueError) -> str:
+    return (
+        f"a manifest in {where} is not one this recorder reads "
+        f"({str(exc).splitlines()[0]}); compose it with the recorder version that made it"
+    )
 
 
 def _check(name: str, sha256: str, manifest: Manifest) -> None:

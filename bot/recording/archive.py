@@ -17,15 +17,17 @@ participant without consent are never written, and the file resumes at a keyfram
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import structlog
 
-from bot.config import Settings
+from bot.config import FhirSettings, Settings
 from bot.custody.audit import AuditLog
 from bot.custody.chain import FragmentChain
 from bot.custody.evidence import Evidence
@@ -37,7 +39,8 @@ from bot.rtc.aiortc_compat import request_keyframe
 from bot.rtc.buffers import EncodedSink
 from bot.rtc.tracks import PulledTrack
 from bot.storage import ObjectStore, Spool, StorageError, Uploader, open_uploader
-from bot.storage.finalize import UploadResult
+from bot.storage.finalize import UploadResult, store_record
+from bot.storage.keys import MANIFEST_SUFFIX
 
 log = structlog.get_logger("bot.recording.archive")
 
@@ -55,6 +58,62 @@ def archive_record_key(object_key: str) -> str:
     """The key a tracks-only recording's record is stored under (no object there: its
     manifest, audit trail and signature are at this key's suffixes)."""
     return tracks_prefix(object_key) + RECORD_NAME
+
+
+def stored_tracks(store: ObjectStore, prefix: str) -> list[Manifest]:
+    """The verified track records under a recording's tracks prefix, by track number.
+    ``ValueError`` if a manifest there cannot be read."""
+    found = []
+    for key in store.list_keys(prefix):
+        if key.endswith(MANIFEST_SUFFIX):
+            manifest = Manifest.from_json(b"".join(store.iter_object(key)))
+            if manifest.track is not None and manifest.storage is not None:
+                found.append(manifest)
+    return sorted(found, key=lambda m: m.track.number if m.track else 0)
+
+
+def archive_record(tracks: list[Manifest], *, recovered: bool) -> Manifest:
+    """A tracks-only recording's record made from its stored tracks alone (``bot
+    recover``, when the recorder died before writing its own)."""
+    first = tracks[0]
+    assert first.track is not None
+    entries = [stored_entry(m) for m in tracks]
+    ended = [m.ended_at for m in tracks if m.ended_at is not None]
+    people = {e.participant_id: e.role for e in entries}
+    return Manifest(
+        consultation_id=first.consultation_id,
+        recording_id=first.track.part_of,
+        participants=tuple(ParticipantEntry(id=p, role=r) for p, r in people.items()),
+        tracks=tuple(t for m in tracks for t in m.tracks),
+        started_at=first.track.timeline_origin,
+        ended_at=max(ended) if ended else None,
+        gaps=tuple(g for m in tracks for g in m.gaps),
+        archive=tuple(entries),
+        recovered=recovered,
+    )
+
+
+def stored_entry(manifest: Manifest) -> ArchivedTrack:
+    """A verified track's entry for its recording's manifest: where it is, its hash."""
+    assert manifest.track is not None and manifest.storage is not None
+    storage = manifest.storage
+    return manifest.track.model_copy(
+        update={"object_key": storage.object_key, "sha256": storage.sha256, "size": storage.size}
+    )
+
+
+def store_archive_record(
+    store: ObjectStore, manifest: Manifest, key: str, audit: AuditLog, signer: Signer | None
+) -> UploadResult:
+    """Seal a tracks-only recording's record with its audit trail and store it at
+    ``key``. Blocking (it seals the trail): call from a thread."""
+    # No media object: the fragment chain stays at its start, and the signed manifest
+    # carries each track's SHA-256 instead (``Evidence.seal_archive``).
+    evidence = Evidence(audit, FragmentChain(Path(os.devnull)), signer, FhirSettings())
+    if manifest.ended_at is None:
+        manifest = manifest.model_copy(update={"ended_at": datetime.now(UTC)})
+    began = time.monotonic()
+    return store_record(store, evidence.seal_archive(manifest, key), key, began=began)
 
 
 def codec_name(mime: str | None) -> str | None:
@@ -252,7 +311,7 @@ class TrackArchive:
         finally:
             await audit.close()
         audit.path.unlink()  # stored beside the track, sealed into its manifest
-        return _stored(result)
+        return stored_entry(result.manifest)
 
     def track_manifest(self, entry: _ArchivedFile) -> Manifest:
         """The track's own manifest (a draft until its object is verified)."""
@@ -306,16 +365,6 @@ class TrackArchive:
                 object_key=entry.spool.info.object_key,
             ),
         )
-
-
-def _stored(result: UploadResult) -> ArchivedTrack | None:
-    """The track entry for the recording's manifest: its own, with where it is and its hash."""
-    manifest = result.manifest
-    if manifest.track is None:
-        return None
-    return manifest.track.model_copy(
-        update={"object_key": result.object_key, "sha256": result.sha256, "size": result.size}
-    )
 
 
 def _piece_written(evidence: Evidence, uploader: Uploader) -> Callable[[], None]:

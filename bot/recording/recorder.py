@@ -17,20 +17,16 @@ the object, or left beside the spool for ``bot recover``.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import structlog
 
 from bot.config import Participant, Settings
 from bot.custody.audit import AuditLog
-from bot.custody.chain import FragmentChain
-from bot.custody.evidence import Evidence
 from bot.custody.signing import load_signer
 from bot.e2ee.frames import FrameDecryptor
 from bot.e2ee.session import E2eeSession
@@ -39,7 +35,7 @@ from bot.manifest import Manifest
 from bot.media.pipeline import MediaPipeline, MediaReport
 from bot.media.withholding import Withholding
 from bot.realtime import RealtimeClient, RealtimeError, TrackResult
-from bot.recording.archive import TrackArchive, archive_record_key
+from bot.recording.archive import TrackArchive, archive_record_key, store_archive_record
 from bot.recording.manifest_builder import TransportFacts, build_manifest, e2ee_record
 from bot.recording.output import Output, local_copy, open_output, open_pipeline
 from bot.recording.privacy import PrivacyControls
@@ -59,8 +55,7 @@ from bot.recording.stop_policy import (
 from bot.recording.supervisor import TransportSupervisor, subscriber_supervisor
 from bot.rtc.aiortc_compat import AiortcCompatError, check_private_api
 from bot.rtc.subscriber import Subscriber
-from bot.storage import ObjectStore, StorageError, UploadResult, object_key_for
-from bot.storage.finalize import store_record
+from bot.storage import ObjectStore, StorageError, object_key_for
 from bot.storage.stores import open_store
 from bot.tasks import stop_task
 from bot.timeline import Timeline
@@ -345,9 +340,12 @@ class Recorder:
             )
         try:
             if output is None:
+                # Under the tracks' prefix: a composite made later takes ``object_key``.
                 assert result.object_key is not None
+                store = self._store or open_store(self.settings.storage)
+                key = archive_record_key(result.object_key)
                 result.upload = await asyncio.to_thread(
-                    self._store_archive_record, manifest, result.object_key
+                    store_archive_record, store, manifest, key, self.audit, self._signer
                 )
             else:
                 result.upload = await asyncio.to_thread(
@@ -360,21 +358,6 @@ class Recorder:
             result.error = f"{exc}; the recording is complete in {where}: run `bot recover`"
             result.path = output.spool.media_path if output else None
         result.log_finished()
-
-    def _store_archive_record(self, manifest: Manifest, object_key: str) -> UploadResult:
-        """``tracks`` mode: the recording's signed record, listing its verified tracks
-        (stored under the tracks' prefix: a composite made later takes ``object_key``)."""
-        began = time.monotonic()
-        if manifest.ended_at is None:
-            manifest = manifest.model_copy(update={"ended_at": datetime.now(UTC)})
-        # No media object: the fragment chain stays at its start, and the signed manifest
-        # carries each track's SHA-256 instead.
-        evidence = Evidence(
-            self.audit, FragmentChain(Path(os.devnull)), self._signer, self.settings.fhir
-        )
-        key = archive_record_key(object_key)
-        store = self._store or open_store(self.settings.storage)
-        return store_record(store, evidence.seal_archive(manifest, key), key, began=began)
 
     def _open_output(self, object_key: str, started_at: datetime) -> Output:
         return open_output(
