@@ -28,8 +28,8 @@ from bot.media.layout import (
     shown_area,
     speaker_cells,
 )
-from bot.media.mixer import SAMPLE_RATE
-from bot.media.pipeline import MediaPipeline, SlotInfo
+from bot.media.pipeline import MediaPipeline
+from bot.media.report import SAMPLE_RATE, SlotInfo
 from bot.media.writer import Mp4Writer
 from bot.recording.manifest_builder import layout_record
 from bot.timeline import Timeline

@@ -10,7 +10,8 @@ from bot.media.compositor import Compositor
 from bot.media.gaps import GapTracker
 from bot.media.layout import Rect, grid
 from bot.media.mixer import LIMIT_CEILING, SAMPLE_RATE, Mixer
-from bot.media.pipeline import MediaPipeline, SlotInfo
+from bot.media.pipeline import MediaPipeline
+from bot.media.report import SlotInfo
 from bot.media.withholding import CONSENT_PENDING, CONSENT_WITHDRAWN, PAUSED, Withholding
 from bot.media.writer import Mp4Writer
 from bot.timeline import Timeline

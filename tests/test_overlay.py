@@ -21,7 +21,6 @@ import pytest
 
 from bot.config import ConfigError, RecordingSettings, load_settings
 from bot.media.layout import Rect, grid, grid_cells
-from bot.media.mixer import SAMPLE_RATE
 from bot.media.overlay import (
     ADVANCE,
     GLYPH_HEIGHT,
@@ -32,7 +31,8 @@ from bot.media.overlay import (
     box_height,
     scale_for,
 )
-from bot.media.pipeline import MediaPipeline, SlotInfo
+from bot.media.pipeline import MediaPipeline
+from bot.media.report import SAMPLE_RATE, SlotInfo
 from bot.media.withholding import CONSENT_WITHDRAWN, Withholding
 from bot.media.writer import Mp4Writer
 from bot.timeline import Timeline

@@ -34,8 +34,8 @@ from bot.manifest import (
     ParticipantEntry,
     VideoInfo,
 )
-from bot.media.mixer import SAMPLE_RATE
-from bot.media.pipeline import MediaPipeline, MediaReport, SlotInfo
+from bot.media.pipeline import MediaPipeline
+from bot.media.report import SAMPLE_RATE, MediaReport, SlotInfo
 from bot.media.withholding import Withholding
 from bot.recording.archive import stored_entry, tracks_prefix
 from bot.recording.manifest_builder import gap_entries, layout_record

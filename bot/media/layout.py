@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bot.config import RecordingSettings
-from bot.media.mixer import SAMPLE_RATE
+from bot.media.report import SAMPLE_RATE
 
 Aspect = tuple[int, int]
 LayoutMode = Literal["grid", "speaker"]

@@ -24,8 +24,8 @@ import numpy as np
 import numpy.typing as npt
 
 from bot.media.gaps import GapTracker
+from bot.media.report import SAMPLE_RATE
 
-SAMPLE_RATE = 48_000
 SNAP_SECONDS = 0.03
 MIN_HOLE = 240
 """Samples (5 ms): the least distance from the previous frame's end read as a lost frame."""

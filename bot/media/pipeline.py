@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any
 
 import av
 import structlog
 
 from bot.media.compositor import Compositor
-from bot.media.gaps import Gap, GapTracker
+from bot.media.gaps import GapTracker
 from bot.media.layout import Layout, LayoutReport, LayoutSpec, SpeakerSelector
-from bot.media.mixer import SAMPLE_RATE, Mixer, Samples
+from bot.media.mixer import Mixer, Samples
 from bot.media.overlay import Captions, Overlay
+from bot.media.report import SAMPLE_RATE, MediaReport, SlotInfo
 from bot.media.withholding import Withholding
 from bot.media.writer import Mp4Writer
 from bot.timeline import Timeline
@@ -36,30 +35,6 @@ CATCH_UP_SECONDS = 1.0
 """Further behind real time than this, the thread repeats the last picture (cheap to
 encode) instead of composing new ones until it has caught up."""
 AUDIO_QUEUE_SECONDS = 20.0
-
-
-@dataclass(frozen=True)
-class SlotInfo:
-    """One participant's place in the output: a grid cell and a speaker track."""
-
-    participant_id: str
-    role: str
-
-
-@dataclass
-class MediaReport:
-    """What the media thread did, for the manifest and the summary line."""
-
-    duration: float = 0.0
-    video_frames: int = 0
-    audio_samples: int = 0
-    video_frames_dropped_in_queue: int = 0
-    video_frames_repeated: int = 0
-    """Output frames that repeated the previous picture because the thread was behind."""
-    audio_frames_dropped_in_queue: int = 0
-    gaps: list[Gap] = field(default_factory=list)
-    slots: list[dict[str, Any]] = field(default_factory=list)
-    layout: LayoutReport | None = None
 
 
 class MediaPipeline:

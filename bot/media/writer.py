@@ -16,7 +16,8 @@ from typing import Any
 import av
 import numpy as np
 
-from bot.media.mixer import SAMPLE_RATE, Samples
+from bot.media.mixer import Samples
+from bot.media.report import SAMPLE_RATE
 
 AUDIO_FRAME_SIZE = {"aac": 1024, "opus": 960}
 AUDIO_TIME_BASE = Fraction(1, SAMPLE_RATE)

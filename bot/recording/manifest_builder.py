@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.config import RecordingSettings
 from bot.e2ee.frames import Outcome
@@ -29,13 +29,14 @@ from bot.manifest import (
     VideoInfo,
 )
 from bot.media.gaps import Gap as MediaGap
-from bot.media.layout import LayoutReport
-from bot.media.mixer import SAMPLE_RATE
-from bot.media.pipeline import MediaReport
+from bot.media.report import SAMPLE_RATE, MediaReport
 from bot.recording.roster import Roster
 from bot.recording.supervisor import TransportSupervisor
 from bot.rtc.subscriber import FailedTrack, PulledTrack, Subscriber
 from bot.rtc.track_status import TrackStatus
+
+if TYPE_CHECKING:
+    from bot.media.layout import LayoutReport
 
 CLOCK_NOTE = "wall clock from RTCP sender reports, else packet arrival"
 

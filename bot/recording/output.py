@@ -10,7 +10,6 @@ trail before the uploader is told of it, and seals the manifest at the end.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from bot.config import Settings
 from bot.custody.audit import AuditLog
@@ -20,7 +19,8 @@ from bot.custody.signing import Signer
 from bot.manifest import Manifest
 from bot.media.layout import LayoutSpec
 from bot.media.overlay import Captions
-from bot.media.pipeline import MediaPipeline, SlotInfo
+from bot.media.pipeline import MediaPipeline
+from bot.media.report import SlotInfo
 from bot.media.withholding import Withholding
 from bot.media.writer import Mp4Writer
 from bot.storage import ObjectStore, Spool, Uploader, open_uploader
@@ -102,10 +102,3 @@ def open_pipeline(
         captions=Captions.of(rec),
         layout=LayoutSpec.of(rec),
     )
-
-
-def local_copy(settings: Settings, object_key: str) -> Path | None:
-    """Where the local backend put the verified recording (None for object storage)."""
-    if settings.storage.backend == "local":
-        return settings.storage.local_dir / object_key
-    return None

@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -32,12 +32,11 @@ from bot.e2ee.frames import FrameDecryptor
 from bot.e2ee.session import E2eeSession
 from bot.exitcodes import ExitCode
 from bot.manifest import Manifest
-from bot.media.pipeline import MediaPipeline, MediaReport
+from bot.media.report import MediaReport
 from bot.media.withholding import Withholding
 from bot.realtime import RealtimeClient, RealtimeError, TrackResult
 from bot.recording.archive import TrackArchive, archive_record_key, store_archive_record
 from bot.recording.manifest_builder import TransportFacts, build_manifest, e2ee_record
-from bot.recording.output import Output, local_copy, open_output, open_pipeline
 from bot.recording.privacy import PrivacyControls
 from bot.recording.result import RecordingResult, exit_code_of, failed, failure_summary
 from bot.recording.roster import Roster
@@ -55,10 +54,14 @@ from bot.recording.stop_policy import (
 from bot.recording.supervisor import TransportSupervisor, subscriber_supervisor
 from bot.rtc.aiortc_compat import AiortcCompatError, check_private_api
 from bot.rtc.subscriber import Subscriber
-from bot.storage import ObjectStore, StorageError, object_key_for
+from bot.storage import ObjectStore, StorageError, local_path, object_key_for
 from bot.storage.stores import open_store
 from bot.tasks import stop_task
 from bot.timeline import Timeline
+
+if TYPE_CHECKING:
+    from bot.media.pipeline import MediaPipeline
+    from bot.recording.output import Output
 
 log = structlog.get_logger("bot.recorder")
 
@@ -252,15 +255,7 @@ class Recorder:
                 await self._archive.finish()  # whatever a track wrote before the refusal
             return refused
         if mode != "tracks":
-            output = self._output = await asyncio.to_thread(
-                self._open_output, object_key, started_at
-            )
-            self.audit.record("recording.object", object_key=object_key)
-            self._pipeline = open_pipeline(
-                self.settings, output, self.roster.slots, timeline, self._withholding
-            )
-            output.uploader.start()
-            self._pipeline.start()
+            await self._start_composite(object_key, started_at, timeline)
         self.started.set()
         log.info("recorder.started", slots=self.roster.roles, object_key=object_key, mode=mode)
         result = RecordingResult(
@@ -351,7 +346,7 @@ class Recorder:
                 result.upload = await asyncio.to_thread(
                     output.uploader.finish, manifest, output.evidence.seal
                 )
-                result.path = local_copy(self.settings, result.upload.object_key)
+                result.path = local_path(self.settings.storage, result.upload.object_key)
         except StorageError as exc:
             result.exit_code = ExitCode.STORAGE
             where = output.spool.directory if output else self.settings.storage.spool_dir
@@ -359,8 +354,16 @@ class Recorder:
             result.path = output.spool.media_path if output else None
         result.log_finished()
 
-    def _open_output(self, object_key: str, started_at: datetime) -> Output:
-        return open_output(
+    async def _start_composite(
+        self, object_key: str, started_at: datetime, timeline: Timeline
+    ) -> None:
+        """The spool, the uploader and the media thread of the live composite."""
+        # Imported here, not with the module: a recording kept only as tracks never
+        # loads the compositor, mixer and encoders (numpy among them, about 20 MB).
+        from bot.recording.output import open_output, open_pipeline
+
+        output = self._output = await asyncio.to_thread(
+            open_output,
             self.settings,
             self._store,
             consultation_id=self.consultation_id,
@@ -371,6 +374,12 @@ class Recorder:
             audit=self.audit,
             signer=self._signer,
         )
+        self.audit.record("recording.object", object_key=object_key)
+        pipeline = self._pipeline = open_pipeline(
+            self.settings, output, self.roster.slots, timeline, self._withholding
+        )
+        output.uploader.start()
+        pipeline.start()
 
     def _unreadable(self, participant_id: str) -> bool:
         supervisor = self._supervisor

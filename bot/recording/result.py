@@ -9,7 +9,7 @@ from pathlib import Path
 import structlog
 
 from bot.exitcodes import ExitCode
-from bot.media.pipeline import MediaReport
+from bot.media.report import MediaReport
 from bot.realtime import AuthenticationError, RealtimeError, TrackResult
 from bot.storage import UploadResult
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bot.config import ConfigError, Participant
-from bot.media.pipeline import SlotInfo
+from bot.media.report import SlotInfo
 
 
 class Roster:

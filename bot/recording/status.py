@@ -10,14 +10,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from bot.e2ee.session import E2eeStatus
-from bot.media.pipeline import MediaPipeline
 from bot.recording.supervisor import TransportSupervisor
 from bot.rtc.subscriber import Subscriber
 from bot.rtc.track_status import TrackStatus
 from bot.storage import UploadStatus
+
+if TYPE_CHECKING:
+    from bot.media.pipeline import MediaPipeline
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ nothing else of the product: the recorder uses storage, never the other way roun
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from bot.config import StorageSettings
 from bot.storage.errors import StorageError
 from bot.storage.finalize import Seal, Sealed, Sidecar, UploadResult
@@ -36,6 +38,7 @@ __all__ = [
     "Uploader",
     "audit_key",
     "fhir_key",
+    "local_path",
     "manifest_key",
     "object_key_for",
     "open_uploader",
@@ -50,6 +53,11 @@ def open_uploader(
     """An uploader of ``spool`` into ``store`` (default: the one ``settings.backend`` names,
     "s3" or "local"); nothing runs until ``start``."""
     return Uploader(settings, spool, store or open_store(settings))
+
+
+def local_path(settings: StorageSettings, object_key: str) -> Path | None:
+    """Where the local backend put a verified object (None for object storage)."""
+    return settings.local_dir / object_key if settings.backend == "local" else None
 
 
 def presigned_url(settings: StorageSettings, object_key: str) -> str | None:
