@@ -28,8 +28,6 @@ from bot.custody.chain import (
     fragments_in,
     read_trail,
 )
-from bot.custody.fhir import CONTENT_TYPE as FHIR_CONTENT_TYPE
-from bot.custody.fhir import document_reference
 from bot.custody.signing import CONTENT_TYPE as SIGNATURE_CONTENT_TYPE
 from bot.custody.signing import Signer
 from bot.manifest import Custody, Manifest
@@ -146,6 +144,11 @@ class Evidence:
         if signer is not None:
             sidecars.append(Sidecar(signature_key(key), signer.sign(body), SIGNATURE_CONTENT_TYPE))
         if fhir and self._fhir.enabled:
+            # Loaded only here: the FHIR models cost about 6 MB, which track records
+            # and tracks-only records (no FHIR resource) never pay.
+            from bot.custody.fhir import CONTENT_TYPE as FHIR_CONTENT_TYPE
+            from bot.custody.fhir import document_reference
+
             resource = document_reference(
                 final,
                 self._fhir,
