@@ -2,6 +2,9 @@
 
 bot's command line finds them through the ``bot.commands`` entry points of this
 distribution, so the production image (which does not install it) has none of them.
+Each command loads what it runs only when it runs: every ``bot`` invocation loads this
+module, and ``bot record`` in a development checkout must cost what it costs in the
+image (the synthetic participant alone brings numpy, about 20 MB).
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from bot.config import ConfigError
 from bot.exitcodes import ExitCode
 from bot.logs import configure_logging
 from bot.realtime import AuthenticationError, RealtimeClient, RealtimeError
-from bot.synthetic.participant import PublishError, SyntheticParticipant, ice_servers_for
 
 log = structlog.get_logger("testbed.commands")
 
@@ -122,6 +124,8 @@ async def publish_until_stopped(
     Stops after ``duration`` seconds (None: never) or on SIGINT/SIGTERM; either is a
     normal end (exit 0).
     """
+    from bot.synthetic.participant import PublishError, SyntheticParticipant, ice_servers_for
+
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signals.SIGINT, signals.SIGTERM):
