@@ -16,7 +16,7 @@ FOUNDATION = frozenset(
 EVERYTHING = frozenset(
     {"bot.realtime", "bot.rtc", "bot.media", "bot.storage", "bot.manifest", "bot.recording"}
     | {"bot.observe", "bot.control", "bot.inspect", "bot.selftest", "bot.synthetic"}
-    | {"bot.custody", "bot.e2ee", "bot.review"}
+    | {"bot.custody", "bot.e2ee", "bot.review", "bot.compose"}
 )
 ALLOWED: dict[str, frozenset[str]] = {
     "bot.config": frozenset(),
@@ -37,6 +37,10 @@ ALLOWED: dict[str, frozenset[str]] = {
     | {"bot.realtime", "bot.rtc", "bot.media", "bot.storage"}
     | {"bot.manifest", "bot.custody", "bot.e2ee"},
     "bot.observe": FOUNDATION | {"bot.observe", "bot.storage", "bot.recording", "bot.custody"},
+    # After the recording: the archived tracks through the recording's own media pipeline
+    # and output, into storage.
+    "bot.compose": FOUNDATION
+    | {"bot.compose", "bot.media", "bot.storage", "bot.manifest", "bot.custody", "bot.recording"},
     # The synthetic participant: the selftest's publisher (and the testbed's).
     "bot.synthetic": FOUNDATION | {"bot.realtime", "bot.rtc", "bot.synthetic"},
     "bot.selftest": FOUNDATION | {"bot.realtime", "bot.rtc", "bot.storage", "bot.recording"},
