@@ -12,8 +12,8 @@ sent with, starting where its first frame sits on the recording's timeline. Wher
 frame belongs on that timeline (``bot.rtc.clock``: RTCP sender reports, else arrival)
 moves a little as the mapping improves; the moves are kept as anchors ``(file seconds,
 rtp seconds, timeline seconds)`` for the manifest, from which a composer places every
-frame where the live composite would have. Used from one thread only: aiortc's decoder
-thread of the track's receiver.
+frame where the live composite would have. Used from one thread at a time (the
+archive's lock): the event loop, or aiortc's decoder thread of the track's receiver.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ CLOCK_STEP_SECONDS = 30.0
 """RTP time jumping forwards by more than this (or back) is a new sender clock (a
 restarted or switched stream): the file goes on from its last frame."""
 KEYFRAME_ASK_SECONDS = 1.0
-_TIME_BASE = {"webm": Fraction(1, 1000), "mp4": Fraction(1, 90_000)}
+_TICKS_PER_SECOND = {"webm": 1000, "mp4": 90_000}
+"""The file's time base: Matroska counts milliseconds, MP4 video the RTP clock's 90 kHz."""
 
 
 @dataclass
@@ -86,7 +87,8 @@ class TrackFile:
         self.codec = codec
         self.kind = "audio" if codec == "opus" else "video"
         self.report = TrackFileReport(CONTAINER[codec], codec)
-        self._time_base = _TIME_BASE[CONTAINER[codec]]
+        self._rate = _TICKS_PER_SECOND[CONTAINER[codec]]
+        self._time_base = Fraction(1, self._rate)
         self._on_piece = on_piece
         self._want_keyframe = want_keyframe
         self._container: Any = None
@@ -111,7 +113,7 @@ class TrackFile:
         if self._container is None:
             self._open(t, data)
         pts = self._file_pts(t, rtp_seconds)
-        self._note(t, float(pts * self._time_base), rtp_seconds, data, key)
+        self._note(t, pts / self._rate, rtp_seconds, data, key)
         packet = av.Packet(data)
         packet.pts = packet.dts = pts
         packet.time_base = self._time_base
@@ -127,11 +129,11 @@ class TrackFile:
         at its first frame's place on the timeline."""
         if self._base is None:
             self._base = t - rtp_seconds
-        pts = round((rtp_seconds + self._base) / self._time_base)
-        step = (pts - self._last_pts) * self._time_base
+        pts = round((rtp_seconds + self._base) * self._rate)
+        step = (pts - self._last_pts) / self._rate
         if self._last_pts >= 0 and not 0 < step <= CLOCK_STEP_SECONDS:
             pts = self._last_pts + 1
-            self._base = float(pts * self._time_base) - rtp_seconds
+            self._base = pts / self._rate - rtp_seconds
             self._offset = None  # anchor the new clock
         self._last_pts = pts
         return pts

@@ -1,10 +1,11 @@
 """The track archive: every pulled track stored as it arrived (``recording.mode`` tracks
 or both), each its own verified record.
 
-A track's file is written on aiortc's decoder thread of its receiver, where the frame
-has just been opened (decrypted, in an encrypted call: the file holds what the
-participants saw and heard, never a key), so nothing here runs on the event loop but the
-start and the end. Each track gets what the composite gets: a spool, a streaming
+A track's file is written where the frame has just been opened (decrypted, in an
+encrypted call: the file holds what the participants saw and heard, never a key): on
+aiortc's decoder thread of its receiver when the composite decodes the frames too, else
+on the event loop as each frame completes (``BoundedDecoderQueue``); a frame costs a
+few tens of microseconds to mux, and the file reaches the disk a cluster at a time. Each track gets what the composite gets: a spool, a streaming
 multipart upload, a fragment chain in its own audit trail, a sealed manifest (``track``)
 and ``bot recover`` after a crash, because each is a spool like any other. The recording's
 own manifest lists them all (``archive``); with no composite (``tracks``) it is stored
@@ -196,7 +197,7 @@ class TrackArchive:
         """A track's spool reached a disk cap: the recorder stops (the files are kept)."""
         return any(entry.uploader.status().disk_limit for entry in self._files)
 
-    # -- the decoder threads ----------------------------------------------------------
+    # -- each frame (the event loop, or the decoder threads) ---------------------------
 
     def _write(self, entry: _ArchivedFile, timestamp: int, data: bytes) -> None:
         track = entry.track
@@ -216,7 +217,7 @@ class TrackArchive:
                 return
             try:
                 entry.file.write(t, timestamp / clock.clock_rate, data)
-            except Exception as exc:  # a bad frame must not end the decoder thread
+            except Exception as exc:  # a bad frame must not end the caller (loop or thread)
                 entry.failed = f"{type(exc).__name__}: {exc}"
                 entry.open = False
                 log.error("archive.write_failed", number=entry.number, error=entry.failed)

@@ -60,8 +60,9 @@ FrameOpener = Callable[[bytes], bytes | None]
 end-to-end decryption (``bot.e2ee.frames``), which also keeps ciphertext it cannot open
 from ever reaching a decoder."""
 EncodedSink = Callable[[int, bytes], None]
-"""Takes each opened encoded frame, ``(extended RTP timestamp, data)``, on the decoder
-thread: the track archive (``bot.recording.archive``)."""
+"""Takes each opened encoded frame, ``(extended RTP timestamp, data)``: the track archive
+(``bot.recording.archive``). Called on the decoder thread when frames are decoded too,
+else on the event loop as the frame completes."""
 
 
 class BoundedDecoderQueue(queue.Queue[Any]):
@@ -72,8 +73,10 @@ class BoundedDecoderQueue(queue.Queue[Any]):
 
     With an ``opener``, each frame is opened as the decoder thread takes it (off the
     event loop) and dropped when it cannot be (``unopened``). Each opened frame goes to
-    the ``archive`` sink if one is set; with ``decode`` False it goes nowhere else, so
-    aiortc's decoder thread never decodes (the track archive without a composite).
+    the ``archive`` sink if one is set. With ``decode`` False (the track archive without
+    a composite) nothing is queued: each frame is opened and archived as aiortc hands it
+    over, on the event loop, which costs less than waking a thread for every frame, and
+    aiortc's decoder thread never decodes.
     """
 
     def __init__(
@@ -91,6 +94,9 @@ class BoundedDecoderQueue(queue.Queue[Any]):
         """``time.monotonic()`` of the last frame opened, and of the last one that was not."""
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if item is not None and not self._decode:
+            self._open_and_archive(item)
+            return
         while item is not None and self.qsize() >= self._limit:
             try:
                 oldest = super().get(block=False)  # dropped unopened: no key spent on it
@@ -105,22 +111,25 @@ class BoundedDecoderQueue(queue.Queue[Any]):
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         while True:
             item = super().get(block, timeout)
-            if item is None:
+            if item is None or self._open_and_archive(item):
                 return item
-            _, encoded = item
-            if self._opener is not None:
-                opened = self._opener(encoded.data)
-                if opened is None:
-                    self.unopened += 1
-                    self.last_unopened = time.monotonic()
-                    continue
-                encoded.data = opened
-                self.last_opened = time.monotonic()
-            archive = self.archive
-            if archive is not None:
-                archive(encoded.timestamp, encoded.data)
-            if self._decode:
-                return item
+
+    def _open_and_archive(self, item: Any) -> bool:
+        """Open the frame in place and hand it to the archive; False if it cannot be
+        opened (it goes nowhere)."""
+        _, encoded = item
+        if self._opener is not None:
+            opened = self._opener(encoded.data)
+            if opened is None:
+                self.unopened += 1
+                self.last_unopened = time.monotonic()
+                return False
+            encoded.data = opened
+            self.last_opened = time.monotonic()
+        archive = self.archive
+        if archive is not None:
+            archive(encoded.timestamp, encoded.data)
+        return True
 
 
 class DroppingFrameQueue(asyncio.Queue[Any]):
