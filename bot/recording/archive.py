@@ -5,11 +5,13 @@ A track's file is written where the frame has just been opened (decrypted, in an
 encrypted call: the file holds what the participants saw and heard, never a key): on
 aiortc's decoder thread of its receiver when the composite decodes the frames too, else
 on the event loop as each frame completes (``BoundedDecoderQueue``); a frame costs a
-few tens of microseconds to mux, and the file reaches the disk a cluster at a time. Each track gets what the composite gets: a spool, a streaming
-multipart upload, a fragment chain in its own audit trail, a sealed manifest (``track``)
-and ``bot recover`` after a crash, because each is a spool like any other. The recording's
-own manifest lists them all (``archive``); with no composite (``tracks``) it is stored
-under the tracks' prefix, signed, as the record of the recording.
+few tens of microseconds to mux, and the file reaches the disk a cluster at a time.
+
+Each track gets what the composite gets: a spool, a streaming multipart upload, a
+fragment chain in its own audit trail, a sealed manifest (``track``) and ``bot recover``
+after a crash, because each is a spool like any other. The recording's own manifest
+lists them all (``archive``); with no composite (``tracks``) it is stored under the
+tracks' prefix, signed, as the record of the recording.
 
 What the record must not hold stays out here too: frames of a paused recording or of a
 participant without consent are never written, and the file resumes at a keyframe.
