@@ -1,0 +1,192 @@
+"""What a recording costs as calls grow, composite against tracks, and several at once.
+
+For 2, 4 and 6 participants (the grid grows), the recorder records the same live call in
+``composite`` mode and in ``tracks`` mode, one after the other so both share the
+machine's noise; then three recordings of one two-party call run at once, in each mode.
+Each figure is the recorder process's own (CPU seconds per media second, peak RSS),
+with what it kept: composite output frames that were real pictures rather than repeats
+of the last one (the media thread fell behind real time), and input frames dropped from
+its queues; archived track frames against what was sent. The publishers (each a VP8
+encoder) run on the same two cores, so with six of them the machine is saturated:
+what gives first is reported, not hidden.
+
+    python -m bench.scaling --seconds 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from testbed.stack import LocalCall, participant_flag, start_local_sfu
+
+from bench.measure import MeasuredProcess, machine_summary
+from bench.runners import INPUT_FPS, STOP_GRACE, BenchError
+from bot.logs import configure_logging
+
+log = structlog.get_logger("bot.bench")
+
+ROLES = ("clinician", "patient", "interpreter", "family", "nurse", "specialist")
+TRACKS_CPU_TARGET = 0.05
+TRACKS_RSS_TARGET_MB = 120.0
+
+
+@dataclass(frozen=True)
+class Run:
+    """One recorder process: its mode, call size, usage and what it kept."""
+
+    mode: str
+    participants: int
+    concurrent: int
+    cpu_per_media_s: float
+    peak_rss_mb: float
+    kept: float
+    """Composite: share of output frames that were fresh pictures; tracks: share of the
+    sent video frames archived."""
+    dropped: int
+    """Input frames dropped from the media thread's queues (composite only)."""
+
+
+async def start_call(participants: int) -> LocalCall:
+    call = await start_local_sfu()
+    try:
+        for number in range(1, participants + 1):
+            await call.publish(ROLES[number - 1], number, participant_id=f"p{number}")
+    except BaseException:
+        await call.close()
+        raise
+    return call
+
+
+@dataclass(frozen=True)
+class Job:
+    """One recorder process started, where it writes and in which mode."""
+
+    process: MeasuredProcess
+    workdir: Path
+    mode: str
+
+
+def start(call: LocalCall, workdir: Path, seconds: float, mode: str) -> Job:
+    workdir.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "bot", "record", "--consultation-id", "bench"]
+    for participant in call.participants:
+        argv += ["--participant", participant_flag(participant)]
+    argv += ["--max-duration", f"{seconds:g}"]
+    env = call.recorder_env(workdir, BOT_RECORDING_MODE=mode)
+    process = MeasuredProcess(
+        argv, env=env, stdout=workdir / "recorder.out", stderr=workdir / "recorder.err"
+    )
+    return Job(process, workdir, mode)
+
+
+async def finish(job: Job, seconds: float, participants: int, at_once: int) -> Run:
+    usage, stopped = await job.process.wait_or_stop(seconds + STOP_GRACE)
+    if stopped or usage.exit_code != 0:
+        raise BenchError(
+            f"recorder ({job.mode}) exited {usage.exit_code}:\n" + job.process.stderr_tail()
+        )
+    manifests = sorted((job.workdir / "out").rglob("*.manifest.json"))
+    records = [json.loads(m.read_text()) for m in manifests]
+    main = next(r for r in records if r.get("track") is None)
+    if job.mode == "tracks":
+        video = sum(t["frames"] for t in main["archive"] if t["kind"] == "video")
+        kept = video / (INPUT_FPS * seconds * participants)
+        dropped = 0
+    else:
+        sync = main["sync"]
+        frames = sync["video_frames"]
+        kept = (frames - sync["video_frames_repeated"]) / frames
+        dropped = sync["video_frames_dropped_in_queue"]
+    cpu = usage.cpu_seconds / seconds
+    return Run(job.mode, participants, at_once, cpu, usage.peak_rss_mb, kept, dropped)
+
+
+async def measure(
+    call: LocalCall, workdir: Path, seconds: float, mode: str, at_once: int
+) -> list[Run]:
+    """``at_once`` recorders of ``call`` in ``mode``, started together."""
+    jobs = [start(call, workdir / f"{mode}-{i}", seconds, mode) for i in range(at_once)]
+    size = len(call.participants)
+    log.info("bench.scaling_run", mode=mode, participants=size, at_once=at_once)
+    return list(await asyncio.gather(*(finish(j, seconds, size, at_once) for j in jobs)))
+
+
+async def run_scaling(seconds: float, sizes: Sequence[int], at_once: int) -> list[Run]:
+    runs: list[Run] = []
+    with tempfile.TemporaryDirectory(prefix="bench-scaling-") as tmp:
+        for size in sizes:
+            call = await start_call(size)
+            try:
+                for mode in ("composite", "tracks"):
+                    runs += await measure(call, Path(tmp) / f"n{size}", seconds, mode, 1)
+                if size == 2 and at_once > 1:
+                    for mode in ("composite", "tracks"):
+                        base = Path(tmp) / f"n{size}-x{at_once}"
+                        runs += await measure(call, base, seconds, mode, at_once)
+            finally:
+                await call.close()
+    return runs
+
+
+def report(runs: list[Run], seconds: float, machine: list[str]) -> str:
+    lines = [f"{seconds:g} s per run", *machine, ""]
+    lines.append(
+        f"{'mode':<10}{'people':>7}{'at once':>8}{'CPU s/media s':>15}{'peak RSS MB':>13}"
+        f"{'kept':>8}{'dropped':>9}"
+    )
+    for r in runs:
+        lines.append(
+            f"{r.mode:<10}{r.participants:>7}{r.concurrent:>8}{r.cpu_per_media_s:>15.3f}"
+            f"{r.peak_rss_mb:>13.0f}{r.kept:>8.1%}{r.dropped:>9}"
+        )
+    pairs = [
+        (c, t)
+        for c in runs
+        for t in runs
+        if c.mode == "composite"
+        and t.mode == "tracks"
+        and c.concurrent == t.concurrent == 1
+        and c.participants == t.participants
+    ]
+    lines.append("")
+    for c, t in pairs:
+        cpu, rss = c.cpu_per_media_s / t.cpu_per_media_s, c.peak_rss_mb / t.peak_rss_mb
+        lines.append(
+            f"{c.participants} participants: tracks mode {cpu:.1f}x cheaper in CPU, "
+            f"{rss:.1f}x in memory"
+        )
+    two = [t for t in runs if t.mode == "tracks" and t.participants == 2 and t.concurrent == 1]
+    if two:
+        t = two[0]
+        met = t.cpu_per_media_s <= TRACKS_CPU_TARGET and t.peak_rss_mb <= TRACKS_RSS_TARGET_MB
+        lines.append(
+            f"target tracks mode (2 people) <= {TRACKS_CPU_TARGET} CPU s/media s and <= "
+            f"{TRACKS_RSS_TARGET_MB:g} MB: " + ("met" if met else "NOT met")
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.scaling", description=__doc__)
+    parser.add_argument("--seconds", type=float, default=60.0, help="media seconds per run")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2, 4, 6], help="call sizes")
+    parser.add_argument("--at-once", type=int, default=3, help="concurrent recordings of 2")
+    args = parser.parse_args(argv)
+    configure_logging("info")
+    machine = [machine_summary()]
+    runs = asyncio.run(run_scaling(args.seconds, args.sizes, args.at_once))
+    machine.append(machine_summary())
+    print(report(runs, args.seconds, machine), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
