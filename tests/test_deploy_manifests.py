@@ -80,8 +80,9 @@ def documents() -> list[tuple[str, dict[str, Any]]]:
     return docs
 
 
-def by_kind(kind: str) -> dict[str, Any]:
-    (doc,) = [d for _, d in documents() if d["kind"] == kind]
+def by_kind(kind: str, file: str | None = None) -> dict[str, Any]:
+    """The one document of ``kind`` (in ``file``, where several files have one)."""
+    (doc,) = [d for name, d in documents() if d["kind"] == kind and file in (None, name)]
     return doc
 
 
@@ -96,7 +97,7 @@ def test_manifest_is_valid_against_the_api_models(name: str, doc: dict[str, Any]
 
 
 def test_validator_rejects_unknown_and_mistyped_fields() -> None:
-    job = by_kind("Job")
+    job = by_kind("Job", "job.yaml")
     job["spec"]["activeDeadLineSeconds"] = 10
     job["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "8790"
     del job["spec"]["template"]["spec"]["containers"][0]["name"]
@@ -106,8 +107,9 @@ def test_validator_rejects_unknown_and_mistyped_fields() -> None:
     assert any("`name`, must not be `None`" in e for e in errors)
 
 
-def _container() -> dict[str, Any]:
-    container: dict[str, Any] = by_kind("Job")["spec"]["template"]["spec"]["containers"][0]
+def _container(file: str = "job.yaml") -> dict[str, Any]:
+    job = by_kind("Job", file)
+    container: dict[str, Any] = job["spec"]["template"]["spec"]["containers"][0]
     return container
 
 
@@ -135,8 +137,18 @@ def test_job_arguments_parse_with_the_recorder_cli() -> None:
     assert str(parsed.config) == "/etc/recorder/config.toml"
 
 
+def test_compose_job_arguments_parse_with_the_recorder_cli() -> None:
+    args = [
+        a.replace("RECORDING_KEY", "c/2026-12-02/c1/r1.mp4")
+        for a in _container("compose-job.yaml")["args"]
+    ]
+    parsed = build_parser().parse_args(args)
+    assert parsed.command == "compose" and parsed.key == "c/2026-12-02/c1/r1.mp4"
+    assert parsed.threads == 2 and str(parsed.config) == "/etc/recorder/config.toml"
+
+
 def test_job_budgets_cover_what_the_settings_allow() -> None:
-    job = by_kind("Job")
+    job = by_kind("Job", "job.yaml")
     pod = job["spec"]["template"]["spec"]
     settings = tomllib.loads(_config_toml())
     # Time: the recording ends on its own before the deadline, and a SIGTERM leaves time
