@@ -6,7 +6,7 @@ Kubernetes Job in ``deploy/``) would, each a measured child process. Reports the
 recorder's CPU per media second and peak RSS over the whole recording (start and finish
 included), and compose's wall time, speed against real time, CPU and peak RSS.
 
-    python -m bench.compose_speed --seconds 600
+    python -m bench.compose_speed --compose-seconds 600
 """
 
 from __future__ import annotations
@@ -85,17 +85,27 @@ async def run(seconds: float, threads: int, workdir: Path) -> ComposeRun:
     return ComposeRun(seconds, recorder, usage, float(composed["duration_seconds"]), threads)
 
 
+async def run_report(seconds: float, threads: int) -> str:
+    """The recording and its composition, as the report it prints."""
+    before = machine_summary()
+    with tempfile.TemporaryDirectory(prefix="bench-compose-") as tmp:
+        result = await run(seconds, threads, Path(tmp))
+    return "\n".join([before, result.report(), machine_summary()])
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--compose-seconds", type=float, default=600.0, help="media seconds to record, compose"
+    )
+    parser.add_argument("--threads", type=int, default=2, help="x264 threads for compose")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.compose_speed", description=__doc__)
-    parser.add_argument("--seconds", type=float, default=600.0, help="media seconds recorded")
-    parser.add_argument("--threads", type=int, default=2, help="x264 threads for compose")
+    add_arguments(parser)
     args = parser.parse_args(argv)
     configure_logging("info")
-    print(machine_summary(), flush=True)
-    with tempfile.TemporaryDirectory(prefix="bench-compose-") as tmp:
-        result = asyncio.run(run(args.seconds, args.threads, Path(tmp)))
-    print(result.report(), flush=True)
-    print(machine_summary(), flush=True)
+    print(asyncio.run(run_report(args.compose_seconds, args.threads)), flush=True)
     return 0
 
 

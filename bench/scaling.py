@@ -10,7 +10,7 @@ its queues; archived track frames against what was sent. The publishers (each a 
 encoder) run on the same two cores, so with six of them the machine is saturated:
 what gives first is reported, not hidden.
 
-    python -m bench.scaling --seconds 60
+    python -m bench.scaling --scaling-seconds 60
 """
 
 from __future__ import annotations
@@ -174,17 +174,28 @@ def report(runs: list[Run], seconds: float, machine: list[str]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.scaling", description=__doc__)
-    parser.add_argument("--seconds", type=float, default=60.0, help="media seconds per run")
+async def run_report(seconds: float, sizes: Sequence[int], at_once: int) -> str:
+    """The whole scaling run, as the report it prints."""
+    machine = [machine_summary()]
+    runs = await run_scaling(seconds, sizes, at_once)
+    machine.append(machine_summary())
+    return report(runs, seconds, machine)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scaling-seconds", type=float, default=60.0, help="media seconds per scaling run"
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[2, 4, 6], help="call sizes")
     parser.add_argument("--at-once", type=int, default=3, help="concurrent recordings of 2")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.scaling", description=__doc__)
+    add_arguments(parser)
     args = parser.parse_args(argv)
     configure_logging("info")
-    machine = [machine_summary()]
-    runs = asyncio.run(run_scaling(args.seconds, args.sizes, args.at_once))
-    machine.append(machine_summary())
-    print(report(runs, args.seconds, machine), flush=True)
+    print(asyncio.run(run_report(args.scaling_seconds, args.sizes, args.at_once)), flush=True)
     return 0
 
 

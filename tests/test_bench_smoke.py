@@ -1,4 +1,5 @@
-"""The benchmarks still run: every contender and the soak, on a 3-second input.
+"""The benchmarks still run: every contender, the scaling and compose runs and the soak,
+on a few seconds of input.
 
 The figures of so short a run mean nothing (startup dominates); what is checked is that
 each piece of machinery (the call, the recorder, aiortc's MediaRecorder, ffmpeg's
@@ -35,6 +36,14 @@ async def test_every_benchmark_runs_and_prints_positive_figures() -> None:
         "3",
         "--runs",
         "1",
+        "--scaling-seconds",
+        "3",
+        "--sizes",
+        "2",
+        "--at-once",
+        "2",
+        "--compose-seconds",
+        "4",
         "--minutes",
         "0.1",
         "--interval",
@@ -61,6 +70,22 @@ async def test_every_benchmark_runs_and_prints_positive_figures() -> None:
         assert row is not None, f"no table row for {name}:\n{text}"
         cpu, rss, cpu_ratio, rss_ratio = (float(g) for g in row.groups())
         assert cpu > 0 and rss > 0 and cpu_ratio > 0 and rss_ratio > 0, row.group(0)
+
+    # Composite and tracks for a call of two, then each twice at once.
+    rows = re.findall(
+        rf"^(composite|tracks)\s+2\s+([12])\s+{_NUMBER}\s+{_NUMBER}\s+{_NUMBER}%", text, re.M
+    )
+    assert sorted((mode, at_once) for mode, at_once, *_ in rows) == [
+        ("composite", "1"),
+        ("composite", "2"),
+        ("composite", "2"),
+        ("tracks", "1"),
+        ("tracks", "2"),
+        ("tracks", "2"),
+    ], text
+    assert all(float(cpu) > 0 and float(rss) > 0 for _, _, cpu, rss, _ in rows)
+    composed = re.search(rf"compose: +{_NUMBER} s wall for {_NUMBER} s of media", text)
+    assert composed is not None and float(composed.group(2)) > 3, text
 
     at_minute = re.search(rf"^RSS at \d+ s: {_NUMBER} MB$", text, re.MULTILINE)
     at_end = re.search(rf"^RSS at end \(\d+ s\): {_NUMBER} MB$", text, re.MULTILINE)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -137,11 +138,12 @@ def _recording(
     tmp_path: Path,
     sources: list[SyntheticParticipant],
     layout: tuple[str, ...] = (),
+    mode: str = "composite",
     **e2ee: Any,
 ) -> ControlledRecording:
     participants = (_participant("c1", sources[0]), _participant("p1", sources[1]))
     settings = settings_for(
-        sfu, tmp_path, participants=participants, max_duration=16.0, layout=layout
+        sfu, tmp_path, participants=participants, max_duration=16.0, layout=layout, mode=mode
     )
     control = ControlSettings(enabled=True, port=0, jwt_secret=SECRET, jwt_audience=AUDIENCE)
     update = {"control": control, "e2ee": E2eeSettings(**e2ee)}
@@ -155,7 +157,7 @@ async def test_an_encrypted_call_is_recorded_once_the_recorder_is_admitted(
         "test-app", "test-secret-0123456789abcdef", base_url=sfu.base_url
     ) as client:
         sources = await _publishers(client, orange)
-        session = _recording(sfu, tmp_path, sources)
+        session = _recording(sfu, tmp_path, sources, mode="both")
         recorder = session.recorder
         running = asyncio.create_task(session.run())
         await asyncio.wait_for(recorder.started.wait(), 30)
@@ -232,6 +234,20 @@ async def test_an_encrypted_call_is_recorded_once_the_recorder_is_admitted(
     for number in (1, 2):
         offsets = report.participants[number].av_offsets()
         assert len(offsets) >= 4 and abs_percentile(offsets, 95) <= 0.020, offsets
+    # The tracks as they arrived hold what the participants saw and heard (opened frames,
+    # from the admission on), never ciphertext: Debian's ffmpeg decodes them cleanly.
+    assert len(manifest.archive) == 4
+    for track in manifest.archive:
+        assert track.object_key is not None and track.first_s is not None
+        assert track.first_s > admitted, "nothing archived before the recorder could open it"
+        path = tmp_path / "out" / track.object_key
+        decoded = subprocess.run(
+            ["ffmpeg", "-v", "error", "-i", str(path), "-f", "null", "-"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert decoded.stderr == "", decoded.stderr[:500]
 
 
 async def test_a_recorder_never_admitted_fails_naming_encrypted_media(
