@@ -94,6 +94,7 @@ def test_video_waits_for_a_retransmission_then_gives_up_with_a_keyframe_request(
     assert 6 in frames  # the frame holding packet 20 was completed by the retransmission
     assert 40 not in frames  # the frame holding packet 120 was given up ...
     assert max(frames) >= 60 and plis >= 1  # ... the picture went on, a keyframe was asked for
+    assert buffer.losses == plis == 1, "one loss given up, counted for the track archive"
 
 
 def test_decoder_queue_drops_the_oldest_frames_but_never_the_stop_sentinel() -> None:
@@ -124,6 +125,26 @@ def test_decoder_queue_opens_frames_and_drops_those_it_cannot() -> None:
     assert q.get()[1].data == b"B"  # "a" was dropped for space, unopened
     assert q.get() is None and q.unopened == 1 and q.dropped == 1
     assert opened == [b"sealed", b"b"]
+
+
+def test_decoder_queue_hands_opened_frames_to_the_archive_and_decodes_only_if_asked() -> None:
+    """Beside a composite, the decoder thread archives each opened frame, then decodes it;
+    with nothing to decode, frames are archived as they are put and never queued."""
+
+    def opener(data: bytes) -> bytes | None:
+        return None if data.startswith(b"sealed") else data.upper()
+
+    for decode in (True, False):
+        archived: list[tuple[int, bytes]] = []
+        q = BoundedDecoderQueue(8, opener, decode=decode)
+        q.archive = lambda timestamp, data, into=archived: into.append((timestamp, data))
+        for i, data in enumerate([b"a", b"sealed", b"b"]):
+            q.put(("codec", JitterFrame(data, timestamp=90 * i)))
+        q.put(None)
+        decoded = [item[1].data for item in iter(q.get, None)]
+        assert archived == [(0, b"A"), (180, b"B")], "opened frames only, ciphertext never"
+        assert decoded == ([b"A", b"B"] if decode else [])
+        assert q.unopened == 1
 
 
 async def test_frame_queue_keeps_the_newest_frames_and_the_end_marker() -> None:

@@ -138,6 +138,8 @@ class _ArchivedFile:
     started_at: datetime
     lock: threading.Lock
     withheld: list[tuple[float, float, str]]
+    losses: int = 0
+    """The tap's video losses when the last frame was written."""
     open: bool = True
     """Frames are still written (False after the track ended, or a write failed)."""
     closed: bool = False
@@ -217,6 +219,12 @@ class TrackArchive:
                 _note_withheld(entry.withheld, t, reason)
                 entry.file.resume_at_keyframe()
                 return
+            losses = track.tap.video_losses
+            if losses != entry.losses:
+                # Packets were given up (a keyframe is asked for already): what follows
+                # refers to them, so the file goes on from that keyframe, never corrupt.
+                entry.losses = losses
+                entry.file.resume_at_keyframe()
             try:
                 entry.file.write(t, timestamp / clock.clock_rate, data)
             except Exception as exc:  # a bad frame must not end the caller (loop or thread)

@@ -251,18 +251,24 @@ class LossTolerantJitterBuffer(JitterBuffer):
     def __init__(self, capacity: int, give_up_after: int) -> None:
         super().__init__(capacity=capacity, prefetch=0, is_video=True)
         self._give_up_after = give_up_after
+        self.losses = 0
+        """Times packets were given up (a keyframe asked for): the frames after each
+        refer to what was lost, until the keyframe."""
 
     def add(self, packet: Any) -> tuple[bool, Any]:
         pli, frame = super().add(packet)
         origin = self._origin
         if frame is not None or origin is None:
+            self.losses += pli
             return pli, frame
         behind = uint16_add(packet.sequence_number, -origin)
         if behind < self._give_up_after or behind >= self.capacity:
+            self.losses += pli
             return pli, frame
         if self.smart_remove(behind - self._give_up_after + 1):
             self._origin = packet.sequence_number
         self._drop_partial_frame()
+        self.losses += 1
         return True, self._remove_frame(packet.sequence_number)
 
     def _drop_partial_frame(self) -> None:

@@ -67,6 +67,7 @@ class ReceiverTap:
         self._media: frozenset[int] = frozenset()
         self._rtx: frozenset[int] = frozenset()
         self._on_packet: Callable[[int], None] | None = None
+        self._jitter: LossTolerantJitterBuffer | None = None
         self._reorder: AudioReorder | None = None
         self._last_nack = 0.0
         self.nack_retries = 0
@@ -112,11 +113,19 @@ class ReceiverTap:
             buffer: Any = AudioPassThrough()
             self._reorder = AudioReorder()
         else:
-            buffer = LossTolerantJitterBuffer(VIDEO_JITTER_PACKETS, VIDEO_GIVE_UP_PACKETS)
+            buffer = self._jitter = LossTolerantJitterBuffer(
+                VIDEO_JITTER_PACKETS, VIDEO_GIVE_UP_PACKETS
+            )
         self._aiortc.use_jitter_buffer(buffer)
         self._aiortc.add_codecs(codecs)
         while not self._frames.empty():  # frames of the m-line's previous track
             self._frames.get_nowait()
+
+    @property
+    def video_losses(self) -> int:
+        """Times video packets were given up on this m-line's current track (0 for
+        audio): a frame after one may refer to what was lost."""
+        return self._jitter.losses if self._jitter is not None else 0
 
     def archive_to(self, sink: EncodedSink | None) -> None:
         """Hand every opened encoded frame to ``sink`` from now on (None: to no one)."""
