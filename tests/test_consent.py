@@ -3,7 +3,8 @@
 Real pipeline end to end (local SFU, two synthetic participants, the recorder): consent
 is required, the clinician gives it two seconds in, the patient never does. The patient
 is black and silent for the whole record and listed as ``consent_pending``; the
-clinician only from the moment consent was given.
+clinician only from the moment consent was given. Recorded in ``both`` modes, so the
+tracks as they arrived are held to the same rule.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ async def _record(output_dir: Path) -> tuple[RecordingResult, float]:
     try:
         await call.publish("clinician", 1, participant_id="c1")
         await call.publish("patient", 2, participant_id="p1")
-        settings = recorder_settings(call, output_dir, max_duration=DURATION, require_consent=True)
+        settings = recorder_settings(
+            call, output_dir, max_duration=DURATION, require_consent=True, mode="both"
+        )
         recorder = Recorder(settings)
         running = asyncio.create_task(recorder.run())
         await asyncio.wait_for(recorder.started.wait(), 30)
@@ -70,3 +73,19 @@ def test_nothing_before_consent(recorded: tuple[RecordingResult, float]) -> None
     assert not [o for o in observations if o.participant == 2]  # the patient never appears
     _, _, patient = audio_rms(result.path)
     assert patient < 0.001
+
+
+def test_the_archived_tracks_hold_nothing_before_consent(
+    recorded: tuple[RecordingResult, float],
+) -> None:
+    result, given_at = recorded
+    assert result.upload is not None
+    archive = result.upload.manifest.archive
+    # The patient never consented: no file at all; the clinician's start at consent.
+    assert sorted((t.participant_id, t.kind) for t in archive) == [
+        ("c1", "audio"),
+        ("c1", "video"),
+    ]
+    for track in archive:
+        assert track.first_s is not None
+        assert given_at - 0.05 <= track.first_s <= given_at + 1.5, track.kind

@@ -75,6 +75,19 @@ class Withholding:
 
     def reason(self, t: float, participant: str) -> str | None:
         """Why ``participant``'s media at timeline second ``t`` is withheld; None if not."""
+        decided = self.decided(t, participant)
+        if decided is not None:
+            return decided
+        if self._unreadable is not None and self._unreadable(participant):
+            return ENCRYPTED
+        return None
+
+    def decided(self, t: float, participant: str) -> str | None:
+        """Why a decision (a pause, consent) keeps ``participant``'s media at ``t`` out;
+        None if none does. What the track archive asks of every frame: a frame it sees
+        was opened, so never ``encrypted``."""
+        if not self._pauses and not self._consent and not self._require_consent:
+            return None  # nothing decided yet: no lock for every frame of every call
         with self._lock:
             if any(start <= t and (stop is None or t < stop) for start, stop in self._pauses):
                 return PAUSED
@@ -87,6 +100,4 @@ class Withholding:
             return CONSENT_PENDING
         if state is False:
             return CONSENT_WITHDRAWN
-        if self._unreadable is not None and self._unreadable(participant):
-            return ENCRYPTED
         return None

@@ -211,7 +211,7 @@ class TrackArchive:
             return
         track.frames += 1
         track.last_frame = time.time()
-        reason = self._withholding.reason(t, track.participant.id)
+        reason = self._withholding.decided(t, track.participant.id)
         with entry.lock:
             if not entry.open:
                 return
