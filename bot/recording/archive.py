@@ -296,7 +296,9 @@ class TrackArchive:
         tracks for the recording's manifest. A track the store refuses stays in its
         spool for ``bot recover`` (logged); it is left out of the list."""
         await asyncio.to_thread(self._close_all)
-        stored = await asyncio.gather(*(self._store_one(entry) for entry in self._files))
+        # One after the other: each holds its last part (up to ``part_size``) in memory
+        # while it uploads, and together they would double the recorder's peak.
+        stored = [await self._store_one(entry) for entry in self._files]
         return [track for track in stored if track is not None]
 
     def _close_all(self) -> None:
