@@ -26,7 +26,8 @@ from bot.config import (
     Settings,
     load_settings,
 )
-from bot.control import ROLE_POLICY, Action, AuthError, Authorizer, ControlServer
+from bot.control import ROLE_POLICY, Action, AuthError, Authorizer
+from bot.control.server import ControlServer
 from bot.custody.audit import AuditLog
 from bot.observe.metrics import Metrics
 from bot.recording import Recorder

@@ -33,7 +33,8 @@ from bot.config import (
     StorageSettings,
     load_settings,
 )
-from bot.control import Action, Caller, ControlServer
+from bot.control import Action, Caller
+from bot.control.server import ControlServer
 from bot.custody.audit import AuditLog
 from bot.observe.metrics import Metrics
 from bot.recording import Recorder

@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.config import Settings
-from bot.control.server import ControlServer
 from bot.observe.metrics import Metrics
 from bot.observe.progress import Progress
 from bot.observe.uploads import follow_uploads
 from bot.observe.webhook import Webhook
 from bot.recording import Recorder, RecordingResult
 from bot.storage import UploadStatus, audit_key
+
+if TYPE_CHECKING:
+    from bot.control.server import ControlServer
 
 
 class ControlledRecording:
@@ -35,11 +37,15 @@ class ControlledRecording:
         self.audit = recorder.audit
         self.metrics = Metrics(recorder)
         self.webhook = Webhook(settings.webhook)
-        self.server = (
-            ControlServer(recorder, settings.control, self.audit, self.metrics, self._notify)
-            if settings.control.enabled
-            else None
-        )
+        self.server: ControlServer | None = None
+        if settings.control.enabled:
+            # Loaded only when enabled: the HTTP server (aiohttp) costs about 10 MB that
+            # a recorder without the control API never needs.
+            from bot.control.server import ControlServer
+
+            self.server = ControlServer(
+                recorder, settings.control, self.audit, self.metrics, self._notify
+            )
         self._progress = Progress.for_terminal(recorder) if progress else None
 
     async def run(self) -> RecordingResult:
