@@ -118,9 +118,8 @@ async def _compose(
     try:
         began = time.monotonic()
         output.uploader.start()
-        pipeline = open_pipeline(
-            settings, output, slots, Timeline(origin.timestamp()), Withholding()
-        )
+        timeline = Timeline(origin.timestamp())
+        pipeline = open_pipeline(settings.recording, output.writer, slots, timeline, Withholding())
         media = await asyncio.to_thread(_run_pipeline, pipeline, sources, end)
         manifest = _manifest(settings, sources, slots, origin, media)
         upload = await asyncio.to_thread(output.uploader.finish, manifest, output.evidence.seal)

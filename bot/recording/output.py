@@ -9,9 +9,11 @@ trail before the uploader is told of it, and seals the manifest at the end.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-from bot.config import Settings
+from bot.config import RecordingSettings, Settings
 from bot.custody.audit import AuditLog
 from bot.custody.chain import FragmentChain
 from bot.custody.evidence import Evidence
@@ -64,8 +66,19 @@ def open_output(
         evidence.fragment_written()
         uploader.poke()
 
-    writer = Mp4Writer(
-        spool.media_path,
+    writer = composite_writer(rec, spool.media_path, speaker_titles, fragment_written)
+    return Output(spool, uploader, writer, evidence)
+
+
+def composite_writer(
+    rec: RecordingSettings,
+    path: Path,
+    speaker_titles: list[str],
+    on_fragment: Callable[[], None] | None = None,
+) -> Mp4Writer:
+    """The composite's MP4 writer at ``path``, as the recording settings say."""
+    return Mp4Writer(
+        path,
         width=rec.width,
         height=rec.height,
         fps=rec.fps,
@@ -76,22 +89,20 @@ def open_output(
         speaker_titles=speaker_titles,
         preset=rec.video_preset,
         encoder_threads=rec.encoder_threads,
-        on_fragment=fragment_written,
+        on_fragment=on_fragment,
     )
-    return Output(spool, uploader, writer, evidence)
 
 
 def open_pipeline(
-    settings: Settings,
-    output: Output,
+    rec: RecordingSettings,
+    writer: Mp4Writer,
     slots: list[SlotInfo],
     timeline: Timeline,
     withholding: Withholding,
 ) -> MediaPipeline:
-    """The media thread writing into ``output`` (not started)."""
-    rec = settings.recording
+    """The media thread writing into ``writer`` (not started)."""
     return MediaPipeline(
-        output.writer,
+        writer,
         slots,
         width=rec.width,
         height=rec.height,

@@ -376,7 +376,7 @@ class Recorder:
         )
         self.audit.record("recording.object", object_key=object_key)
         pipeline = self._pipeline = open_pipeline(
-            self.settings, output, self.roster.slots, timeline, self._withholding
+            self.settings.recording, output.writer, self.roster.slots, timeline, self._withholding
         )
         output.uploader.start()
         pipeline.start()
