@@ -206,6 +206,7 @@ def ffmpeg_composite_argv(
 
 
 FFMPEG, FFMPEG_DEFAULT_THREADS = "ffmpeg composite", "ffmpeg, x264 auto threads"
+MEDIA_PATH = "recorder's composite, files"
 
 
 async def run_ffmpeg(
@@ -227,6 +228,25 @@ async def run_ffmpeg(
         raise BenchError(f"ffmpeg exited {usage.exit_code}:\n" + process.stderr_tail())
     name = FFMPEG_DEFAULT_THREADS if x264_default_threads else FFMPEG
     return Measurement(name, usage, media_seconds)
+
+
+async def run_media_path(inputs: list[Path], workdir: Path, media_seconds: float) -> Measurement:
+    """The recorder's media path alone on ffmpeg's inputs (``bench.media_path``)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    log.info("bench.media_path_started", inputs=len(inputs))
+    argv = [sys.executable, "-m", "bench.media_path", "--seconds", f"{media_seconds:g}"]
+    for path in inputs:
+        argv += ["--input", str(path)]
+    argv += ["--output", str(workdir / "composite.mp4")]
+    process = MeasuredProcess(
+        argv, stdout=workdir / "media_path.out", stderr=workdir / "media_path.err"
+    )
+    usage = await process.wait()
+    if usage.exit_code != 0:
+        raise BenchError(f"media path exited {usage.exit_code}:\n" + process.stderr_tail())
+    report = json.loads(process.stdout_path.read_text(encoding="utf-8").splitlines()[-1])
+    kept = 1 - report["repeated"] / report["video_frames"]
+    return Measurement(MEDIA_PATH, usage, media_seconds, frames_kept=kept)
 
 
 async def start_two_party_call() -> LocalCall:
