@@ -30,6 +30,7 @@ from bot.storage import manifest_key
 from bot.storage.boxes import CLUSTER, segment_elements
 from bot.synthetic.participant import SyntheticParticipant
 from tests.e2e import CLINIC_KEY_PEM, bot_verify, ffprobe, recorder_settings, slots
+from tests.faults import wait_until
 from tests.test_media_e2e import as_participant, settings_for, timeline_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -225,6 +226,32 @@ def test_tracks_only_stores_a_signed_record_and_no_composite(
     for track in manifest.archive:
         assert track.object_key is not None
         assert (out / "verified" / manifest_key(track.object_key)).is_file()
+
+
+async def test_a_tracks_only_recording_reports_its_uploads_and_is_ready(tmp_path: Path) -> None:
+    """With no composite, the status shows every track's upload as one, which the stop
+    policy's disk caps read too, and the recorder is ready (no media thread to wait for)."""
+    call = await start_local_sfu()
+    try:
+        await call.publish("clinician", 1, participant_id="c1")
+        await call.publish("patient", 2, participant_id="p1")
+        recorder = Recorder(recorder_settings(call, tmp_path, max_duration=5.0, mode="tracks"))
+        running = asyncio.create_task(recorder.run())
+        await asyncio.wait_for(recorder.started.wait(), 30)
+
+        def spooled() -> bool:
+            upload = recorder.status().upload
+            return upload is not None and upload.bytes_spooled > 20_000
+
+        await wait_until(spooled, 10, "the tracks' spools grow")
+        status = recorder.status()
+        assert status.readiness() == (True, "recording"), status.readiness()
+        assert status.media is None and status.upload is not None
+        assert status.upload.state == "uploading" and status.upload.disk_limit is None
+        result = await asyncio.wait_for(running, 60)
+    finally:
+        await call.close()
+    assert result.exit_code == ExitCode.OK, result.error
 
 
 def test_compose_makes_the_composite_of_a_tracks_only_recording(

@@ -41,9 +41,17 @@ from bot.media.withholding import Withholding
 from bot.rtc.aiortc_compat import request_keyframe
 from bot.rtc.buffers import EncodedSink
 from bot.rtc.tracks import PulledTrack
-from bot.storage import ObjectStore, Spool, StorageError, Uploader, open_uploader
+from bot.storage import (
+    ObjectStore,
+    Spool,
+    StorageError,
+    Uploader,
+    UploadStatus,
+    open_uploader,
+)
 from bot.storage.finalize import UploadResult, store_record
 from bot.storage.keys import MANIFEST_SUFFIX
+from bot.storage.uploader import State
 
 log = structlog.get_logger("bot.recording.archive")
 
@@ -197,9 +205,29 @@ class TrackArchive:
             if entry.track is track:
                 self._close(entry)
 
-    def disk_limited(self) -> bool:
-        """A track's spool reached a disk cap: the recorder stops (the files are kept)."""
-        return any(entry.uploader.status().disk_limit for entry in self._files)
+    def upload_status(self) -> UploadStatus | None:
+        """Every track's upload as one (sums, the worst lag, any alarm, the first disk
+        cap reached), for the recorder's status and stop policy; None before a track."""
+        statuses = [entry.uploader.status() for entry in self._files]
+        if not statuses:
+            return None
+        states = {s.state for s in statuses}
+        worst_first: tuple[State, ...] = ("failed", "finishing", "uploading", "idle", "done")
+        state = next(s for s in worst_first if s in states)
+        return UploadStatus(
+            state=state,
+            bytes_spooled=sum(s.bytes_spooled for s in statuses),
+            bytes_uploaded=sum(s.bytes_uploaded for s in statuses),
+            parts=sum(s.parts for s in statuses),
+            lag_bytes=sum(s.lag_bytes for s in statuses),
+            lag_seconds=max(s.lag_seconds for s in statuses),
+            alarm=any(s.alarm for s in statuses),
+            alarms=sum(s.alarms for s in statuses),
+            errors=sum(s.errors for s in statuses),
+            last_error=next((s.last_error for s in statuses if s.last_error), None),
+            free_bytes=min(s.free_bytes for s in statuses),
+            disk_limit=next((s.disk_limit for s in statuses if s.disk_limit), None),
+        )
 
     # -- each frame (the event loop, or the decoder threads) ---------------------------
 

@@ -54,7 +54,7 @@ from bot.recording.stop_policy import (
 from bot.recording.supervisor import TransportSupervisor, subscriber_supervisor
 from bot.rtc.aiortc_compat import AiortcCompatError, check_private_api
 from bot.rtc.subscriber import Subscriber
-from bot.storage import ObjectStore, StorageError, local_path, object_key_for
+from bot.storage import ObjectStore, StorageError, UploadStatus, local_path, object_key_for
 from bot.storage.stores import open_store
 from bot.tasks import stop_task
 from bot.timeline import Timeline
@@ -182,7 +182,7 @@ class Recorder:
             ),
             paused=self._withholding.paused,
             packets_lost=self._packets_lost,
-            upload=self._output.uploader.status() if self._output else None,
+            upload=self._upload_status(),
             e2ee=self.e2ee.status() if self.e2ee.member else None,
         )
 
@@ -381,6 +381,12 @@ class Recorder:
         output.uploader.start()
         pipeline.start()
 
+    def _upload_status(self) -> UploadStatus | None:
+        """The composite's upload, or with tracks only every track's as one."""
+        if self._output is not None:
+            return self._output.uploader.status()
+        return self._archive.upload_status() if self._archive is not None else None
+
     def _unreadable(self, participant_id: str) -> bool:
         supervisor = self._supervisor
         return (
@@ -411,7 +417,7 @@ class Recorder:
 
     def _observe(self) -> StopSignals:
         assert self._supervisor is not None
-        upload = self._output.uploader.status() if self._output else None
+        upload = self._upload_status()
         return StopSignals.of(
             self._supervisor.current,
             self._now(),
@@ -419,7 +425,6 @@ class Recorder:
             upload=upload,
             wall_clock=self._wall_clock,
             unreadable_for_s=self.e2ee.frames.unreadable_for(),
-            archive_disk_limit=self._archive is not None and self._archive.disk_limited(),
         )
 
     def _manifest(

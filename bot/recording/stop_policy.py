@@ -66,11 +66,9 @@ class StopSignals:
         upload: UploadStatus | None,
         wall_clock: Callable[[], float],
         unreadable_for_s: float = 0.0,
-        archive_disk_limit: bool = False,
     ) -> StopSignals:
         """``elapsed``: timeline seconds; ``media_alive``: the media thread runs (or
-        there is none: the track archive alone); ``archive_disk_limit``: a track file's
-        spool reached a disk cap."""
+        there is none: the track archive alone)."""
         last = transport.last_media()
         return cls(
             elapsed_s=elapsed,
@@ -78,7 +76,7 @@ class StopSignals:
             has_tracks=bool(transport.tracks),
             connected=transport.connected.is_set(),
             pipeline_alive=media_alive,
-            disk_limit=bool(upload and upload.disk_limit) or archive_disk_limit,
+            disk_limit=bool(upload and upload.disk_limit),
             unreadable_for_s=unreadable_for_s,
         )
 
