@@ -119,6 +119,21 @@ def _env(s3: LocalS3, spool: Path) -> dict[str, str]:
     return env
 
 
+async def _bot_recover(s3: LocalS3, spool_dir: Path) -> None:
+    """``bot recover`` in its own process, as an operator runs it; it must succeed."""
+    recover = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "recover",
+        env=_env(s3, spool_dir),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(recover.communicate(), 120)
+    assert recover.returncode == ExitCode.OK, err.decode()[-2000:]
+
+
 def _is_moment(event: dict[str, object], moment: str) -> bool:
     name = event.get("event")
     if moment == "part_upload":
@@ -190,17 +205,7 @@ async def test_sigkill_then_recover_leaves_one_complete_verified_object(
     )
 
     proxy.rate = None
-    recover = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        "recover",
-        env=_env(s3, spool_dir),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await asyncio.wait_for(recover.communicate(), 120)
-    assert recover.returncode == ExitCode.OK, err.decode()[-2000:]
+    await _bot_recover(s3, spool_dir)
 
     client = s3.client()
     key = spool.info.object_key
@@ -297,17 +302,7 @@ async def test_sigkill_in_tracks_mode_then_recover_keeps_every_track_to_its_last
     }
     assert len(spooled) == 4
 
-    recover = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        "recover",
-        env=_env(s3, spool_dir),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await asyncio.wait_for(recover.communicate(), 120)
-    assert recover.returncode == ExitCode.OK, err.decode()[-2000:]
+    await _bot_recover(s3, spool_dir)
 
     client = s3.client()
     for key, body in spooled.items():
