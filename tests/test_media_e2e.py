@@ -71,11 +71,11 @@ def gaps_of(result: RecordingResult, participant: str, kind: str) -> list[Gap]:
     return [g for g in result.media.gaps if g.participant == participant and g.kind == kind]
 
 
-@pytest.mark.parametrize(("sender_reports", "limit"), [(True, 0.020), (False, 0.060)])
-async def test_lip_sync_alignment_and_duration(
-    sfu_factory, tmp_path: Path, sender_reports: bool, limit: float
-) -> None:
-    sfu = await sfu_factory(sender_reports=sender_reports)
+async def record_two_at_25_fps(
+    sfu: LocalSfu, tmp_path: Path, **recording: object
+) -> tuple[RecordingResult, list[float]]:
+    """Ten seconds of a clinician and a patient publishing at 25 fps in-process; the
+    result, and where each source's clock started on the recording's timeline."""
     async with RealtimeClient(
         "test-app", "test-secret-0123456789abcdef", base_url=sfu.base_url
     ) as client:
@@ -87,7 +87,7 @@ async def test_lip_sync_alignment_and_duration(
             await source.start()
         participants = (as_participant("c1", sources[0]), as_participant("p1", sources[1]))
         recorder = Recorder(
-            settings_for(sfu, tmp_path, participants=participants, max_duration=10.0)
+            settings_for(sfu, tmp_path, participants=participants, max_duration=10.0, **recording)
         )
         run = asyncio.create_task(recorder.run())
         await recorder.started.wait()
@@ -95,6 +95,15 @@ async def test_lip_sync_alignment_and_duration(
         result = await run
         for source in sources:
             await source.stop()
+    return result, starts
+
+
+@pytest.mark.parametrize(("sender_reports", "limit"), [(True, 0.020), (False, 0.060)])
+async def test_lip_sync_alignment_and_duration(
+    sfu_factory, tmp_path: Path, sender_reports: bool, limit: float
+) -> None:
+    sfu = await sfu_factory(sender_reports=sender_reports)
+    result, starts = await record_two_at_25_fps(sfu, tmp_path)
 
     assert result.upload is not None, result.error
     assert result.path is not None

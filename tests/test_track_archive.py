@@ -23,15 +23,13 @@ from bot.exitcodes import ExitCode
 from bot.manifest import Manifest
 from bot.media.bitstream import h264_keyframe, is_keyframe, vp8_keyframe, vp8_size
 from bot.media.track_file import TrackFile
-from bot.realtime import RealtimeClient
 from bot.recording import Recorder, RecordingResult, record
 from bot.recording.archive import tracks_prefix
 from bot.storage import manifest_key
 from bot.storage.boxes import CLUSTER, segment_elements
-from bot.synthetic.participant import SyntheticParticipant
 from tests.e2e import CLINIC_KEY_PEM, bot_verify, ffprobe, recorder_settings, slots
 from tests.faults import wait_until
-from tests.test_media_e2e import as_participant, settings_for, timeline_seconds
+from tests.test_media_e2e import record_two_at_25_fps, settings_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -294,32 +292,14 @@ async def test_compose_matches_the_live_composites_lip_sync_and_alignment(
     """Recorded in ``both`` mode: the composite made afterwards from the tracks meets the
     live recorder's figures (A/V p95 within 20 ms, participants within 40 ms)."""
     sfu = await sfu_factory()
-    async with RealtimeClient(
-        "test-app", "test-secret-0123456789abcdef", base_url=sfu.base_url
-    ) as client:
-        sources = [
-            SyntheticParticipant(client, number=1, role="clinician", fps=25),
-            SyntheticParticipant(client, number=2, role="patient", fps=25),
-        ]
-        for source in sources:
-            await source.start()
-        participants = (as_participant("c1", sources[0]), as_participant("p1", sources[1]))
-        settings = settings_for(
-            sfu, tmp_path, participants=participants, max_duration=10.0, mode="both"
-        )
-        recorder = Recorder(settings)
-        run = asyncio.create_task(recorder.run())
-        await recorder.started.wait()
-        starts = [timeline_seconds(recorder, s.clock_start) for s in sources]
-        result = await run
-        for source in sources:
-            await source.stop()
+    result, starts = await record_two_at_25_fps(sfu, tmp_path, mode="both")
     assert result.upload is not None and result.object_key is not None, result.error
     live = tmp_path / "out" / result.object_key
     tracks = tmp_path / "out" / tracks_prefix(result.object_key)
     # Composed from the folder of tracks into another store (the live one holds the key).
     elsewhere = StorageSettings(spool_dir=tmp_path / "c", local_dir=tmp_path / "c")
-    done = await compose(settings.model_copy(update={"storage": elsewhere}), folder=tracks)
+    settings = settings_for(sfu, tmp_path).model_copy(update={"storage": elsewhere})
+    done = await compose(settings, folder=tracks)
     assert done.upload.object_key == result.object_key
     composed = tmp_path / "c" / done.upload.object_key
 
