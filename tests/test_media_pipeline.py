@@ -104,8 +104,8 @@ def test_one_lost_audio_frame_is_silence_in_its_place_not_a_shift() -> None:
     assert mixer.stats()[0]["samples_slewed"] == 0
 
 
-def small_pipeline(path: Path, origin_wall: float) -> MediaPipeline:
-    """One clinician cell at 320x180, 30 fps, trailing real time by 50 ms."""
+def small_pipeline(path: Path, origin_wall: float, latency: float = 0.05) -> MediaPipeline:
+    """One clinician cell at 320x180, 30 fps, trailing real time by ``latency``."""
     writer = Mp4Writer(
         path,
         width=320,
@@ -124,7 +124,7 @@ def small_pipeline(path: Path, origin_wall: float) -> MediaPipeline:
         height=180,
         fps=30,
         timeline=Timeline(origin_wall),
-        latency=0.05,
+        latency=latency,
     )
 
 
@@ -142,6 +142,25 @@ def test_pipeline_writes_a_fragmented_mp4_of_the_right_length(tmp_path: Path) ->
         assert abs(container.duration / av.time_base - 2.0) < 0.1
         assert [s.type for s in container.streams] == ["video", "audio", "audio"]
     assert path.read_bytes().count(b"moof") >= 2
+
+
+def test_a_burst_placed_by_a_clock_still_learning_is_placed_again_and_every_frame_shown(
+    tmp_path: Path,
+) -> None:
+    """A stream's first packets often come in a burst: each frame leaves the network with
+    the mapping known so far, which squeezes them together (here 5 ms apart instead of
+    40). Asked again once settled, the clock spreads them out and every one is shown."""
+    path = tmp_path / "burst.mp4"
+    pipeline = small_pipeline(path, origin_wall=time.time(), latency=0.4)
+    pipeline.start()
+    levels = [30 + 20 * i for i in range(10)]
+    for i, level in enumerate(levels):
+        pipeline.submit(0, 0.3 + i * 0.005, gray(level), lambda i=i: 0.1 + i / 25)
+    pipeline.finish(0.6)
+    with av.open(str(path)) as container:
+        shown = [int(f.to_ndarray(format="gray").mean()) for f in container.decode(video=0)]
+    seen = [level for level in levels if any(abs(luma - level) <= 6 for luma in shown)]
+    assert seen == levels
 
 
 def test_a_thread_far_behind_repeats_pictures_to_catch_up(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 
 import av
 import structlog
@@ -35,6 +36,21 @@ CATCH_UP_SECONDS = 1.0
 """Further behind real time than this, the thread repeats the last picture (cheap to
 encode) instead of composing new ones until it has caught up."""
 AUDIO_QUEUE_SECONDS = 20.0
+SETTLE_FRACTION = 0.5
+"""A video frame waits this part of ``latency`` before it is placed (unless its moment
+comes sooner): see ``Replace``."""
+
+Replace = Callable[[], float | None]
+"""Where a video frame belongs by what its source's clock knows now.
+
+A clock's mapping improves as packets arrive, most in a stream's first second, when the
+first packets come in a burst: frames placed as they left the network would be squeezed
+together and some never shown (the mixer slews audio; the compositor has no slew). So a
+frame is placed again once it has settled, and the placement lands within ``latency``.
+"""
+
+_VideoInput = tuple[int, float, av.VideoFrame, float, Replace | None]
+"""Slot, timeline second, frame, timeline second it was submitted, and its ``Replace``."""
 
 
 class MediaPipeline:
@@ -81,7 +97,9 @@ class MediaPipeline:
         )
         video_cap = max(8, int(VIDEO_QUEUE_SECONDS * 30 * max(1, len(slots))))
         audio_cap = max(50, int(AUDIO_QUEUE_SECONDS * 50 * max(1, len(slots))))
-        self._video_in: deque[tuple[int, float, av.VideoFrame]] = deque(maxlen=video_cap)
+        self._video_in: deque[_VideoInput] = deque(maxlen=video_cap)
+        self._settling: list[_VideoInput] = []
+        """Video frames taken off the queue, not yet placed (the media thread's own)."""
         self._audio_in: deque[tuple[int, float, av.AudioFrame]] = deque(maxlen=audio_cap)
         self._wake = threading.Event()
         self._end: float | None = None
@@ -93,12 +111,19 @@ class MediaPipeline:
 
     # -- called from the event loop ------------------------------------------------
 
-    def submit(self, slot: int, t: float, frame: av.VideoFrame | av.AudioFrame) -> None:
-        """Queue a decoded frame placed at timeline second ``t``; never blocks."""
+    def submit(
+        self,
+        slot: int,
+        t: float,
+        frame: av.VideoFrame | av.AudioFrame,
+        replace: Replace | None = None,
+    ) -> None:
+        """Queue a decoded frame placed at timeline second ``t``; never blocks.
+        ``replace``: a video frame's placement asked again when it has settled."""
         if isinstance(frame, av.VideoFrame):
             if len(self._video_in) == self._video_in.maxlen:
                 self.report.video_frames_dropped_in_queue += 1
-            self._video_in.append((slot, t, frame))
+            self._video_in.append((slot, t, frame, self.now(), replace))
         else:
             if len(self._audio_in) == self._audio_in.maxlen:
                 self.report.audio_frames_dropped_in_queue += 1
@@ -152,7 +177,7 @@ class MediaPipeline:
             final = end is not None and now >= end + self._latency
             if final and end is not None:
                 horizon = end
-            self._drain()
+            self._drain(None if final else horizon)
             # At most a second of output per pass, so the inputs are drained between passes
             # even when the thread is far behind.
             pass_end = min(horizon, self._writer.video_frames * period + 1.0)
@@ -284,10 +309,22 @@ class MediaPipeline:
                 }
             )
 
-    def _drain(self) -> None:
+    def _drain(self, horizon: float | None = None) -> None:
+        """Hand the inputs on: with a ``horizon`` (live), a video frame only once it has
+        settled or its moment is one frame from being composed; without, all of them."""
         while self._video_in:
-            slot, t, vframe = self._video_in.popleft()
-            self._compositor.push(slot, t, vframe)
+            self._settling.append(self._video_in.popleft())
+        settled = self.now() - self._latency * SETTLE_FRACTION
+        due = None if horizon is None else horizon + 1.0 / self._fps
+        waiting = []
+        for entry in self._settling:
+            slot, t, vframe, submitted, replace = entry
+            if due is not None and submitted > settled and t > due:
+                waiting.append(entry)
+                continue
+            placed = replace() if replace is not None else None
+            self._compositor.push(slot, t if placed is None else placed, vframe)
+        self._settling = waiting
         while self._audio_in:
             slot, t, aframe = self._audio_in.popleft()
             self._mixer.push(slot, t, aframe)

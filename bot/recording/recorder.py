@@ -397,9 +397,11 @@ class Recorder:
     def _now(self) -> float:
         return self.timeline.now() if self.timeline is not None else 0.0
 
-    def _submit(self, slot: int, t: float, frame: Any) -> None:
+    def _submit(
+        self, slot: int, t: float, frame: Any, replace: Callable[[], float | None] | None
+    ) -> None:
         if self._pipeline is not None:
-            self._pipeline.submit(slot, t, frame)
+            self._pipeline.submit(slot, t, frame, replace)
 
     def _running(self) -> TransportSupervisor[Subscriber]:
         assert self._supervisor is not None, "the recorder is not running"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 
 import av
 import structlog
@@ -21,8 +22,12 @@ from bot.rtc.tracks import MAX_SIZES, PulledTrack
 
 log = structlog.get_logger("bot.rtc.subscriber")
 
-FrameSink = Callable[[int, float, av.VideoFrame | av.AudioFrame], None]
-"""``(slot, timeline_seconds, frame)``: where decoded frames go (the media pipeline)."""
+FrameSink = Callable[
+    [int, float, av.VideoFrame | av.AudioFrame, Callable[[], float | None] | None], None
+]
+"""``(slot, timeline_seconds, frame, replace)``: where decoded frames go (the media
+pipeline). ``replace`` (video only) asks the stream's clock again later: its mapping
+improves as packets arrive, most in the stream's first second."""
 
 KEYFRAME_STALL_SECONDS = 1.0
 """Packets flowing but no picture decoded for this long: ask for a keyframe again."""
@@ -41,7 +46,9 @@ async def read_track(track: PulledTrack, sink: FrameSink) -> None:
             track.frames += 1
             if track.kind == "video":
                 _note_size(track, t, frame.width, frame.height)
-            sink(track.slot, t, frame)
+                sink(track.slot, t, frame, partial(track.clock.timeline_seconds, frame.pts))
+            else:
+                sink(track.slot, t, frame, None)
     except MediaStreamError:
         log.info("subscriber.track_ended", participant=track.participant.id, mid=track.mid)
 
