@@ -46,7 +46,8 @@ from bot.review.catalog import Catalog, NotFound, safe_key
 from bot.review.server import Unsatisfiable, byte_range
 from bot.review.timeline import timeline_svg
 from bot.storage import audit_key, manifest_key
-from bot.storage.stores import LocalStore, S3Store
+from bot.storage.local_store import LocalStore
+from bot.storage.s3_store import S3Store
 from tests.e2e import recorder_settings
 
 START = datetime(2026, 3, 4, 9, 30, tzinfo=UTC)

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import base64
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -66,7 +69,26 @@ def test_sse_c_key_from_environment_is_checked_and_hidden() -> None:
 
 
 def test_s3_backend_needs_endpoint_and_bucket() -> None:
-    from bot.storage.stores import S3Store
+    from bot.storage.s3_store import S3Store
 
     with pytest.raises(ConfigError, match=r"endpoint_url or storage\.bucket"):
         S3Store(StorageSettings(backend="s3"))
+
+
+def test_a_recorder_writing_to_a_local_folder_never_loads_boto3(tmp_path: Path) -> None:
+    """boto3 and a client are 15 MB of a recorder's memory; the S3 backend alone pays."""
+    program = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "import bot.cli, bot.recording.recorder, bot.compose.composer\n"
+        "from bot.config import StorageSettings\n"
+        "from bot.storage.stores import open_store\n"
+        "open_store(StorageSettings(backend='local', local_dir=Path(sys.argv[1])))\n"
+        "print(sorted(m for m in ('boto3', 'botocore') if m in sys.modules))\n"
+        "open_store(StorageSettings(backend='s3', endpoint_url='http://127.0.0.1:9', bucket='b'))\n"
+        "print(sorted(m for m in ('boto3', 'botocore') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program, str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split("\n")[:2] == ["[]", "['boto3', 'botocore']"]

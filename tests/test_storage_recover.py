@@ -22,7 +22,7 @@ from bot.manifest import Manifest
 from bot.recording.recovery import recover_all
 from bot.storage import Spool, Uploader, manifest_key
 from bot.storage.journal import Journal
-from bot.storage.stores import S3Store
+from bot.storage.s3_store import S3Store
 from bot.storage.verify import decode_probe, fragment_layout
 
 

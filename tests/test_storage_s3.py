@@ -22,7 +22,7 @@ from bot.config import StorageSettings
 from bot.manifest import Manifest, ParticipantEntry
 from bot.storage import Spool, StorageError, Uploader, manifest_key, object_key_for
 from bot.storage.journal import PartRecord
-from bot.storage.stores import S3Store
+from bot.storage.s3_store import S3Store
 from bot.storage.verify import verify_object
 
 MiB = 1024 * 1024

@@ -30,7 +30,8 @@ from bot.custody.chain import ChainCheck, check_trail
 from bot.manifest import Manifest
 from bot.storage import StorageError, audit_key, fhir_key, manifest_key, signature_key
 from bot.storage.keys import MANIFEST_SUFFIX, key_prefix
-from bot.storage.stores import LocalStore, S3Store
+from bot.storage.local_store import LocalStore
+from bot.storage.s3_store import S3Store
 
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)*$")
 MAX_KEY = 1024

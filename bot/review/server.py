@@ -37,7 +37,9 @@ from bot.custody.verify import fetch_record, verify_record
 from bot.review import pages
 from bot.review.catalog import Catalog, NotFound, safe_key
 from bot.storage import StorageError
-from bot.storage.stores import LocalStore, S3Store, open_store
+from bot.storage.local_store import LocalStore
+from bot.storage.s3_store import S3Store
+from bot.storage.stores import open_store
 
 log = structlog.get_logger("bot.review")
 

@@ -19,7 +19,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from bot.exitcodes import ExitCode
 from bot.recording import RecordingResult
 from bot.selftest.report import StepLog
-from bot.storage import S3Store, StorageError, manifest_key
+from bot.storage import StorageError, manifest_key
+from bot.storage.s3_store import S3Store
 
 
 async def verify(log: StepLog, store: S3Store, result: RecordingResult) -> None:

@@ -26,7 +26,7 @@ from bot.selftest.publish import (
 )
 from bot.selftest.record import record
 from bot.selftest.report import SelftestReport, Step, StepLog
-from bot.storage import S3Store
+from bot.storage.s3_store import S3Store
 
 DEFAULT_DURATION = 10.0
 

@@ -22,12 +22,11 @@ from bot.storage.errors import StorageError
 from bot.storage.finalize import Seal, Sealed, Sidecar, UploadResult
 from bot.storage.keys import audit_key, fhir_key, manifest_key, object_key_for, signature_key
 from bot.storage.spool import Spool
-from bot.storage.stores import ObjectStore, S3Store, open_store
+from bot.storage.stores import ObjectStore, open_store
 from bot.storage.uploader import Uploader, UploadStatus
 
 __all__ = [
     "ObjectStore",
-    "S3Store",
     "Seal",
     "Sealed",
     "Sidecar",
@@ -67,4 +66,6 @@ def presigned_url(settings: StorageSettings, object_key: str) -> str | None:
     """
     if settings.backend != "s3":
         return None
+    from bot.storage.s3_store import S3Store
+
     return S3Store(settings).presign_get(object_key, settings.presign_seconds)
