@@ -16,7 +16,8 @@ from bot.logs import configure_logging
 async def _run_all(args: argparse.Namespace) -> None:
     comparison = await compare_recorders.run_compare(args.seconds, args.runs)
     print(comparison.report(), end="\n\n", flush=True)
-    print(await scaling.run_report(args.scaling_seconds, args.sizes, args.at_once), flush=True)
+    scaled = await scaling.run_report(args.scaling_seconds, args.sizes, args.at_once, args.store)
+    print(scaled, flush=True)
     print(await compose_speed.run_report(args.compose_seconds, args.threads), flush=True)
     print((await memory_soak.run_soak(args.minutes, args.interval)).report(), flush=True)
 

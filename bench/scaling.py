@@ -11,6 +11,10 @@ encoder) run on the same two cores, so with six of them the machine is saturated
 what gives first is reported, not hidden.
 
     python -m bench.scaling --scaling-seconds 60
+
+The store is a local folder by default; ``--store s3`` puts every recording through the S3
+API into SeaweedFS (the R2 stand-in), as production does: boto3 and its client are then
+in the recorder's memory and its uploads in its CPU.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
+from testbed.s3 import LocalS3
 from testbed.stack import LocalCall, participant_flag, start_local_sfu
 
 from bench.measure import MeasuredProcess, machine_summary
@@ -72,29 +78,53 @@ class Job:
     process: MeasuredProcess
     workdir: Path
     mode: str
+    consultation: str
+    """Unique per job: its keys in a shared bucket are found by it."""
 
 
-def start(call: LocalCall, workdir: Path, seconds: float, mode: str) -> Job:
+def start(
+    call: LocalCall, workdir: Path, seconds: float, mode: str, s3: LocalS3 | None = None
+) -> Job:
     workdir.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "bot", "record", "--consultation-id", "bench"]
+    consultation = f"bench-{workdir.parent.name}-{workdir.name}"
+    argv = [sys.executable, "-m", "bot", "record", "--consultation-id", consultation]
     for participant in call.participants:
         argv += ["--participant", participant_flag(participant)]
     argv += ["--max-duration", f"{seconds:g}"]
     env = call.recorder_env(workdir, BOT_RECORDING_MODE=mode)
+    if s3 is not None:
+        env.update(s3.storage_env())
     process = MeasuredProcess(
         argv, env=env, stdout=workdir / "recorder.out", stderr=workdir / "recorder.err"
     )
-    return Job(process, workdir, mode)
+    return Job(process, workdir, mode, consultation)
 
 
-async def finish(job: Job, seconds: float, participants: int, at_once: int) -> Run:
+def stored_records(job: Job, s3: LocalS3 | None) -> list[dict[str, object]]:
+    """Every manifest the job stored (its recording's and, in tracks mode, each track's)."""
+    if s3 is None:
+        manifests = sorted((job.workdir / "out").rglob("*.manifest.json"))
+        return [json.loads(m.read_text()) for m in manifests]
+    client = s3.client()
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=s3.bucket)
+    keys = [
+        item["Key"]
+        for page in pages
+        for item in page.get("Contents", [])
+        if f"/{job.consultation}/" in item["Key"] and item["Key"].endswith(".manifest.json")
+    ]
+    return [json.loads(client.get_object(Bucket=s3.bucket, Key=k)["Body"].read()) for k in keys]
+
+
+async def finish(
+    job: Job, seconds: float, participants: int, at_once: int, s3: LocalS3 | None
+) -> Run:
     usage, stopped = await job.process.wait_or_stop(seconds + STOP_GRACE)
     if stopped or usage.exit_code != 0:
         raise BenchError(
             f"recorder ({job.mode}) exited {usage.exit_code}:\n" + job.process.stderr_tail()
         )
-    manifests = sorted((job.workdir / "out").rglob("*.manifest.json"))
-    records = [json.loads(m.read_text()) for m in manifests]
+    records: list[dict[str, Any]] = await asyncio.to_thread(stored_records, job, s3)
     main = next(r for r in records if r.get("track") is None)
     if job.mode == "tracks":
         video = sum(t["frames"] for t in main["archive"] if t["kind"] == "video")
@@ -110,34 +140,43 @@ async def finish(job: Job, seconds: float, participants: int, at_once: int) -> R
 
 
 async def measure(
-    call: LocalCall, workdir: Path, seconds: float, mode: str, at_once: int
+    call: LocalCall,
+    workdir: Path,
+    seconds: float,
+    mode: str,
+    at_once: int,
+    *,
+    s3: LocalS3 | None = None,
 ) -> list[Run]:
     """``at_once`` recorders of ``call`` in ``mode``, started together."""
-    jobs = [start(call, workdir / f"{mode}-{i}", seconds, mode) for i in range(at_once)]
+    jobs = [start(call, workdir / f"{mode}-{i}", seconds, mode, s3) for i in range(at_once)]
     size = len(call.participants)
     log.info("bench.scaling_run", mode=mode, participants=size, at_once=at_once)
-    return list(await asyncio.gather(*(finish(j, seconds, size, at_once) for j in jobs)))
+    return list(await asyncio.gather(*(finish(j, seconds, size, at_once, s3) for j in jobs)))
 
 
-async def run_scaling(seconds: float, sizes: Sequence[int], at_once: int) -> list[Run]:
+async def run_scaling(
+    seconds: float, sizes: Sequence[int], at_once: int, s3: LocalS3 | None = None
+) -> list[Run]:
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="bench-scaling-") as tmp:
         for size in sizes:
             call = await start_call(size)
             try:
                 for mode in ("composite", "tracks"):
-                    runs += await measure(call, Path(tmp) / f"n{size}", seconds, mode, 1)
+                    runs += await measure(call, Path(tmp) / f"n{size}", seconds, mode, 1, s3=s3)
                 if size == 2 and at_once > 1:
                     for mode in ("composite", "tracks"):
                         base = Path(tmp) / f"n{size}-x{at_once}"
-                        runs += await measure(call, base, seconds, mode, at_once)
+                        runs += await measure(call, base, seconds, mode, at_once, s3=s3)
             finally:
                 await call.close()
     return runs
 
 
-def report(runs: list[Run], seconds: float, machine: list[str]) -> str:
-    lines = [f"{seconds:g} s per run", *machine, ""]
+def report(runs: list[Run], seconds: float, machine: list[str], store: str = "local") -> str:
+    where = "S3 API into SeaweedFS" if store == "s3" else "a local folder"
+    lines = [f"{seconds:g} s per run, stored in {where}", *machine, ""]
     lines.append(
         f"{'mode':<10}{'people':>7}{'at once':>8}{'CPU s/media s':>15}{'peak RSS MB':>13}"
         f"{'kept':>8}{'dropped':>9}"
@@ -174,12 +213,18 @@ def report(runs: list[Run], seconds: float, machine: list[str]) -> str:
     return "\n".join(lines)
 
 
-async def run_report(seconds: float, sizes: Sequence[int], at_once: int) -> str:
+async def run_report(
+    seconds: float, sizes: Sequence[int], at_once: int, store: str = "local"
+) -> str:
     """The whole scaling run, as the report it prints."""
     machine = [machine_summary()]
-    runs = await run_scaling(seconds, sizes, at_once)
+    if store == "s3":
+        async with LocalS3() as s3:
+            runs = await run_scaling(seconds, sizes, at_once, s3)
+    else:
+        runs = await run_scaling(seconds, sizes, at_once)
     machine.append(machine_summary())
-    return report(runs, seconds, machine)
+    return report(runs, seconds, machine, store)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -188,6 +233,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[2, 4, 6], help="call sizes")
     parser.add_argument("--at-once", type=int, default=3, help="concurrent recordings of 2")
+    parser.add_argument(
+        "--store",
+        choices=("local", "s3"),
+        default="local",
+        help="where recordings go: a local folder, or the S3 API into SeaweedFS",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -195,7 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     configure_logging("info")
-    print(asyncio.run(run_report(args.scaling_seconds, args.sizes, args.at_once)), flush=True)
+    report = asyncio.run(run_report(args.scaling_seconds, args.sizes, args.at_once, args.store))
+    print(report, flush=True)
     return 0
 
 

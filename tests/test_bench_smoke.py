@@ -94,6 +94,42 @@ async def test_every_benchmark_runs_and_prints_positive_figures() -> None:
     assert float(at_minute.group(1)) > 0 and float(at_end.group(1)) > 0
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_the_scaling_benchmark_stores_through_the_s3_api_when_asked() -> None:
+    """Two recorders at once in one SeaweedFS bucket: each finds its own records."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.scaling",
+        "--scaling-seconds",
+        "3",
+        "--sizes",
+        "2",
+        "--at-once",
+        "2",
+        "--store",
+        "s3",
+        cwd=REPO,
+        start_new_session=True,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout=240)
+    finally:
+        if process.returncode is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+    assert process.returncode == 0, err.decode()[-3000:]
+    text = out.decode()
+    assert "stored in S3 API into SeaweedFS" in text, text
+    rows = re.findall(
+        rf"^(composite|tracks)\s+2\s+([12])\s+{_NUMBER}\s+{_NUMBER}\s+{_NUMBER}%", text, re.M
+    )
+    assert len(rows) == 6 and all(float(kept) > 50 for *_, kept in rows), text
+
+
 def test_soak_slope_ignores_the_first_half() -> None:
     # Startup growth (first half) then a steady 2 MB/min climb (second half).
     samples = [(float(t), 100.0 + t) for t in range(0, 60, 5)]
