@@ -163,6 +163,21 @@ def test_a_burst_placed_by_a_clock_still_learning_is_placed_again_and_every_fram
     assert seen == levels
 
 
+def test_a_frame_keeps_its_place_when_its_clock_stepped_after_it(tmp_path: Path) -> None:
+    """A new RTP base on the stream after the frame left the network moves its mapping by
+    seconds: not the frame's own timing, so the frame stays where it was placed."""
+    path = tmp_path / "step.mp4"
+    pipeline = small_pipeline(path, origin_wall=time.time(), latency=0.4)
+    pipeline.start()
+    for i in range(10):
+        pipeline.submit(0, 0.1 + i / 25, gray(200), lambda i=i: 0.1 + i / 25 - 30.0)
+    report = pipeline.finish(0.6)
+    assert report.video_frames == 18
+    with av.open(str(path)) as container:
+        shown = [int(f.to_ndarray(format="gray").mean()) for f in container.decode(video=0)]
+    assert all(abs(luma - 200) <= 6 for luma in shown[4:15]), shown
+
+
 def test_a_thread_far_behind_repeats_pictures_to_catch_up(tmp_path: Path) -> None:
     """Started 20 s late (a starved machine): it must catch up, not compose every frame."""
     pipeline = small_pipeline(tmp_path / "late.mp4", origin_wall=time.time() - 20.0)

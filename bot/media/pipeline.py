@@ -39,6 +39,10 @@ AUDIO_QUEUE_SECONDS = 20.0
 SETTLE_FRACTION = 0.5
 """A video frame waits this part of ``latency`` before it is placed (unless its moment
 comes sooner): see ``Replace``."""
+REPLACE_LIMIT_SECONDS = 0.5
+"""A clock that learned moves a frame by tens of milliseconds; one that stepped (a new RTP
+base on the stream) by anything. A frame would move further than this only by a step
+that came after it, which is not its own mapping: it keeps its first placement."""
 
 Replace = Callable[[], float | None]
 """Where a video frame belongs by what its source's clock knows now.
@@ -323,7 +327,9 @@ class MediaPipeline:
                 waiting.append(entry)
                 continue
             placed = replace() if replace is not None else None
-            self._compositor.push(slot, t if placed is None else placed, vframe)
+            if placed is not None and abs(placed - t) <= REPLACE_LIMIT_SECONDS:
+                t = placed
+            self._compositor.push(slot, t, vframe)
         self._settling = waiting
         while self._audio_in:
             slot, t, aframe = self._audio_in.popleft()
