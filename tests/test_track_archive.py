@@ -18,6 +18,7 @@ from testbed.analysis import abs_percentile, analyze_recording
 from testbed.stack import start_local_sfu
 
 from bot.compose import compose
+from bot.compose.placement import Anchors
 from bot.config import StorageSettings
 from bot.exitcodes import ExitCode
 from bot.manifest import Manifest
@@ -171,6 +172,16 @@ def tracks_only(
 ) -> Iterator[tuple[RecordingResult, Path]]:
     out = tmp_path_factory.mktemp("tracks")
     yield asyncio.run(_record(out, "tracks")), out
+
+
+def test_compose_places_video_by_the_settled_mapping_unless_the_clock_stepped() -> None:
+    """As the live composite does: a frame goes by the anchor in effect half a latency
+    later (the clock learned 60 ms at file second 0.2), never by a later step (30 s)."""
+    anchors = Anchors(((0.0, 10.0, 1.0), (0.2, 10.2, 1.14), (2.0, 40.0, 33.0)))
+    assert anchors.place(0.1) == pytest.approx(1.1)
+    assert anchors.place(0.1, settle=0.5) == pytest.approx(1.04)
+    assert anchors.place(1.8, settle=0.5) == pytest.approx(2.74)  # not 32.8: a step
+    assert anchors.place(2.5, settle=0.5) == pytest.approx(33.5)
 
 
 def test_both_modes_store_the_composite_and_every_track_verified(

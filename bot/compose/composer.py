@@ -34,7 +34,7 @@ from bot.manifest import (
     ParticipantEntry,
     VideoInfo,
 )
-from bot.media.pipeline import MediaPipeline
+from bot.media.pipeline import SETTLE_FRACTION, MediaPipeline
 from bot.media.report import SAMPLE_RATE, MediaReport, SlotInfo
 from bot.media.withholding import Withholding
 from bot.recording.archive import stored_entry, tracks_prefix
@@ -120,7 +120,8 @@ async def _compose(
         output.uploader.start()
         timeline = Timeline(origin.timestamp())
         pipeline = open_pipeline(settings.recording, output.writer, slots, timeline, Withholding())
-        media = await asyncio.to_thread(_run_pipeline, pipeline, sources, end)
+        settle = settings.recording.latency * SETTLE_FRACTION
+        media = await asyncio.to_thread(_run_pipeline, pipeline, sources, end, settle)
         manifest = _manifest(settings, sources, slots, origin, media)
         upload = await asyncio.to_thread(output.uploader.finish, manifest, output.evidence.seal)
     finally:
@@ -137,10 +138,13 @@ async def _compose(
     return Composed(upload, media, seconds)
 
 
-def _run_pipeline(pipeline: MediaPipeline, sources: list[TrackSource], end: float) -> MediaReport:
+def _run_pipeline(
+    pipeline: MediaPipeline, sources: list[TrackSource], end: float, settle: float
+) -> MediaReport:
     """Decode every track in timeline order into the pipeline, on this thread."""
     step = STEP_SECONDS
-    frames = heapq.merge(*(placed_frames(s, order) for order, s in enumerate(sources)))
+    placed = (placed_frames(s, order, settle) for order, s in enumerate(sources))
+    frames = heapq.merge(*placed)
     for t, _, slot, frame in frames:
         if t < 0 or t >= end:
             continue

@@ -6,6 +6,10 @@ on the timeline as the recording ran (``bot.media.track_file``). A frame at file
 ``p`` goes to ``p + (t - f)`` of the last anchor ``(f, r, t)`` with ``f <= p``. The file's
 own first timestamp is taken as the first anchor's file second, because MP4 demuxers
 start a fragmented file at zero whatever its first fragment says.
+
+Video goes where the live composite puts it: by the mapping known once the frame has
+settled (``bot.media.pipeline.Replace``), the anchor in effect ``settle`` seconds later,
+unless that one is a clock step.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from fractions import Fraction
 import av
 
 from bot.compose.sources import TrackSource
+from bot.media.pipeline import REPLACE_LIMIT_SECONDS
 
 Placed = tuple[float, int, int, av.VideoFrame | av.AudioFrame]
 """``(timeline seconds, tie-breaker, slot, frame)``: sortable across tracks."""
@@ -35,16 +40,27 @@ class Anchors:
     def start(self) -> float:
         return self._files[0]
 
-    def place(self, file_seconds: float) -> float:
+    def place(self, file_seconds: float, settle: float = 0.0) -> float:
+        offset = self._offset(file_seconds)
+        if settle:
+            settled = self._offset(file_seconds + settle)
+            if abs(settled - offset) <= REPLACE_LIMIT_SECONDS:
+                offset = settled
+        return file_seconds + offset
+
+    def _offset(self, file_seconds: float) -> float:
         index = max(0, bisect.bisect_right(self._files, file_seconds + 1e-6) - 1)
-        return file_seconds + self._offsets[index]
+        return self._offsets[index]
 
 
-def placed_frames(source: TrackSource, order: int) -> Iterator[Placed]:
+def placed_frames(source: TrackSource, order: int, settle: float = 0.0) -> Iterator[Placed]:
     """Decode ``source`` and yield each frame at its timeline second (``order``: a
-    tie-breaker between tracks, so frames never compare)."""
+    tie-breaker between tracks, so frames never compare; ``settle``: for video, how long
+    the live composite lets a frame settle before placing it)."""
     track = source.track
     anchors = Anchors(track.anchors)
+    if track.kind != "video":
+        settle = 0.0
     with av.open(str(source.path)) as container:
         stream = container.streams[0]
         if stream.codec_context is not None:
@@ -63,4 +79,4 @@ def placed_frames(source: TrackSource, order: int) -> Iterator[Placed]:
                 assert frame.time_base is not None
                 p = float(frame.pts * frame.time_base) + shift
                 sequence += 1
-                yield anchors.place(p), order * 1_000_000_000 + sequence, track.slot, frame
+                yield anchors.place(p, settle), order * 1_000_000_000 + sequence, track.slot, frame
