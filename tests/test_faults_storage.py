@@ -68,8 +68,9 @@ def _status(recorder: Recorder) -> dict[str, Any]:
 
 
 PART = 5 * 1024 * 1024
-"""R2's (and SeaweedFS's) minimum part: the real size, so completion is real too. A test
-recording makes ~150 KB/s, so a part is ready about every 35 s."""
+"""R2's (and SeaweedFS's) minimum part, the part size of these recordings: the real size,
+so completion is real too. A test recording makes ~130 KB/s, so a part is ready about
+every 40 s (the default 8 MiB would take a minute, several on a loaded CI machine)."""
 
 
 def _lag(recorder: Recorder) -> int:
@@ -81,6 +82,7 @@ def _recorder(call: LocalCall, s3: LocalS3, proxy: ThrottlingProxy, tmp_path: Pa
     storage = s3.storage_settings(
         endpoint_url=proxy.url,
         spool_dir=tmp_path / "spool",
+        part_size=PART,
         retry_backoff_max=2.0,
         connect_timeout=1.0,
         read_timeout=10.0,
@@ -119,9 +121,9 @@ async def test_store_unreachable_for_a_minute(
         cut = time.monotonic()
         before = _status(recorder)
         # The alarm comes with the first failed call: at once if a call was in flight at the
-        # cut, else when the first part (8 MiB: 60-90 s of media at the recording's byte
-        # rate, more on a loaded machine) is due, after botocore's retries. The store stays
-        # down until then, and for at least ``outage`` seconds.
+        # cut, else when the first part (``PART``: about 40 s of media, more on a loaded
+        # machine) is due, after botocore's retries. The store stays down until then, and
+        # for at least ``outage`` seconds.
         alarm_after = await wait_until(lambda: _status(recorder)["upload_alarm"], 240, "alarm")
         assert "cannot reach the object store" in (_status(recorder)["last_error"] or "")
         await asyncio.sleep(max(0.0, cut + outage - time.monotonic()))  # the outage's length
