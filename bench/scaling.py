@@ -100,7 +100,7 @@ def start(
     return Job(process, workdir, mode, consultation)
 
 
-def stored_records(job: Job, s3: LocalS3 | None) -> list[dict[str, object]]:
+def stored_records(job: Job, s3: LocalS3 | None) -> list[dict[str, Any]]:
     """Every manifest the job stored (its recording's and, in tracks mode, each track's)."""
     if s3 is None:
         manifests = sorted((job.workdir / "out").rglob("*.manifest.json"))
@@ -124,7 +124,7 @@ async def finish(
         raise BenchError(
             f"recorder ({job.mode}) exited {usage.exit_code}:\n" + job.process.stderr_tail()
         )
-    records: list[dict[str, Any]] = await asyncio.to_thread(stored_records, job, s3)
+    records = await asyncio.to_thread(stored_records, job, s3)
     main = next(r for r in records if r.get("track") is None)
     if job.mode == "tracks":
         video = sum(t["frames"] for t in main["archive"] if t["kind"] == "video")

@@ -25,12 +25,32 @@ REPO = Path(__file__).resolve().parents[1]
 _CONTENDERS = ("recorder", "aiortc MediaRecorder", "ffmpeg composite", "ffmpeg, x264 auto threads")
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(600)  # minutes, not seconds, on a loaded 2-core machine
-async def test_every_benchmark_runs_and_prints_positive_figures() -> None:
+async def run_bench(*argv: str, limit: float) -> str:
+    """``python -m <argv>`` from the repository root; its standard output once it exits 0.
+    In its own process group, so the SFU, publishers and contenders go with it."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
+        *argv,
+        cwd=REPO,
+        start_new_session=True,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout=limit)
+    finally:
+        if process.returncode is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+    assert process.returncode == 0, err.decode()[-3000:]
+    return out.decode()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)  # minutes, not seconds, on a loaded 2-core machine
+async def test_every_benchmark_runs_and_prints_positive_figures() -> None:
+    text = await run_bench(
         "bench",
         "--seconds",
         "3",
@@ -48,20 +68,8 @@ async def test_every_benchmark_runs_and_prints_positive_figures() -> None:
         "0.1",
         "--interval",
         "1",
-        cwd=REPO,
-        start_new_session=True,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        limit=540,
     )
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout=540)
-    finally:
-        if process.returncode is None:
-            # Its own process group: the SFU, publishers and contenders go with it.
-            os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
-    assert process.returncode == 0, err.decode()[-3000:]
-    text = out.decode()
 
     for name in _CONTENDERS:
         row = re.search(
@@ -98,9 +106,7 @@ async def test_every_benchmark_runs_and_prints_positive_figures() -> None:
 @pytest.mark.timeout(300)
 async def test_the_scaling_benchmark_stores_through_the_s3_api_when_asked() -> None:
     """Two recorders at once in one SeaweedFS bucket: each finds its own records."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
+    text = await run_bench(
         "bench.scaling",
         "--scaling-seconds",
         "3",
@@ -110,19 +116,8 @@ async def test_the_scaling_benchmark_stores_through_the_s3_api_when_asked() -> N
         "2",
         "--store",
         "s3",
-        cwd=REPO,
-        start_new_session=True,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        limit=240,
     )
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout=240)
-    finally:
-        if process.returncode is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
-    assert process.returncode == 0, err.decode()[-3000:]
-    text = out.decode()
     assert "stored in S3 API into SeaweedFS" in text, text
     rows = re.findall(
         rf"^(composite|tracks)\s+2\s+([12])\s+{_NUMBER}\s+{_NUMBER}\s+{_NUMBER}%", text, re.M
@@ -145,27 +140,14 @@ def test_soak_slope_ignores_the_first_half() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 async def test_the_custody_benchmark_runs_and_prints_its_share() -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
+    text = await run_bench(
         "bench.custody_cost",
         "--seconds",
         "3",
         "--runs",
         "1",
-        cwd=REPO,
-        start_new_session=True,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        limit=240,
     )
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout=240)
-    finally:
-        if process.returncode is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
-    assert process.returncode == 0, err.decode()[-3000:]
-    text = out.decode()
     fragments = re.search(rf"recording: {_NUMBER} media s, (\d+) fragments", text)
     assert fragments is not None and int(fragments.group(2)) >= 2, text
     share = re.search(rf"custody share of the recorder: {_NUMBER} %", text)
