@@ -246,8 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     configure_logging("info")
-    report = asyncio.run(run_report(args.scaling_seconds, args.sizes, args.at_once, args.store))
-    print(report, flush=True)
+    text = asyncio.run(run_report(args.scaling_seconds, args.sizes, args.at_once, args.store))
+    print(text, flush=True)
     return 0
 
 
