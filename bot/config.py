@@ -247,6 +247,10 @@ class StorageSettings(_Section):
     # botocore "standard" retries per request; outages are then ridden out by our own backoff.
     max_attempts: int = Field(3, ge=1, le=10)
     retry_backoff_max: float = Field(30.0, gt=0)
+    # While no part is due, one cheap request (ListParts of one part) at least this often,
+    # so an outage raises the alarm within about this long, not when the next part is due
+    # (a minute or more of media). R2 bills it as a Class A operation: 240 an hour.
+    probe_interval: float = Field(15.0, gt=0)
     # After the recording ends, how long to keep retrying a store that is down before giving
     # up (the spool is kept for `bot recover`).
     finish_timeout: float = Field(120.0, gt=0)

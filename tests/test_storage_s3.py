@@ -11,11 +11,13 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import av
 import pytest
 from botocore.exceptions import ClientError
 from test_storage_fmp4 import Feeder, make_fmp4
+from testbed.proxy import ThrottlingProxy
 from testbed.s3 import LocalS3
 
 from bot.config import StorageSettings
@@ -238,6 +240,46 @@ def test_store_errors_are_one_clear_line_and_keep_the_spool(
     status = uploader.status()
     assert status.alarms >= 1 and status.last_error is not None
     assert status.bytes_uploaded == 0
+
+
+def test_outage_alarmed_while_no_part_is_due(
+    store: LocalS3, big_fmp4: Path, tmp_path: Path
+) -> None:
+    """The store goes away between parts: the probe raises the alarm long before a part is
+    due, keeps it up while the store stays away, and only an answer clears it."""
+    port = urlsplit(store.endpoint_url).port
+    assert port is not None
+    with ThrottlingProxy(("127.0.0.1", port)) as proxy:
+        settings = store.storage_settings(
+            endpoint_url=proxy.url,
+            spool_dir=tmp_path / "spool",
+            part_size=PART,
+            probe_interval=0.5,
+            retry_backoff_max=0.5,
+            connect_timeout=0.5,
+            max_attempts=1,
+        )
+        spool = _spool(settings, tmp_path, "rec-probe")
+        uploader = Uploader(settings, spool, S3Store(settings))
+        uploader.start()
+        feeder = Feeder(big_fmp4, spool.media_path, uploader.poke)
+        feeder.write_until(MiB)  # well under a part: no upload is due
+        _wait_for(lambda: spool.journal() is not None)
+        proxy.cut()
+        _wait_for(lambda: uploader.status().alarm)
+        status = uploader.status()
+        assert "cannot reach the object store" in (status.last_error or "")
+        assert status.parts == 0
+        errors = status.errors
+        _wait_for(lambda: uploader.status().errors >= errors + 2)  # probed again, still down
+        assert uploader.status().alarm
+        proxy.restore()
+        _wait_for(lambda: not uploader.status().alarm)
+        assert uploader.status().alarms == 1
+        feeder.write_all()
+        result = uploader.finish(_manifest(spool))
+    body = store.client().get_object(Bucket=store.bucket, Key=result.object_key)["Body"].read()
+    assert body == feeder.data
 
 
 def test_local_backend_same_path(big_fmp4: Path, tmp_path: Path) -> None:

@@ -78,6 +78,10 @@ class LocalStore:
             parts.append(PartInfo(int(path.name), len(data), hashlib.md5(data).hexdigest()))
         return parts
 
+    def probe(self, key: str, upload_id: str) -> None:
+        if not self._upload_dir(upload_id).is_dir():
+            raise self._missing(upload_id)
+
     def complete(self, key: str, upload_id: str, parts: list[PartInfo]) -> None:
         directory = self._upload_dir(upload_id)
         if not directory.is_dir():

@@ -180,6 +180,16 @@ class S3Store:
                 return sorted(parts, key=lambda p: p.number)
             marker = int(response["NextPartNumberMarker"])
 
+    def probe(self, key: str, upload_id: str) -> None:
+        self._call(
+            "check the upload",
+            "list_parts",
+            Bucket=self.bucket,
+            Key=key,
+            UploadId=upload_id,
+            MaxParts=1,
+        )
+
     def complete(self, key: str, upload_id: str, parts: list[PartInfo]) -> None:
         self._call(
             "complete the upload",

@@ -2,13 +2,15 @@
 
 The recorder appends fragments to the spool and pokes; the worker uploads every full
 ``part_size`` slice as soon as it exists, hashing as it goes, and journals after each
-part, so the end of a recording leaves only the tail to upload. When the store is down it
-raises an alarm, keeps its place and backs off while the recording keeps growing on disk;
-it catches up when the store returns. While the recording grows it also enforces the
-spool's disk caps, so ``status`` is a plain read. ``finish`` has the worker upload the
-tail, then ``finalize`` completes and verifies (retried here until ``finish_timeout``);
-opening or resuming the upload is ``resume``. No byte is lost to a failure on the way:
-the spool stays until the object is verified.
+part, so the end of a recording leaves only the tail to upload. While no part is due it
+probes the store every ``probe_interval``, so an outage is known within seconds rather
+than when the next part is due. When the store is down it raises an alarm, keeps its place
+and backs off while the recording keeps growing on disk; only a store call that succeeds
+clears the alarm, and the upload catches up when the store returns. While the recording
+grows it also enforces the spool's disk caps, so ``status`` is a plain read. ``finish``
+has the worker upload the tail, then ``finalize`` completes and verifies (retried here
+until ``finish_timeout``); opening or resuming the upload is ``resume``. No byte is lost
+to a failure on the way: the spool stays until the object is verified.
 """
 
 from __future__ import annotations
@@ -92,6 +94,8 @@ class Uploader:
         self._errors = 0
         self._last_error: str | None = None
         self._last_progress = time.monotonic()
+        self._last_answer = time.monotonic()
+        """When the store last answered a call: the worker's clock for the next probe."""
         self._disk_limit: str | None = None
         self._log = log.bind(recording_id=spool.info.recording_id, backend=store.backend)
 
@@ -196,7 +200,9 @@ class Uploader:
             if not finishing:
                 self._enforce_disk_caps()  # pokes may not come: a writer may forget them
             try:
-                self._upload_available(final=finishing)
+                answered = self._upload_available(final=finishing)
+                if not answered and not finishing and self._probe_due():
+                    answered = self._probe()
             except StorageError as exc:
                 self._raise_alarm(exc)
                 gone = exc.kind == "no_upload"
@@ -225,7 +231,9 @@ class Uploader:
                 )
                 return
             backoff = _FIRST_BACKOFF
-            self._clear_alarm()
+            if answered:
+                self._last_answer = time.monotonic()
+                self._clear_alarm()
             if finishing:
                 return
             with self._cond:
@@ -257,11 +265,14 @@ class Uploader:
             min_free_bytes=settings.min_free_bytes,
         )
 
-    def _upload_available(self, *, final: bool) -> None:
+    def _upload_available(self, *, final: bool) -> bool:
+        """Upload every part that is ready; whether the store answered a call."""
+        answered = False
         if not self._synced:
             self._sync()
+            answered = True
         if self._journal.completed:
-            return
+            return answered
         size = self._spool.media_size()
         while True:
             offset = self._journal.uploaded_bytes
@@ -271,7 +282,21 @@ class Uploader:
             elif final and (remaining > 0 or not self._journal.parts):
                 self._upload_part(offset, remaining)
             else:
-                return
+                return answered
+            answered = True
+
+    def _probe_due(self) -> bool:
+        """At once while the alarm is up (nothing else would clear it), else on the interval."""
+        with self._cond:
+            alarm = self._alarm
+        return alarm or time.monotonic() - self._last_answer >= self._settings.probe_interval
+
+    def _probe(self) -> bool:
+        upload_id = self._journal.upload_id
+        if upload_id is None or self._journal.completed:
+            return False
+        self._store.probe(self._key, upload_id)
+        return True
 
     def _upload_part(self, offset: int, length: int) -> None:
         with self._spool.media_path.open("rb") as src:
