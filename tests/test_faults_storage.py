@@ -195,6 +195,9 @@ async def test_credentials_rejected_mid_recording(
                 60,
                 "the alarm naming the credentials",
             )
+            # Refused until a full part waits: the catch-up then has parts to upload.
+            await wait_until(lambda: _lag(recorder) > PART, 240, "a part waiting")
+            assert _status(recorder)["upload_alarm"]
             assert _status(recorder)["bytes_uploaded"] == 0
             proxy.redirect(home)
             back = time.monotonic()
