@@ -59,18 +59,8 @@ class MeasuredProcess:
 
     def rss_mb(self) -> float | None:
         """The resident set now (``VmRSS``); None once the process is gone."""
-        kib = self._status_kib("VmRSS")
+        kib = status_kib(self.pid, "VmRSS")
         return None if kib is None else kib * _KIB / _MIB
-
-    def _status_kib(self, field: str) -> int | None:
-        try:
-            status = Path(f"/proc/{self.pid}/status").read_text(encoding="ascii")
-        except (FileNotFoundError, ProcessLookupError):
-            return None
-        for line in status.splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-        return None
 
     def terminate(self) -> None:
         if self._popen.returncode is None:
@@ -115,7 +105,7 @@ class MeasuredProcess:
             pid, status, rusage = os.wait4(self.pid, os.WNOHANG)
             if pid:
                 break
-            peak_kib = max(peak_kib, self._status_kib("VmHWM") or 0)
+            peak_kib = max(peak_kib, status_kib(self.pid, "VmHWM") or 0)
             time.sleep(HWM_INTERVAL)
         exit_code = os.waitstatus_to_exitcode(status)
         self._popen.returncode = exit_code  # reaped here: Popen must not wait again
@@ -129,6 +119,19 @@ class MeasuredProcess:
     def stderr_tail(self, lines: int = 20) -> str:
         text = self.stderr_path.read_text(encoding="utf-8", errors="replace")
         return "\n".join(text.splitlines()[-lines:])
+
+
+def status_kib(pid: int | str, field: str) -> int | None:
+    """A KiB field of ``/proc/<pid>/status`` ("self" for this process); None once the
+    process is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text(encoding="ascii")
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    for line in status.splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return None
 
 
 def median(values: Sequence[float]) -> float:

@@ -1,6 +1,6 @@
 """Time from the end of a recording to its verified object, for 1- and 10-minute recordings.
 
-Usage: ``.venv/bin/python bench/upload_latency.py [--speedup 30] [--bitrate 1500000]``
+Usage: ``.venv/bin/python -m bench.upload_latency [--speedup 30] [--bitrate 1500000]``
 
 Each recording is a real fragmented MP4 (H.264 + AAC, 1 s fragments) encoded once up
 front; it is then appended to a spool fragment by fragment at ``speedup`` times real
@@ -10,7 +10,9 @@ the object is completed, verified and its manifest written. The video is small n
 encoded at the target bitrate, so the byte rate and fragment cadence are a real
 consultation's even though the picture is not. Both verification modes are measured:
 "full" (streamed GET + SHA-256, the default on a loopback endpoint) and "ends" (the
-default for a remote R2: part-MD5 chain + ranged decode probes).
+default for a remote R2: part-MD5 chain + ranged decode probes). Beside each, how much the
+process's resident memory grew while the parts streamed (a part held whole in memory
+stays on glibc's heap: 8 MiB each, up to its threshold).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import av
 import numpy as np
 from testbed.s3 import LocalS3
 
+from bench.measure import status_kib
 from bot.logs import configure_logging
 from bot.manifest import Manifest
 from bot.storage import Spool, object_key_for, open_uploader
@@ -76,6 +79,7 @@ def run_once(
         settings.spool_dir, consultation_id="bench", recording_id=recording_id, object_key=key
     )
     uploader = open_uploader(settings, spool)
+    resident_before = status_kib("self", "VmRSS") or 0
     uploader.start()
     fragment_seconds = 1.0 / speedup
     began = time.monotonic()
@@ -91,6 +95,7 @@ def run_once(
             if delay > 0:
                 time.sleep(delay)
     lag = uploader.status().lag_bytes
+    resident_growth = (status_kib("self", "VmRSS") or 0) - resident_before
     t0 = time.monotonic()
     result = uploader.finish(
         Manifest(consultation_id="bench", recording_id=recording_id, started_at=started)
@@ -100,6 +105,7 @@ def run_once(
         "size": float(result.size),
         "parts": float(result.parts),
         "lag_at_end": float(lag),
+        "resident_growth_mb": resident_growth / 1024,
     }
 
 
@@ -131,7 +137,8 @@ def main() -> int:
                 print(
                     f"verify_read={mode:<4} {minutes:>2}-min recording: {size_mb:6.1f} MB, "
                     f"{int(result['parts']):>3} parts, not yet uploaded at end {lag_mb:4.1f} MB, "
-                    f"end-to-verified {result['seconds']:.2f} s"
+                    f"end-to-verified {result['seconds']:.2f} s, resident memory grew "
+                    f"{result['resident_growth_mb']:.1f} MiB while streaming"
                 )
             print(f"verify_read={mode:<4} ratio 10-min / 1-min: {timings[10] / timings[1]:.2f}")
     return 0

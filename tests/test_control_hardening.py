@@ -39,6 +39,7 @@ from bot.custody.audit import AuditLog
 from bot.observe.metrics import Metrics
 from bot.recording import Recorder
 from bot.storage import open_store
+from bot.storage.multipart import PartBody
 from tests.test_control_auth import CONSULTATION, SECRET, Served, hs
 
 TEN_YEARS = 10 * 365 * 24 * 3600
@@ -355,7 +356,10 @@ def test_local_store_writes_owner_only(tmp_path: Path) -> None:
         key = "consultations/2026-01-01/c-1/r-1.mp4"
         upload = store.create_upload(key, "r-1")
         data = b"\0" * 1024
-        store.upload_part(key, upload, 1, data, hashlib.md5(data).digest())
+        spooled = tmp_path / "spooled"
+        spooled.write_bytes(data)
+        with PartBody(spooled, 0, len(data)) as body:
+            store.upload_part(key, upload, 1, body, hashlib.md5(data).digest())
         store.complete(key, upload, store.list_parts(key, upload))
         store.put_small(key + ".manifest.json", b"{}", "application/json")
     finally:

@@ -8,6 +8,7 @@ is the authority, and every listed part is checked against the spool's bytes.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -47,12 +48,17 @@ class Journal(BaseModel):
             return None
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` durably: temp file, fsync, rename, fsync the directory."""
+def write_atomic(path: Path, data: bytes | Iterable[bytes]) -> None:
+    """Replace ``path`` with ``data`` (or its chunks) durably: temp file, fsync, rename,
+    fsync the directory."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, data)
+        with os.fdopen(fd, "wb", closefd=False) as out:
+            if isinstance(data, bytes):
+                out.write(data)
+            else:
+                out.writelines(data)
         os.fsync(fd)
     finally:
         os.close(fd)

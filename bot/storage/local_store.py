@@ -11,14 +11,15 @@ import hashlib
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from bot.config import StorageSettings
 from bot.storage.errors import StorageError
 from bot.storage.journal import write_atomic
-from bot.storage.multipart import READ_CHUNK, PartInfo, PendingUpload
+from bot.storage.multipart import READ_CHUNK, PartBody, PartInfo, PendingUpload
 
 
 class LocalStore:
@@ -59,13 +60,20 @@ class LocalStore:
         write_atomic(directory / "key", key.encode("utf-8"))
         return upload_id
 
-    def upload_part(self, key: str, upload_id: str, number: int, data: bytes, md5: bytes) -> str:
+    def upload_part(self, key: str, upload_id: str, number: int, body: PartBody, md5: bytes) -> str:
         directory = self._upload_dir(upload_id)
         if not directory.is_dir():
             raise self._missing(upload_id)
-        if hashlib.md5(data).digest() != md5:
-            raise StorageError("part corrupted in memory", kind="integrity", permanent=False)
-        write_atomic(directory / f"{number:05d}", data)
+        received = hashlib.md5()
+        path = directory / f"{number:05d}"
+        write_atomic(path, _hashed(body.chunks(), received))
+        if received.digest() != md5:  # as S3 answers BadDigest to a wrong Content-MD5
+            path.unlink()
+            raise StorageError(
+                f"part {number} changed between hashing and storing",
+                kind="integrity",
+                permanent=False,
+            )
         return md5.hex()
 
     def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
@@ -143,3 +151,9 @@ class LocalStore:
 
     def abort(self, key: str, upload_id: str) -> None:
         shutil.rmtree(self._upload_dir(upload_id), ignore_errors=True)
+
+
+def _hashed(chunks: Iterable[bytes], digest: Any) -> Iterator[bytes]:
+    for chunk in chunks:
+        digest.update(chunk)
+        yield chunk

@@ -63,6 +63,12 @@ class ContentHashes:
         self._sha256.update(data)
         self._sha1.update(data)
 
+    def copy(self) -> ContentHashes:
+        """These hashes to go on from, leaving this one as it is (a part not yet stored)."""
+        twin = ContentHashes()
+        twin._sha256, twin._sha1 = self._sha256.copy(), self._sha1.copy()
+        return twin
+
     @property
     def sha256(self) -> str:
         return self._sha256.hexdigest()

@@ -22,7 +22,7 @@ from botocore.exceptions import (
 from bot import __version__
 from bot.config import ConfigError, StorageSettings
 from bot.storage.errors import StorageError
-from bot.storage.multipart import READ_CHUNK, PartInfo, PendingUpload
+from bot.storage.multipart import READ_CHUNK, PartBody, PartInfo, PendingUpload
 
 __all__ = ["S3Store"]
 
@@ -147,7 +147,7 @@ class S3Store:
         )
         return str(response["UploadId"])
 
-    def upload_part(self, key: str, upload_id: str, number: int, data: bytes, md5: bytes) -> str:
+    def upload_part(self, key: str, upload_id: str, number: int, body: PartBody, md5: bytes) -> str:
         response = self._call(
             f"upload part {number}",
             "upload_part",
@@ -155,9 +155,9 @@ class S3Store:
             Key=key,
             UploadId=upload_id,
             PartNumber=number,
-            Body=data,
+            Body=body,
             ContentMD5=base64.b64encode(md5).decode("ascii"),
-            ContentLength=len(data),
+            ContentLength=body.length,
             **self._sse,
         )
         return _strip(response["ETag"])

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from bot.config import StorageSettings
 from bot.storage.local_store import LocalStore
-from bot.storage.multipart import PartInfo, PendingUpload
+from bot.storage.multipart import PartBody, PartInfo, PendingUpload
 
 if TYPE_CHECKING:
     from bot.storage.s3_store import S3Store
@@ -31,7 +31,7 @@ class ObjectStore(Protocol):
     def preflight(self) -> None: ...
     def create_upload(self, key: str, recording_id: str) -> str: ...
     def upload_part(
-        self, key: str, upload_id: str, number: int, data: bytes, md5: bytes
+        self, key: str, upload_id: str, number: int, body: PartBody, md5: bytes
     ) -> str: ...
     def list_parts(self, key: str, upload_id: str) -> list[PartInfo]: ...
     def probe(self, key: str, upload_id: str) -> None:

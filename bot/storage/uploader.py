@@ -30,6 +30,7 @@ from bot.manifest import Manifest
 from bot.storage.errors import StorageError
 from bot.storage.finalize import Seal, UploadResult, finalize, unsealed
 from bot.storage.journal import Journal, PartRecord
+from bot.storage.multipart import PartBody
 from bot.storage.resume import ContentHashes, open_or_resume
 from bot.storage.spool import Spool
 from bot.storage.stores import ObjectStore
@@ -299,25 +300,27 @@ class Uploader:
         return True
 
     def _upload_part(self, offset: int, length: int) -> None:
-        with self._spool.media_path.open("rb") as src:
-            src.seek(offset)
-            data = src.read(length)
-        if len(data) != length:
-            raise OSError(0, "spool shrank while uploading")
-        md5 = hashlib.md5(data).digest()
+        """Read the part twice from the spool (to hash, then as it is sent) rather than
+        hold it in memory; the store checks the bytes it got against the MD5 sent."""
         number = len(self._journal.parts) + 1
         upload_id = self._journal.upload_id
         assert upload_id is not None
-        self._log.debug("storage_part_uploading", part=number, size=length)
-        etag = self._store.upload_part(self._key, upload_id, number, data, md5)
-        if not self._store.encrypted and etag != md5.hex():
+        with PartBody(self._spool.media_path, offset, length) as body:
+            md5 = hashlib.md5()
+            hashes = self._hashes.copy()
+            for chunk in body.chunks():
+                md5.update(chunk)
+                hashes.update(chunk)
+            self._log.debug("storage_part_uploading", part=number, size=length)
+            etag = self._store.upload_part(self._key, upload_id, number, body, md5.digest())
+        if not self._store.encrypted and etag != md5.hexdigest():
             raise StorageError(
                 f"store returned ETag {etag} for part {number}, expected its MD5",
                 kind="integrity",
                 permanent=False,
             )
-        self._hashes.update(data)
-        record = PartRecord(number=number, size=length, etag=etag, md5=md5.hex())
+        self._hashes = hashes
+        record = PartRecord(number=number, size=length, etag=etag, md5=md5.hexdigest())
         with self._cond:
             self._journal.parts.append(record)
             self._last_progress = time.monotonic()
