@@ -321,10 +321,12 @@ class Uploader:
             )
         self._hashes = hashes
         record = PartRecord(number=number, size=length, etag=etag, md5=md5.hexdigest())
+        # On disk first: a part that ``status`` counts is one a crash cannot lose.
+        journal = self._journal.model_copy(update={"parts": [*self._journal.parts, record]})
+        journal.save(self._spool.journal_path)
         with self._cond:
-            self._journal.parts.append(record)
+            self._journal = journal
             self._last_progress = time.monotonic()
-        self._journal.save(self._spool.journal_path)
         self._log.debug("storage_part_uploaded", part=number, size=length)
 
     def _sync(self) -> None:
