@@ -1,6 +1,15 @@
 """The timeline mapping: RTP unwrapping, sender reports, arrival fallback, clock steps."""
 
-from bot.rtc.clock import NTP_UNIX_OFFSET, ClockDomain, MinOffset, RtpUnwrapper, StreamClock
+import structlog
+
+from bot.rtc.clock import (
+    NTP_UNIX_OFFSET,
+    SENDER_REPORT_WINDOW,
+    ClockDomain,
+    MinOffset,
+    RtpUnwrapper,
+    StreamClock,
+)
 from bot.timeline import Timeline
 
 
@@ -74,3 +83,17 @@ def test_sender_report_jitter_does_not_move_the_mapping() -> None:
         clock.on_packet(5, i * 90_000, 100.0 + i + 0.001)
     t = clock.timeline_seconds(4 * 90_000)
     assert t is not None and abs(t - 104.0) < 1e-6  # the first packet had no delay
+
+
+def test_a_moved_mapping_is_logged_with_its_size() -> None:
+    """When the least-delayed report leaves the window the mapping moves: every frame of
+    the stream shifts against its publisher's other streams, so the move is logged."""
+    origin = 7000.0
+    video = StreamClock(90_000, ClockDomain("pub"), Timeline(origin))
+    video.on_packet(9, 0, origin + 0.05)
+    with structlog.testing.capture_logs() as seen:
+        video.on_sender_report(9, ntp(origin), 0)  # the earliest mapping
+        for second in range(1, SENDER_REPORT_WINDOW + 1):  # each 25 ms later than capture
+            video.on_sender_report(9, ntp(origin + second + 0.025), second * 90_000)
+    moved = [e for e in seen if e["event"] == "clock.sender_mapping_moved"]
+    assert [e["moved_ms"] for e in moved] == [25.0]

@@ -34,6 +34,8 @@ STEP_WINDOW = 3.0
 
 SENDER_REPORT_WINDOW = 10
 """Recent sender reports considered (about 10 s at one report a second)."""
+MAPPING_MOVE_LOGGED = 0.005
+"""A stream's capture-time mapping moving by more than this is logged (a lip-sync step)."""
 
 
 def ntp_to_unix(ntp: int) -> float:
@@ -179,8 +181,17 @@ class StreamClock:
                 self._reports.clear()
         self._reports.append((seconds, rtp))
         del self._reports[:-SENDER_REPORT_WINDOW]
+        previous = self._sender_offset
         self._sender_offset = min(s - r / self.clock_rate for s, r in self._reports)
         self.sender_reports += 1
+        if previous is not None and abs(self._sender_offset - previous) > MAPPING_MOVE_LOGGED:
+            # Every frame of this stream moves by as much against its publisher's other
+            # streams: the one event that explains a lip-sync step in a recording.
+            log.info(
+                "clock.sender_mapping_moved",
+                clock_rate=self.clock_rate,
+                moved_ms=round((self._sender_offset - previous) * 1000, 1),
+            )
 
     def frame_timestamp(self, timestamp: int) -> int:
         """Extend the RTP timestamp of a complete frame; used as the decoded frame's pts."""
