@@ -25,6 +25,7 @@ from testbed.stack import LocalCall
 
 from bot.exitcodes import ExitCode
 from bot.recording import Recorder, RecordingResult
+from bot.storage.spool import Spool
 from bot.storage.verify import fragment_layout
 from tests.e2e import ffprobe, recorder_settings
 from tests.faults import wait_until
@@ -78,6 +79,13 @@ def _lag(recorder: Recorder) -> int:
     return int(status["bytes_recorded"] - status["bytes_uploaded"])
 
 
+def _upload_open(tmp_path: Path) -> bool:
+    """The recording's multipart upload is open: the store has answered, no call is in
+    flight, and the next one is a part or the probe."""
+    journals = [spool.journal() for spool in Spool.scan(tmp_path / "spool")]
+    return any(j is not None and j.upload_id is not None for j in journals)
+
+
 def _recorder(call: LocalCall, s3: LocalS3, proxy: ThrottlingProxy, tmp_path: Path) -> Recorder:
     storage = s3.storage_settings(
         endpoint_url=proxy.url,
@@ -117,13 +125,15 @@ async def test_store_unreachable_for_a_minute(
     with captured() as events:
         task = asyncio.create_task(recorder.run())
         await asyncio.wait_for(recorder.started.wait(), 60)
+        await wait_until(lambda: _upload_open(tmp_path), 30, "the upload opened")
         proxy.cut()
         cut = time.monotonic()
         before = _status(recorder)
         # No part is due for about 40 s (``PART``), so the alarm comes from the uploader's
         # probe: within ``probe_interval`` (15 s) and botocore's retries.
         alarm_after = await wait_until(lambda: _status(recorder)["upload_alarm"], 45, "alarm")
-        assert "cannot reach the object store" in (_status(recorder)["last_error"] or "")
+        error = _status(recorder)["last_error"] or ""
+        assert "cannot reach the object store" in error and "check the upload" in error, error
         # The store stays down for ``outage`` seconds, and until a full part waits for it.
         await asyncio.sleep(max(0.0, cut + outage - time.monotonic()))  # the outage's length
         await wait_until(lambda: _lag(recorder) > PART, 240, "a part waiting for the store")
@@ -182,6 +192,7 @@ async def test_credentials_rejected_mid_recording(
     with captured() as events:
         task = asyncio.create_task(recorder.run())
         await asyncio.wait_for(recorder.started.wait(), 60)
+        await wait_until(lambda: _upload_open(tmp_path), 30, "the upload opened")
         async with LocalS3() as stranger:
             port = urlsplit(stranger.endpoint_url).port
             assert port is not None
@@ -195,6 +206,7 @@ async def test_credentials_rejected_mid_recording(
                 60,
                 "the alarm naming the credentials",
             )
+            assert "check the upload" in (_status(recorder)["last_error"] or "")  # the probe
             # Refused until a full part waits: the catch-up then has parts to upload.
             await wait_until(lambda: _lag(recorder) > PART, 240, "a part waiting")
             assert _status(recorder)["upload_alarm"]

@@ -3,13 +3,14 @@
 The recorder appends fragments to the spool and pokes; the worker uploads every full
 ``part_size`` slice as soon as it exists, hashing as it goes, and journals after each
 part, so the end of a recording leaves only the tail to upload. While no part is due it
-probes the store every ``probe_interval``, so an outage is known within seconds rather
-than when the next part is due. When the store is down it raises an alarm, keeps its place
-and backs off while the recording keeps growing on disk; only a store call that succeeds
-clears the alarm, and the upload catches up when the store returns. While the recording
-grows it also enforces the spool's disk caps, so ``status`` is a plain read. ``finish``
-has the worker upload the tail, then ``finalize`` completes and verifies (retried here
-until ``finish_timeout``); opening or resuming the upload is ``resume``. No byte is lost
+probes the store every ``probe_interval``, so an outage is known within about that long
+rather than when the next part is due. When the store is down it raises an alarm, keeps
+its place and backs off while the recording keeps growing on disk; only a store call that
+succeeds clears the alarm, and the upload catches up when the store returns. While the
+recording grows it also enforces the spool's disk caps, so ``status`` is a plain read.
+``finish`` has the worker upload the tail, then ``finalize`` completes and verifies
+(retried here until ``finish_timeout``); opening or resuming the upload is ``resume``. No
+byte is lost
 to a failure on the way: the spool stays until the object is verified.
 """
 
