@@ -11,8 +11,8 @@ encoded at the target bitrate, so the byte rate and fragment cadence are a real
 consultation's even though the picture is not. Both verification modes are measured:
 "full" (streamed GET + SHA-256, the default on a loopback endpoint) and "ends" (the
 default for a remote R2: part-MD5 chain + ranged decode probes). Beside each, how much the
-process's resident memory grew while the parts streamed (a part held whole in memory
-stays on glibc's heap: 8 MiB each, up to its threshold).
+process's resident memory grew while the parts streamed; the first run in a process is
+the telling one (later runs reuse what the first left on the heap).
 """
 
 from __future__ import annotations

@@ -33,10 +33,10 @@ class PartBody:
     """One part of the spool file as a readable, seekable stream of exactly ``length``
     bytes from ``offset``: what the store sends, in chunks.
 
-    A part (8 MiB by default) is never held whole in memory: glibc keeps a freed block
-    that large on the uploader thread's heap, so each part read whole raised the
-    recorder's resident memory for good (+8 MiB per part until the threshold settled,
-    ``BENCHMARKS.md``). Position 0 is the part's first byte, as botocore expects when it
+    A part (8 MiB by default) is never held whole in memory: read whole, the first parts
+    of a recording each raised its resident memory for good (+20 MiB over ten minutes of
+    tracks mode, ``BENCHMARKS.md``; most likely glibc keeping freed blocks that large on
+    the uploader thread's heap). Position 0 is the part's first byte, as botocore expects when it
     rewinds the body to hash it (SigV4) or to retry.
     """
 
