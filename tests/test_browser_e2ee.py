@@ -33,6 +33,7 @@ import httpx
 import jwt
 import numpy as np
 import pytest
+import structlog
 from testbed.analysis import (
     RecordingReport,
     _scan_video,
@@ -123,6 +124,9 @@ class EncryptedCall:
     worker_errors: dict[str, list[str]]
     load: float
     """The highest 1-minute load average per core seen around the member's recording."""
+    mapping_moves: dict[int, list[tuple[int, float]]]
+    """Per participant, each capture-time mapping move (clock rate, ms) of the member's
+    recording: a lip-sync step the recorder made, told from one the browser's source made."""
 
 
 def _token(consultation_id: str) -> str:
@@ -156,6 +160,31 @@ def _controlled(
 
 
 async def _member_recording(
+    call: LocalCall, room: E2eeCall, output_dir: Path, participants: tuple[Participant, ...]
+) -> tuple[
+    RecordingResult,
+    Counter[Outcome],
+    Admission,
+    float,
+    dict[str, Any],
+    dict[str, Any],
+    float,
+    dict[int, list[tuple[int, float]]],
+]:
+    with structlog.testing.capture_logs() as logs:
+        member = await _admitted_member(call, room, output_dir, participants)
+    moves: dict[int, list[tuple[int, float]]] = {}
+    for number, participant in enumerate(participants, start=1):
+        sessions = {track.session_id for track in participant.tracks}
+        moves[number] = [
+            (e["clock_rate"], e["moved_ms"])
+            for e in logs
+            if e["event"] == "clock.sender_mapping_moved" and e["session"] in sessions
+        ]
+    return (*member, moves)
+
+
+async def _admitted_member(
     call: LocalCall, room: E2eeCall, output_dir: Path, participants: tuple[Participant, ...]
 ) -> tuple[
     RecordingResult, Counter[Outcome], Admission, float, dict[str, Any], dict[str, Any], float
@@ -239,7 +268,7 @@ async def _encrypted_call(output_dir: Path, media_dir: Path) -> EncryptedCall:
             codecs = {b.member_id: b.browser.video_codec for b in browsers}
     finally:
         await call.close()
-    result, outcomes, admission, admitted_at, joined, status, load = member
+    result, outcomes, admission, admitted_at, joined, status, load, moves = member
     return EncryptedCall(
         member=await _read(result, outcomes),
         outsider=await _read(*outsider),
@@ -251,6 +280,7 @@ async def _encrypted_call(output_dir: Path, media_dir: Path) -> EncryptedCall:
         browser_safety=browser_safety,
         worker_errors=worker_errors,
         load=load,
+        mapping_moves=moves,
     )
 
 
@@ -335,6 +365,7 @@ def test_av_offset_per_participant(run: EncryptedCall) -> None:
             if offsets
             else None,
             "abs_p95_ms": round(abs_percentile(offsets, 95) * 1000, 1) if offsets else None,
+            "mapping_moves": run.mapping_moves.get(number, []),
         }
     print(f"encrypted browsers' A/V offsets per participant (load {run.load:.1f}/core): {figures}")
     held = all(

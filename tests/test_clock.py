@@ -96,4 +96,4 @@ def test_a_moved_mapping_is_logged_with_its_size() -> None:
         for second in range(1, SENDER_REPORT_WINDOW + 1):  # each 25 ms later than capture
             video.on_sender_report(9, ntp(origin + second + 0.025), second * 90_000)
     moved = [e for e in seen if e["event"] == "clock.sender_mapping_moved"]
-    assert [e["moved_ms"] for e in moved] == [25.0]
+    assert [(e["session"], e["moved_ms"]) for e in moved] == [("pub", 25.0)]

@@ -189,6 +189,7 @@ class StreamClock:
             # streams: the one event that explains a lip-sync step in a recording.
             log.info(
                 "clock.sender_mapping_moved",
+                session=self.domain.name if self.domain is not None else None,
                 clock_rate=self.clock_rate,
                 moved_ms=round((self._sender_offset - previous) * 1000, 1),
             )
