@@ -284,11 +284,17 @@ def test_compose_makes_the_composite_of_a_tracks_only_recording(
     assert manifest.composed and len(manifest.archive) == 4
     assert manifest.duration_seconds is not None and abs(manifest.duration_seconds - 6.0) < 0.3
     report = analyze_recording(path, slots(2))
-    for participant in report.participants.values():
+    left_out = {t.slot + 1: t.frames_before_keyframe for t in manifest.archive if t.kind == "video"}
+    for number, participant in report.participants.items():
         # 30 fps sources into a 30 fps output: where two frames fall into one output
         # tick one is never shown (seen once in CI on a loaded machine). The exact count
-        # is asserted by the 25-into-30 fps test below, where the phase sweeps.
-        assert len(participant.missing_frames()) <= 0.02 * participant.frames_seen
+        # is asserted by the 25-into-30 fps test below, where the phase sweeps. Frames
+        # the archive itself left out (packets lost on a loaded machine: the file goes on
+        # from the next keyframe, seen once in CI as 20 frames after the first) are not
+        # the composer's to show.
+        missing = len(participant.missing_frames())
+        print(f"participant {number}: {missing} missing, archive left out {left_out[number]}")
+        assert missing <= 0.02 * participant.frames_seen + left_out[number], left_out
         assert abs_percentile(participant.av_offsets(), 95) <= 0.020
     verified = bot_verify(path, public_key_dir=tmp_path)
     assert verified.returncode == ExitCode.OK, verified.stdout + verified.stderr
