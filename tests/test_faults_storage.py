@@ -271,7 +271,14 @@ async def test_spool_cap_stops_the_recording_cleanly(
     print(
         f"\nmax_spool_bytes={cap}: stopped at {result.upload.size} B ({over:+} B), {duration:.1f} s"
     )
-    assert over < 512 * 1024, "only the fragment being written when the limit hit"
+    # Seen once in CI and once alone: 149 s recorded, stopped for the disk limit (not at
+    # the 120-s max duration) with one limit event. Cause not found; the events say more.
+    sequence = [
+        (e["event"], e.get("bytes_spooled"), e.get("duration_s"), e.get("state"))
+        for e in events.seen
+        if not e["event"].startswith("storage_part")
+    ]
+    assert over < 512 * 1024, ("only the fragment being written when the limit hit", sequence)
 
 
 @pytest.fixture
