@@ -162,20 +162,10 @@ def _controlled(
     return ControlledRecording(settings.model_copy(update=update), progress=False)
 
 
-async def _member_recording(
-    call: LocalCall, room: E2eeCall, output_dir: Path, participants: tuple[Participant, ...]
-) -> tuple[
-    RecordingResult,
-    Counter[Outcome],
-    Admission,
-    float,
-    dict[str, Any],
-    dict[str, Any],
-    float,
-    dict[int, list[tuple[int, float]]],
-]:
-    with structlog.testing.capture_logs() as logs:
-        member = await _admitted_member(call, room, output_dir, participants)
+def _mapping_moves(
+    logs: list[dict[str, Any]], participants: tuple[Participant, ...]
+) -> dict[int, list[tuple[int, float]]]:
+    """Each participant's ``clock.sender_mapping_moved`` events, by its sessions."""
     moves: dict[int, list[tuple[int, float]]] = {}
     for number, participant in enumerate(participants, start=1):
         sessions = {track.session_id for track in participant.tracks}
@@ -184,10 +174,10 @@ async def _member_recording(
             for e in logs
             if e["event"] == "clock.sender_mapping_moved" and e["session"] in sessions
         ]
-    return (*member, moves)
+    return moves
 
 
-async def _admitted_member(
+async def _member_recording(
     call: LocalCall, room: E2eeCall, output_dir: Path, participants: tuple[Participant, ...]
 ) -> tuple[
     RecordingResult, Counter[Outcome], Admission, float, dict[str, Any], dict[str, Any], float
@@ -264,14 +254,16 @@ async def _encrypted_call(output_dir: Path, media_dir: Path) -> EncryptedCall:
             participants = tuple(
                 b.browser.participant(pid) for b, pid in zip(browsers, ("c1", "p1"), strict=True)
             )
-            member = await _member_recording(call, room, output_dir / "member", participants)
+            with structlog.testing.capture_logs() as logs:
+                member = await _member_recording(call, room, output_dir / "member", participants)
+            moves = _mapping_moves(logs, participants)
             browser_safety = await room.safety_numbers()
             outsider = await _outsider_recording(call, output_dir / "outsider", participants)
             worker_errors = {b.member_id: await b.worker_errors() for b in browsers}
             codecs = {b.member_id: b.browser.video_codec for b in browsers}
     finally:
         await call.close()
-    result, outcomes, admission, admitted_at, joined, status, load, moves = member
+    result, outcomes, admission, admitted_at, joined, status, load = member
     return EncryptedCall(
         member=await _read(result, outcomes),
         outsider=await _read(*outsider),
@@ -378,7 +370,7 @@ def test_av_offset_per_participant(run: EncryptedCall) -> None:
             if offsets
             else None,
             "abs_p95_ms": round(abs_percentile(offsets, 95) * 1000, 1) if offsets else None,
-            "mapping_moves": run.mapping_moves.get(number, []),
+            "mapping_moves": run.mapping_moves[number],
         }
     print(f"encrypted browsers' A/V offsets per participant (load {run.load:.1f}/core): {figures}")
     held = all(

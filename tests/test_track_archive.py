@@ -289,9 +289,10 @@ def test_compose_makes_the_composite_of_a_tracks_only_recording(
         # 30 fps sources into a 30 fps output: where two frames fall into one output
         # tick one is never shown (seen once in CI on a loaded machine). The exact count
         # is asserted by the 25-into-30 fps test below, where the phase sweeps. Frames
-        # the archive itself left out (packets lost on a loaded machine: the file goes on
-        # from the next keyframe, seen once in CI as 20 frames after the first) are not
-        # the composer's to show.
+        # the archive itself left out (after a loss the file goes on from the next
+        # keyframe) are not the composer's to show; the manifest's count also holds the
+        # few before the file's first keyframe, so the bound is that much looser. Seen
+        # once in CI: 20 frames missing after a participant's first, cause unconfirmed.
         missing = len(participant.missing_frames())
         print(f"participant {number}: {missing} missing, archive left out {left_out[number]}")
         assert missing <= 0.02 * participant.frames_seen + left_out[number], left_out
