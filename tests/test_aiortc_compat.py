@@ -1,6 +1,7 @@
 """aiortc's private API as the recorder uses it: each patch checked, and what it changes
 (lost packets, retransmissions, reused m-lines)."""
 
+import asyncio
 import os
 import random
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 import structlog
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCSessionDescription
 from aiortc.jitterbuffer import JitterFrame
+from aiortc.mediastreams import VideoStreamTrack
 from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket, RtpPacket, wrap_rtx
 from hypothesis import given
 from hypothesis import strategies as st
@@ -26,10 +28,12 @@ from bot.rtc.aiortc_compat import (
     LossTolerantJitterBuffer,
     accept_lower_dynamic_payload_types,
     check_private_api,
+    handle_rtp_on_arrival,
     ice_check,
     negotiated_codecs,
     on_keyframe_request,
     route_by_mid,
+    run_now,
 )
 from bot.rtc.buffers import AudioReorder, BoundedDecoderQueue, DroppingFrameQueue
 from bot.rtc.clock import StreamClock
@@ -409,3 +413,85 @@ def test_bot_record_stops_before_any_network_call_on_another_aiortc(tmp_path: Pa
     assert done.returncode == ExitCode.FAILURE, done.stderr
     assert "aiortc 1.17.0 is installed" in done.stderr and "Traceback" not in done.stderr
     assert "realtime" not in done.stderr.lower(), "no API call was made"
+
+
+async def test_a_handler_that_never_waits_runs_to_its_end_at_once() -> None:
+    done: list[str] = []
+
+    async def inner() -> None:
+        done.append("inner")
+
+    async def handler() -> None:
+        await inner()
+        done.append("handler")
+
+    run_now(handler())
+    assert done == ["inner", "handler"], "ran before run_now returned, no task needed"
+
+
+async def test_a_handler_that_waits_is_carried_on_until_its_end() -> None:
+    release: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    done: list[object] = []
+    ended = asyncio.Event()
+
+    async def handler() -> None:
+        done.append("before")
+        done.append(await release)
+        await asyncio.sleep(0)  # a bare yield as well
+        done.append("after")
+        ended.set()
+
+    run_now(handler())
+    assert done == ["before"]
+    release.set_result(7)
+    async with asyncio.timeout(5):
+        await ended.wait()
+    assert done == ["before", 7, "after"]
+
+
+async def test_a_failing_handler_is_logged_and_never_raised() -> None:
+    async def handler() -> None:
+        raise ValueError("bad packet")
+
+    with structlog.testing.capture_logs() as logs:
+        run_now(handler())
+    assert [e["event"] for e in logs] == ["rtc.rtp_handler_failed"]
+    assert "ValueError: bad packet" in logs[0]["error"]
+
+
+async def test_media_from_a_real_aiortc_sender_is_handled_as_it_arrives() -> None:
+    """Two aiortc peers over real UDP: once connected, the receiver's RTP no longer goes
+    through aiortc's DTLS queue (its own packet count stops), yet every frame decodes."""
+    sender, receiver_pc = RTCPeerConnection(), RTCPeerConnection()
+    try:
+        sender.addTrack(VideoStreamTrack())
+        connected = asyncio.Event()
+
+        @receiver_pc.on("connectionstatechange")
+        def _on_state() -> None:
+            if receiver_pc.connectionState == "connected":
+                connected.set()
+
+        await sender.setLocalDescription(await sender.createOffer())
+        await receiver_pc.setRemoteDescription(sender.localDescription)
+        await receiver_pc.setLocalDescription(await receiver_pc.createAnswer())
+        await sender.setRemoteDescription(receiver_pc.localDescription)
+        async with asyncio.timeout(20):
+            await connected.wait()
+        transceiver = receiver_pc.getTransceivers()[0]
+        dtls = transceiver.receiver.transport
+        handle_rtp_on_arrival(dtls)
+        handle_rtp_on_arrival(dtls)  # idempotent
+        through_aiortc = dtls._RTCDtlsTransport__rx_packets
+        async with asyncio.timeout(20):
+            frames = [await transceiver.receiver.track.recv() for _ in range(30)]
+        assert all(f.width == 640 and f.height == 480 for f in frames)
+        stats = await transceiver.receiver.getStats()
+        received = sum(s.packetsReceived for s in stats.values() if s.type == "inbound-rtp")
+        by_aiortc = dtls._RTCDtlsTransport__rx_packets - through_aiortc
+        assert received >= 30
+        # What still goes aiortc's way: RTCP (a few a second) and packets queued before.
+        assert by_aiortc < received / 4, (by_aiortc, received)
+    finally:
+        await sender.close()
+        await receiver_pc.close()

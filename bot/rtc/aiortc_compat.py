@@ -3,7 +3,8 @@
 aiortc 1.16 gives no public way to read RTCP sender reports' RTP half, to see a packet's
 arrival before its jitter buffer, to keep real RTP timestamps on decoded frames, to route
 packets by the MID header extension, to tell retransmissions (RTX) from media, to ask for
-a keyframe or hear a request for one, or to check the ICE path now. Each hook below wraps
+a keyframe or hear a request for one, to check the ICE path now, or to handle a packet
+in the callback its datagram arrives in (aiortc queues each for a task). Each hook below wraps
 one private method or attribute on one instance; what to do with what it gives is decided
 by its caller (``receiver_tap``, ``subscriber``). ``accept_lower_dynamic_payload_types``
 is the one process-wide change, and it only makes aiortc answer what was offered.
@@ -27,11 +28,19 @@ from typing import Any
 import aioice
 import aiortc
 import aiortc.rtp
+import pylibsrtp
+import structlog
+from aioice.ice import StunProtocol
 from aioice.stun import TransactionError
 from aiortc import RTCPeerConnection, RTCRtpReceiver
+from aiortc.clock import current_ms
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpreceiver import NackGenerator, RemoteStreamTrack
+from aiortc.rtp import RtpPacket, is_rtcp
 from aiortc.utils import uint16_add
+
+log = structlog.get_logger("bot.rtc.aiortc_compat")
 
 CHECKED = {"aiortc": (aiortc.__name__, "1.16"), "aioice": (aioice.__name__, "0.13")}
 """The minor versions whose private API this module was written and tested against."""
@@ -119,12 +128,22 @@ async def check_private_api() -> None:
         for name in _RECEIVER_NAMES:
             _get(receiver, name)
         _get(RemoteStreamTrack(kind="video"), "_queue")  # what receiver.track becomes
-        router = _get(receiver.transport, "_rtp_router")
+        dtls = receiver.transport
+        router = _get(dtls, "_rtp_router")
         for name in ("route_rtp", "mid_table", "ssrc_table"):
             _get(router, name)
-        connection = _get(receiver.transport.transport, "_connection")
-        for name in ("_nominated", "build_request", "remote_password", "remote_is_lite"):
+        for name in ("_rx_srtp", "_state", "_rtp_header_extensions_map"):
+            _get(dtls, name)
+        connection = _get(dtls.transport, "_connection")
+        for name in (
+            "_nominated",
+            "_protocols",
+            "build_request",
+            "remote_password",
+            "remote_is_lite",
+        ):
             _get(connection, name)
+        _get(StunProtocol, "datagram_received")
         buffer = JitterBuffer(capacity=16, is_video=True)
         for name in _JITTER_BUFFER_NAMES:
             _get(buffer, name)
@@ -319,6 +338,97 @@ def route_by_mid(dtls_transport: Any) -> None:
 
     _replace(router, "route_rtp", route)
     _ROUTED_BY_MID.add(router)
+
+
+_ON_ARRIVAL: weakref.WeakSet[Any] = weakref.WeakSet()
+"""ICE protocols whose SRTP packets are already handled on arrival."""
+
+
+def handle_rtp_on_arrival(dtls_transport: Any) -> None:
+    """Handle each SRTP media packet in the callback its datagram arrives in.
+
+    On aiortc's own way a packet is tried as STUN by aioice, put on a queue, and taken
+    off it by aiortc's DTLS task, which wakes and awaits three coroutines deep for it
+    before it unprotects it: per packet, that is a large share of what a recording that
+    does not decode costs (BENCHMARKS.md). Here an SRTP packet (first byte 128-191, not
+    RTCP) of a connected transport is unprotected, parsed and routed as it arrives, and
+    its receiver's handler is run to its end at once; what it may send (a NACK, a PLI,
+    a bitrate estimate) is a UDP send that does not wait. STUN, DTLS and SRTCP still go
+    aiortc's way. Call once connected (ICE has its protocols); idempotent.
+
+    Not counted, as aiortc would: the DTLS transport's own received packets and bytes
+    (``getStats`` "transport"); the receivers' statistics are kept as before.
+    """
+    dtls = dtls_transport
+    router = _get(dtls, "_rtp_router")
+    extensions = _get(dtls, "_rtp_header_extensions_map")
+    for name in ("_rx_srtp", "_state"):  # read for every packet below, so checked here
+        _get(dtls, name)
+    connection = _get(dtls.transport, "_connection")
+    for protocol in _get(connection, "_protocols"):
+        if protocol in _ON_ARRIVAL:
+            continue
+        aioice_way: Callable[[bytes, tuple[Any, ...]], None] = _get(protocol, "datagram_received")
+
+        def received(data: bytes, addr: tuple[Any, ...], aioice_way: Any = aioice_way) -> None:
+            if not data:
+                return  # nothing to handle (aiortc's receive task would fail on it)
+            srtp = dtls._rx_srtp
+            if (
+                srtp is None
+                or dtls._state is not DtlsState.CONNECTED
+                or not 127 < data[0] < 192
+                or is_rtcp(data)
+            ):
+                aioice_way(data, addr)
+                return
+            arrival_ms = current_ms()
+            try:
+                packet = RtpPacket.parse(srtp.unprotect(data), extensions)
+            except (pylibsrtp.Error, ValueError):
+                return  # as aiortc: a packet that does not authenticate or parse is dropped
+            receiver = router.route_rtp(packet)
+            if receiver is not None:
+                run_now(receiver._handle_rtp_packet(packet, arrival_time_ms=arrival_ms))
+
+        _replace(protocol, "datagram_received", received)
+        _ON_ARRIVAL.add(protocol)
+
+
+def run_now(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run ``coroutine`` here until it ends or first waits; if it waits, a task carries
+    it on from there. An error is logged, never raised: one bad packet must not end the
+    datagram callback it came in (aiortc's receive task would end the transport)."""
+    try:
+        waiting = coroutine.send(None)
+    except StopIteration:
+        return
+    except Exception as exc:
+        log.error("rtc.rtp_handler_failed", error=f"{type(exc).__name__}: {exc}")
+        return
+    task = asyncio.ensure_future(_carry_on(coroutine, waiting))
+    _CARRIED_ON.add(task)  # the loop keeps only a weak reference to a task
+    task.add_done_callback(_CARRIED_ON.discard)
+
+
+_CARRIED_ON: set[asyncio.Future[None]] = set()
+
+
+async def _carry_on(coroutine: Coroutine[Any, Any, None], waiting: Any) -> None:
+    """Go on with a coroutine that ``run_now`` started and that waits for ``waiting``
+    (a future, or None for a bare yield), as a task would."""
+    while True:
+        if waiting is None:
+            await asyncio.sleep(0)
+        else:
+            await asyncio.wait([waiting])
+        try:
+            waiting = coroutine.send(None)
+        except StopIteration:
+            return
+        except Exception as exc:
+            log.error("rtc.rtp_handler_failed", error=f"{type(exc).__name__}: {exc}")
+            return
 
 
 def request_keyframe(receiver: Any, ssrc: int) -> asyncio.Task[None]:

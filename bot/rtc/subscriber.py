@@ -26,6 +26,7 @@ from bot.realtime import (
 )
 from bot.rtc.aiortc_compat import (
     accept_lower_dynamic_payload_types,
+    handle_rtp_on_arrival,
     ice_check,
     ice_path,
     negotiated_codecs,
@@ -113,6 +114,8 @@ class Subscriber:
             state = self._pc.connectionState
             log.info("subscriber.connection_state", state=state)
             if state == "connected":
+                for transceiver in self._pc.getTransceivers()[:1]:  # one bundled transport
+                    handle_rtp_on_arrival(transceiver.receiver.transport)
                 self.connected.set()
                 log.info("subscriber.ice_path", **self.transport_info())
             elif state in ("failed", "closed"):
