@@ -152,3 +152,13 @@ async def test_the_custody_benchmark_runs_and_prints_its_share() -> None:
     assert fragments is not None and int(fragments.group(2)) >= 2, text
     share = re.search(rf"custody share of the recorder: {_NUMBER} %", text)
     assert share is not None and 0 <= float(share.group(1)) < 100, text
+
+
+@pytest.mark.timeout(180)
+async def test_the_receive_path_benchmark_delivers_every_packet_both_ways() -> None:
+    text = await run_bench("bench.receive_path", "--packets", "300", "--runs", "1", limit=150)
+    for way in ("aiortc", "on arrival"):
+        row = re.search(rf"^{way} +{_NUMBER} +(\d+)$", text, re.MULTILINE)
+        assert row is not None, text
+        assert float(row.group(1)) > 0 and int(row.group(2)) == 300, text
+    assert re.search(rf"on arrival / aiortc's way: {_NUMBER}", text), text
