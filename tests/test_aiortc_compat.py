@@ -459,9 +459,13 @@ async def test_a_failing_handler_is_logged_and_never_raised() -> None:
     assert "ValueError: bad packet" in logs[0]["error"]
 
 
-async def test_media_from_a_real_aiortc_sender_is_handled_as_it_arrives() -> None:
+@pytest.mark.parametrize("batch_seconds", [0.0, 0.05])
+async def test_media_from_a_real_aiortc_sender_is_handled_as_it_arrives(
+    batch_seconds: float,
+) -> None:
     """Two aiortc peers over real UDP: once connected, the receiver's RTP no longer goes
-    through aiortc's DTLS queue (its own packet count stops), yet every frame decodes."""
+    through aiortc's DTLS queue (its own packet count stops), yet every frame decodes;
+    read in batches too (asyncio's loop, as the recorder runs on)."""
     sender, receiver_pc = RTCPeerConnection(), RTCPeerConnection()
     try:
         sender.addTrack(VideoStreamTrack())
@@ -480,8 +484,9 @@ async def test_media_from_a_real_aiortc_sender_is_handled_as_it_arrives() -> Non
             await connected.wait()
         transceiver = receiver_pc.getTransceivers()[0]
         dtls = transceiver.receiver.transport
-        handle_rtp_on_arrival(dtls)
-        handle_rtp_on_arrival(dtls)  # idempotent
+        batched = handle_rtp_on_arrival(dtls, batch_seconds)
+        assert batched == (batch_seconds > 0)
+        assert handle_rtp_on_arrival(dtls, batch_seconds) == batched  # idempotent
         through_aiortc = dtls._RTCDtlsTransport__rx_packets
         async with asyncio.timeout(20):
             frames = [await transceiver.receiver.track.recv() for _ in range(30)]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -33,12 +34,14 @@ import structlog
 from aioice.ice import StunProtocol
 from aioice.stun import TransactionError
 from aiortc import RTCPeerConnection, RTCRtpReceiver
-from aiortc.clock import current_ms
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpreceiver import NackGenerator, RemoteStreamTrack
 from aiortc.rtp import RtpPacket, is_rtcp
 from aiortc.utils import uint16_add
+
+from bot.rtc.clock import NTP_UNIX_OFFSET
+from bot.rtc.datagrams import BatchedDatagramReader, Deliver
 
 log = structlog.get_logger("bot.rtc.aiortc_compat")
 
@@ -340,12 +343,15 @@ def route_by_mid(dtls_transport: Any) -> None:
     _ROUTED_BY_MID.add(router)
 
 
-_ON_ARRIVAL: weakref.WeakSet[Any] = weakref.WeakSet()
-"""ICE protocols whose SRTP packets are already handled on arrival."""
+_ON_ARRIVAL: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+"""ICE protocols whose SRTP packets are already handled on arrival: read in batches?"""
 
 
-def handle_rtp_on_arrival(dtls_transport: Any) -> None:
-    """Handle each SRTP media packet in the callback its datagram arrives in.
+def handle_rtp_on_arrival(dtls_transport: Any, batch_seconds: float = 0.0) -> bool:
+    """Handle each SRTP media packet in the callback its datagram arrives in; with
+    ``batch_seconds``, read the ICE socket that often instead of on every packet
+    (``bot.rtc.datagrams``). True when reading in batches (asyncio's own loop; uvloop's
+    UDP transports cannot pause reading).
 
     On aiortc's own way a packet is tried as STUN by aioice, put on a queue, and taken
     off it by aiortc's DTLS task, which wakes and awaits three coroutines deep for it
@@ -365,12 +371,16 @@ def handle_rtp_on_arrival(dtls_transport: Any) -> None:
     for name in ("_rx_srtp", "_state"):  # read for every packet below, so checked here
         _get(dtls, name)
     connection = _get(dtls.transport, "_connection")
+    batched = False
     for protocol in _get(connection, "_protocols"):
         if protocol in _ON_ARRIVAL:
+            batched = batched or _ON_ARRIVAL[protocol]
             continue
         aioice_way: Callable[[bytes, tuple[Any, ...]], None] = _get(protocol, "datagram_received")
 
-        def received(data: bytes, addr: tuple[Any, ...], aioice_way: Any = aioice_way) -> None:
+        def handle(
+            data: bytes, addr: tuple[Any, ...], arrival: float, aioice_way: Any = aioice_way
+        ) -> None:
             if not data:
                 return  # nothing to handle (aiortc's receive task would fail on it)
             srtp = dtls._rx_srtp
@@ -382,17 +392,43 @@ def handle_rtp_on_arrival(dtls_transport: Any) -> None:
             ):
                 aioice_way(data, addr)
                 return
-            arrival_ms = current_ms()
             try:
                 packet = RtpPacket.parse(srtp.unprotect(data), extensions)
             except (pylibsrtp.Error, ValueError):
                 return  # as aiortc: a packet that does not authenticate or parse is dropped
             receiver = router.route_rtp(packet)
             if receiver is not None:
+                arrival_ms = int((arrival + NTP_UNIX_OFFSET) * 1000)  # aiortc's: from 1900
                 run_now(receiver._handle_rtp_packet(packet, arrival_time_ms=arrival_ms))
 
+        def received(data: bytes, addr: tuple[Any, ...], handle: Any = handle) -> None:
+            handle(data, addr, time.time())
+
         _replace(protocol, "datagram_received", received)
-        _ON_ARRIVAL.add(protocol)
+        in_batches = batch_seconds > 0 and _read_in_batches(protocol, handle, batch_seconds)
+        _ON_ARRIVAL[protocol] = in_batches
+        batched = batched or in_batches
+    return batched
+
+
+def _read_in_batches(protocol: Any, handle: Deliver, interval: float) -> bool:
+    """Stop the protocol's transport reading and read its socket in batches instead,
+    until the transport is closed. False if the transport cannot pause (uvloop)."""
+    transport = _get(protocol, "transport")
+    if not hasattr(transport, "pause_reading"):
+        return False
+    transport.pause_reading()
+    reader = BatchedDatagramReader(transport.get_extra_info("socket").fileno(), handle, interval)
+    aioice_lost: Callable[[Exception | None], None] = _get(protocol, "connection_lost")
+
+    def lost(exc: Exception | None) -> None:
+        try:
+            reader.close()
+        finally:  # aioice's close waits for this: it must always be told
+            aioice_lost(exc)
+
+    _replace(protocol, "connection_lost", lost)
+    return True
 
 
 def run_now(coroutine: Coroutine[Any, Any, None]) -> None:

@@ -23,7 +23,7 @@ from bot.rtc.buffers import (
     EncodedSink,
     FrameOpener,
 )
-from bot.rtc.clock import StreamClock
+from bot.rtc.clock import NTP_UNIX_OFFSET, StreamClock
 
 VIDEO_GIVE_UP_PACKETS = 48
 """Later video packets a lost one is waited for (retransmissions get a few round trips)."""
@@ -163,7 +163,8 @@ class ReceiverTap:
             self.foreign_packets += 1
             self.foreign_payload_type = payload_type
             return
-        clock.on_packet(packet.ssrc, packet.timestamp, time.time())
+        # aiortc's arrival time (ms since 1900): the kernel's, when read in batches
+        clock.on_packet(packet.ssrc, packet.timestamp, arrival_time_ms / 1000 - NTP_UNIX_OFFSET)
         if self._on_packet is not None:
             self._on_packet(packet.ssrc)
         if self._reorder is None:

@@ -49,6 +49,11 @@ __all__ = ["FailedTrack", "FrameSink", "PulledTrack", "Subscriber"]
 UNREADABLE_WITHIN = 2.0
 """Seconds since an unopened frame for its track to count as encrypted now."""
 
+READ_BATCH_SECONDS = 0.05
+"""How often the ICE socket is read once connected (``bot.rtc.datagrams``): the loop
+wakes at most 20 times a second for media instead of for every packet; NACKs and
+keyframe requests go out at most this much later."""
+
 log = structlog.get_logger("bot.rtc.subscriber")
 
 
@@ -115,7 +120,10 @@ class Subscriber:
             log.info("subscriber.connection_state", state=state)
             if state == "connected":
                 for transceiver in self._pc.getTransceivers()[:1]:  # one bundled transport
-                    handle_rtp_on_arrival(transceiver.receiver.transport)
+                    batched = handle_rtp_on_arrival(
+                        transceiver.receiver.transport, batch_seconds=READ_BATCH_SECONDS
+                    )
+                    log.info("subscriber.rtp_reading", batched=batched)
                 self.connected.set()
                 log.info("subscriber.ice_path", **self.transport_info())
             elif state in ("failed", "closed"):
