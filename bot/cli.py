@@ -20,6 +20,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import uvloop
+
 from bot import __version__
 from bot.config import ConfigError, Participant, Settings, load_settings
 from bot.exitcodes import ExitCode
@@ -33,11 +35,23 @@ _T = TypeVar("_T")
 COMMANDS_ENTRY_POINTS = "bot.commands"
 
 
-def run_event_loop(main: Coroutine[Any, Any, _T]) -> _T:
-    """Run ``main`` on asyncio's own event loop, not uvloop's: its UDP transports can
-    pause reading, so the recorder reads its ICE socket in batches
-    (``bot.rtc.datagrams``), which costs less CPU than uvloop reading every packet as
-    it comes (BENCHMARKS.md, "reading the socket in batches")."""
+def run_on_uvloop(main: Coroutine[Any, Any, _T]) -> _T:
+    """Run ``main`` on uvloop: the recorder's event loop handles a few hundred packets a
+    second, and with uvloop's loop and UDP transports that thread uses 10-20% less CPU."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
+def run_recording(main: Coroutine[Any, Any, _T], mode: str) -> _T:
+    """Run a recording on the loop that costs it least.
+
+    A tracks-only recording runs on asyncio's own loop: its UDP transports can pause
+    reading, so the ICE socket is read in batches (``bot.rtc.datagrams``), 20% less CPU
+    than uvloop reading every packet as it comes. Decoded frames (a composite) come from
+    aiortc's decoder threads to the loop one by one, which uvloop does more cheaply: it
+    stays the loop there (BENCHMARKS.md, "reading the socket in batches")."""
+    if mode != "tracks":
+        return run_on_uvloop(main)
     with asyncio.Runner() as runner:
         return runner.run(main)
 
@@ -75,7 +89,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
         # Built on the loop: the control server, audit writer and webhook belong to it.
         return await ControlledRecording(settings).run()
 
-    result = run_event_loop(run())
+    result = run_recording(run(), settings.recording.mode)
     if result.error:
         print(f"bot: error: {result.error}", file=sys.stderr)
     if result.path is not None:
@@ -106,7 +120,7 @@ def _cmd_selftest(args: argparse.Namespace) -> int:
         realtime, recording = settings.realtime, settings.recording
         if not args.json:
             print(f"bot selftest: {args.duration:g} s through Cloudflare Realtime into the bucket")
-        report = run_event_loop(
+        report = run_on_uvloop(
             run_selftest(
                 settings,
                 lambda client: SyntheticParticipant(
@@ -130,7 +144,7 @@ def _cmd_recover(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     configure_logging(settings.logging.level, settings.logging.format)
-    return run_event_loop(recover_all(settings))
+    return run_on_uvloop(recover_all(settings))
 
 
 def _cmd_compose(args: argparse.Namespace) -> int:
@@ -141,7 +155,7 @@ def _cmd_compose(args: argparse.Namespace) -> int:
     settings = _settings(args, overrides)
     configure_logging(settings.logging.level, settings.logging.format)
     try:
-        done = run_event_loop(compose(settings, key=args.key, folder=args.tracks))
+        done = run_on_uvloop(compose(settings, key=args.key, folder=args.tracks))
     except ComposeError as exc:
         print(f"bot: error: {exc}", file=sys.stderr)
         return int(ExitCode.CONFIG)
@@ -238,7 +252,7 @@ def _cmd_review(args: argparse.Namespace) -> int:
     settings = _settings(args)
     configure_logging(settings.logging.level, settings.logging.format)
     try:
-        run_event_loop(
+        run_on_uvloop(
             serve(
                 settings.storage,
                 host=args.host,

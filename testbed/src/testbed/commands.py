@@ -14,29 +14,18 @@ import asyncio
 import contextlib
 import json
 import signal as signals
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import structlog
 
+from bot.cli import run_on_uvloop
 from bot.config import ConfigError
 from bot.exitcodes import ExitCode
 from bot.logs import configure_logging
 from bot.realtime import AuthenticationError, RealtimeClient, RealtimeError
 
 log = structlog.get_logger("testbed.commands")
-_T = TypeVar("_T")
-
-
-def run_on_uvloop(main: Coroutine[Any, Any, _T]) -> _T:
-    """The testbed's SFU and publishers run on uvloop: 10-20% less CPU for their
-    per-packet work, so they take less of the cores a benchmarked recorder shares."""
-    import uvloop  # here: every bot invocation loads this module
-
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(main)
-
 
 Subparsers = Any
 """argparse's ``_SubParsersAction`` (private in typeshed)."""
