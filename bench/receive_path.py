@@ -30,7 +30,6 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from aiortc import RTCPeerConnection, RTCRtpCodecParameters
 
@@ -107,10 +106,6 @@ class _Pair:
             )
             out.append(protect(header + VP8_KEYFRAME))
         return out
-
-    def datagram_callbacks(self) -> list[Any]:
-        connection = self.dtls.transport._connection
-        return [p.datagram_received for p in connection._protocols]
 
     async def close(self) -> None:
         await self.sender.close()

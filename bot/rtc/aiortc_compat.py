@@ -146,7 +146,9 @@ async def check_private_api() -> None:
             "remote_is_lite",
         ):
             _get(connection, name)
-        _get(StunProtocol, "datagram_received")
+        for name in ("datagram_received", "connection_lost"):
+            _get(StunProtocol, name)
+        _require_set_by(StunProtocol, "connection_made", "transport")
         buffer = JitterBuffer(capacity=16, is_video=True)
         for name in _JITTER_BUFFER_NAMES:
             _get(buffer, name)
@@ -435,16 +437,11 @@ def run_now(coroutine: Coroutine[Any, Any, None]) -> None:
     """Run ``coroutine`` here until it ends or first waits; if it waits, a task carries
     it on from there. An error is logged, never raised: one bad packet must not end the
     datagram callback it came in (aiortc's receive task would end the transport)."""
-    try:
-        waiting = coroutine.send(None)
-    except StopIteration:
-        return
-    except Exception as exc:
-        log.error("rtc.rtp_handler_failed", error=f"{type(exc).__name__}: {exc}")
-        return
-    task = asyncio.ensure_future(_carry_on(coroutine, waiting))
-    _CARRIED_ON.add(task)  # the loop keeps only a weak reference to a task
-    task.add_done_callback(_CARRIED_ON.discard)
+    ended, waiting = _step(coroutine)
+    if not ended:
+        task = asyncio.ensure_future(_carry_on(coroutine, waiting))
+        _CARRIED_ON.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(_CARRIED_ON.discard)
 
 
 _CARRIED_ON: set[asyncio.Future[None]] = set()
@@ -453,18 +450,22 @@ _CARRIED_ON: set[asyncio.Future[None]] = set()
 async def _carry_on(coroutine: Coroutine[Any, Any, None], waiting: Any) -> None:
     """Go on with a coroutine that ``run_now`` started and that waits for ``waiting``
     (a future, or None for a bare yield), as a task would."""
-    while True:
-        if waiting is None:
-            await asyncio.sleep(0)
-        else:
-            await asyncio.wait([waiting])
-        try:
-            waiting = coroutine.send(None)
-        except StopIteration:
-            return
-        except Exception as exc:
-            log.error("rtc.rtp_handler_failed", error=f"{type(exc).__name__}: {exc}")
-            return
+    ended = False
+    while not ended:
+        await (asyncio.sleep(0) if waiting is None else asyncio.wait([waiting]))
+        ended, waiting = _step(coroutine)
+
+
+def _step(coroutine: Coroutine[Any, Any, None]) -> tuple[bool, Any]:
+    """Resume ``coroutine`` once: whether it ended (an error is logged), else what it
+    waits for."""
+    try:
+        return False, coroutine.send(None)
+    except StopIteration:
+        return True, None
+    except Exception as exc:
+        log.error("rtc.rtp_handler_failed", error=f"{type(exc).__name__}: {exc}")
+        return True, None
 
 
 def request_keyframe(receiver: Any, ssrc: int) -> asyncio.Task[None]:

@@ -1,12 +1,13 @@
 """Reading the ICE socket in batches, each datagram stamped with the kernel's arrival time.
 
 A recorder has no one to answer in real time, yet read on readiness its event loop wakes
-for every packet: about 190 times a second in a two-party call, and on the 2-core VM
-measured a wake-up and the cold run of a packet's handling cost far more CPU than the
-handling itself (BENCHMARKS.md, "reading the socket in batches"). Reading what has
-arrived every ``interval`` instead wakes the loop at most that often and handles the
-batch warm. The delay it adds is no one's: NACKs and keyframe requests go out at most an
-interval later (a few round trips still fit the jitter buffer's wait), and each packet
+for every packet: 186 times a second in a two-party call measured on the 2-core VM,
+where a packet then cost about 300 us of CPU against 18-23 us for its handling in a
+tight loop (most likely the wake-up and running cold; BENCHMARKS.md). Reading what has
+arrived every ``interval`` instead wakes the loop at most that often: at 50 ms a
+tracks-only recording's steady CPU fell from 0.054-0.072 to 0.037-0.039 CPU-s per s.
+The delay it adds is no one's: NACKs and keyframe requests go out at most an interval
+later (the jitter buffer waits 48 packets for a retransmission), and each packet
 keeps the time it arrived, from the kernel (``SO_TIMESTAMPNS``), so bandwidth estimates
 and the arrival clock see the network's timing, not the batching's.
 """

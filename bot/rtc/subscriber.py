@@ -119,9 +119,10 @@ class Subscriber:
             state = self._pc.connectionState
             log.info("subscriber.connection_state", state=state)
             if state == "connected":
-                for transceiver in self._pc.getTransceivers()[:1]:  # one bundled transport
+                transceivers = self._pc.getTransceivers()
+                if transceivers:  # one bundled transport for all
                     batched = handle_rtp_on_arrival(
-                        transceiver.receiver.transport, batch_seconds=READ_BATCH_SECONDS
+                        transceivers[0].receiver.transport, batch_seconds=READ_BATCH_SECONDS
                     )
                     log.info("subscriber.rtp_reading", batched=batched)
                 self.connected.set()
