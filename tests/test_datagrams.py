@@ -36,7 +36,7 @@ async def test_what_arrived_between_reads_comes_in_one_batch_with_its_arrival_ti
     def deliver(data: bytes, address: tuple[object, ...], arrival: float) -> None:
         got.append((data, arrival, time.time()))
         first_read.set()
-        if len(got) == 21:
+        if len(got) % 20 == 1 and len(got) > 1:
             all_in.set()
 
     reader = BatchedDatagramReader(receiver.fileno(), deliver, interval=0.3)
@@ -44,17 +44,27 @@ async def test_what_arrived_between_reads_comes_in_one_batch_with_its_arrival_ti
         sender.send(b"wake")
         async with asyncio.timeout(5):
             await first_read.wait()  # read at once; the next read is 0.3 s away
-        sent_at = time.time()
-        for n in range(20):
-            sender.send(b"%d" % n)
-        async with asyncio.timeout(5):
-            await all_in.wait()
-        assert [d for d, _, _ in got] == [b"wake"] + [b"%d" % n for n in range(20)]
-        assert reader.batches == 2 and reader.datagrams == 21
+        # CI's VM once stamped a whole 0.3-s round at the time it was read, most likely
+        # because Linux turns receive stamps on lazily (deferred work once the first
+        # socket asks; until then a datagram is stamped when read). A round of five
+        # must see them on.
+        rounds = 0
+        while rounds < 5:
+            rounds += 1
+            sent_at = time.time()
+            for n in range(20):
+                sender.send(b"%d" % n)
+            async with asyncio.timeout(5):
+                await all_in.wait()
+            all_in.clear()
+            _, arrival, read = got[-20]
+            if read - arrival >= 0.2:
+                break
+        assert [d for d, _, _ in got] == [b"wake"] + [b"%d" % n for n in range(20)] * rounds
+        assert reader.batches == 1 + rounds and reader.datagrams == 1 + 20 * rounds
         # They waited in the kernel until the next read: each keeps when it arrived.
-        _, arrival, read = got[1]
+        assert read - arrival >= 0.2, "the kernel never stamped a datagram on arrival"
         assert sent_at - 0.01 <= arrival < sent_at + 0.05
-        assert read - arrival >= 0.2
     finally:
         reader.close()
 

@@ -45,7 +45,8 @@ class BatchedDatagramReader:
     ``fileno`` is duplicated, so the socket outlives whoever owns the original
     descriptor until ``close``; the owner must have stopped reading it. Datagrams that
     were waiting before the reader started have no kernel time: they carry the time
-    they are read.
+    they are read, as do those that arrive before Linux has turned its receive stamps
+    on (it does so lazily when the first socket asks; one CI run saw a 0.3-s wait).
     """
 
     def __init__(self, fileno: int, deliver: Deliver, interval: float) -> None:
