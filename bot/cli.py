@@ -42,15 +42,17 @@ def run_on_uvloop(main: Coroutine[Any, Any, _T]) -> _T:
         return runner.run(main)
 
 
-def run_recording(main: Coroutine[Any, Any, _T]) -> _T:
-    """Run a recording on asyncio's own loop.
+def run_recording(main: Coroutine[Any, Any, _T], mode: str) -> _T:
+    """Run a recording on the loop that costs it least.
 
-    Its UDP transports can pause reading, so the ICE socket is read in batches
-    (``bot.rtc.datagrams``) instead of waking the loop for every packet: a tracks-only
-    recording's steady CPU fell by about a third, a composite's event loop from about
-    0.052 to 0.035 CPU-s per s (BENCHMARKS.md). uvloop cannot pause a UDP transport,
-    and with each packet read as it comes it measured no better than asyncio's loop
-    once decoded frames stopped crossing the loop (``hand_decoded_frames_over``)."""
+    A tracks-only recording runs on asyncio's own loop: its UDP transports can pause
+    reading, so the ICE socket is read in batches (``bot.rtc.datagrams``), 20% less CPU
+    than uvloop reading every packet as it comes. A composite measured worse on asyncio's
+    loop than on uvloop (most likely its decoded frames, which come from aiortc's decoder
+    threads to the loop one by one): it stays on uvloop (BENCHMARKS.md, "reading the
+    socket in batches")."""
+    if mode != "tracks":
+        return run_on_uvloop(main)
     with asyncio.Runner() as runner:
         return runner.run(main)
 
@@ -88,7 +90,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
         # Built on the loop: the control server, audit writer and webhook belong to it.
         return await ControlledRecording(settings).run()
 
-    result = run_recording(run())
+    result = run_recording(run(), settings.recording.mode)
     if result.error:
         print(f"bot: error: {result.error}", file=sys.stderr)
     if result.path is not None:

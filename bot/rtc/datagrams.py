@@ -5,8 +5,7 @@ for every packet: 186 times a second in a two-party call measured on the 2-core 
 where a packet then cost about 300 us of CPU against 18-23 us for its handling in a
 tight loop (most likely the wake-up and running cold; BENCHMARKS.md). Reading what has
 arrived every ``interval`` instead wakes the loop at most that often: at 50 ms a
-tracks-only recording's steady CPU fell from 0.054-0.072 to 0.037-0.039 CPU-s per s, and
-a composite's event loop from about 0.052 to 0.035 (BENCHMARKS.md).
+tracks-only recording's steady CPU fell from 0.054-0.072 to 0.037-0.039 CPU-s per s.
 The delay it adds is no one's: NACKs and keyframe requests go out at most an interval
 later (the jitter buffer waits 48 packets for a retransmission), and each packet
 keeps the time it arrived, from the kernel (``SO_TIMESTAMPNS``), so bandwidth estimates
