@@ -47,10 +47,9 @@ def run_recording(main: Coroutine[Any, Any, _T], mode: str) -> _T:
 
     A tracks-only recording runs on asyncio's own loop: its UDP transports can pause
     reading, so the ICE socket is read in batches (``bot.rtc.datagrams``), 20% less CPU
-    than uvloop reading every packet as it comes. A composite measured worse on asyncio's
-    loop than on uvloop (most likely its decoded frames, which come from aiortc's decoder
-    threads to the loop one by one): it stays on uvloop (BENCHMARKS.md, "reading the
-    socket in batches")."""
+    than uvloop reading every packet as it comes. A composite stays on uvloop, each
+    packet as it comes: read in batches, one CI run's recording never reached its
+    completion, not yet explained (BENCHMARKS.md, "decoded frames off the event loop")."""
     if mode != "tracks":
         return run_on_uvloop(main)
     with asyncio.Runner() as runner:

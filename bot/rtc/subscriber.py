@@ -124,7 +124,7 @@ class Subscriber:
                 transceivers = self._pc.getTransceivers()
                 if transceivers:  # one bundled transport for all
                     # Only without decoding (tracks only): a live composite read in
-                    # batches showed A/V steps of 65-200 ms under loss in tests.
+                    # batches hung once in CI before its completion (BENCHMARKS.md).
                     batched = handle_rtp_on_arrival(
                         transceivers[0].receiver.transport,
                         batch_seconds=0.0 if self._decode else READ_BATCH_SECONDS,
