@@ -429,8 +429,8 @@ def _av_spreads(report: RecordingReport) -> dict[int, dict[str, Any]]:
 
 
 async def test_a_tracks_only_recording_under_loss_composes_in_lip_sync(tmp_path: Path) -> None:
-    """Tracks mode reads its socket in batches (``subscriber.READ_BATCH_SECONDS``), which a
-    live composite under loss did not bear (A/V steps of 65-200 ms): here the production
+    """Tracks mode reads its socket in batches (``subscriber.READ_BATCH_SECONDS``): NACKs
+    go out and retransmissions are read up to an interval later. The production
     configuration, Chromium publishing through 5% downlink loss, then ``bot compose``."""
     media = await asyncio.gather(
         *(asyncio.to_thread(write_fake_media, tmp_path, n, MEDIA_S) for n in (1, 2))
@@ -449,10 +449,13 @@ async def test_a_tracks_only_recording_under_loss_composes_in_lip_sync(tmp_path:
                 max_duration=DURATION,
                 mode="tracks",
             )
-            result = await record(settings)
+            with structlog.testing.capture_logs() as logs:
+                result = await record(settings)
     finally:
         await call.close()
     assert result.exit_code == ExitCode.OK and result.object_key is not None, result.error
+    reading = [e["batched"] for e in logs if e["event"] == "subscriber.rtp_reading"]
+    assert reading == [True], reading
     elsewhere = StorageSettings(spool_dir=tmp_path / "c", local_dir=tmp_path / "c")
     done = await compose(
         settings.model_copy(update={"storage": elsewhere}),

@@ -46,8 +46,8 @@ async def test_what_arrived_between_reads_comes_in_one_batch_with_its_arrival_ti
             await first_read.wait()  # read at once; the next read is 0.3 s away
         # CI's VM once stamped a whole 0.3-s round at the time it was read, most likely
         # because Linux turns receive stamps on lazily (deferred work once the first
-        # socket asks; until then a datagram is stamped when read). A round of five
-        # must see them on.
+        # socket asks; until then a datagram is stamped when read). One of up to five
+        # rounds must see them on.
         rounds = 0
         while rounds < 5:
             rounds += 1
