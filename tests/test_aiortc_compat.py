@@ -6,18 +6,16 @@ import os
 import random
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import aiortc
-import aiortc.rtcrtpreceiver
 import pytest
 import structlog
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCSessionDescription
 from aiortc.jitterbuffer import JitterFrame
-from aiortc.mediastreams import MediaStreamError, VideoStreamTrack
+from aiortc.mediastreams import VideoStreamTrack
 from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket, RtpPacket, wrap_rtx
 from hypothesis import given
 from hypothesis import strategies as st
@@ -30,7 +28,6 @@ from bot.rtc.aiortc_compat import (
     LossTolerantJitterBuffer,
     accept_lower_dynamic_payload_types,
     check_private_api,
-    hand_decoded_frames_over,
     handle_rtp_on_arrival,
     ice_check,
     negotiated_codecs,
@@ -38,7 +35,7 @@ from bot.rtc.aiortc_compat import (
     route_by_mid,
     run_now,
 )
-from bot.rtc.buffers import AudioReorder, BoundedDecoderQueue, FrameHandOver
+from bot.rtc.buffers import AudioReorder, BoundedDecoderQueue, DroppingFrameQueue
 from bot.rtc.clock import StreamClock
 from bot.rtc.codec_policy import prepare_offer
 from bot.rtc.receiver_tap import ReceiverTap
@@ -154,26 +151,13 @@ def test_decoder_queue_hands_opened_frames_to_the_archive_and_decodes_only_if_as
         assert q.unopened == 1
 
 
-async def test_frames_decoded_before_their_track_is_known_are_placed_first_in_order() -> None:
-    q = FrameHandOver()
-    for i in range(FrameHandOver.HELD + 3):
-        q.hand_over(i)  # before the track's placing is set: held, the newest kept
-    placed: list[Any] = []
-    q.place_with(placed.append)
-    q.hand_over("next")
-    assert placed == [*range(3, FrameHandOver.HELD + 3), "next"]
-    q.forget_track()  # an m-line's next track: what comes now is not the old track's
-    q.hand_over("between tracks")
-    again: list[Any] = []
-    q.place_with(again.append)
-    assert placed[-1] == "next" and again == ["between tracks"]
-    q.forget_track()
-    q.hand_over("of the old track")
-    q.forget_track()
-    q.place_with(again.append)
-    assert again == ["between tracks"], "held frames of a forgotten track are dropped"
-    await q.put(None)  # the end still comes through the queue
-    assert q.get_nowait() is None
+async def test_frame_queue_keeps_the_newest_frames_and_the_end_marker() -> None:
+    q = DroppingFrameQueue(2)
+    for i in range(5):
+        await q.put(i)
+    await q.put(None)
+    assert [q.get_nowait() for _ in range(q.qsize())] == [3, 4, None]
+    assert q.dropped == 3
 
 
 async def _receiver(sdp: str, kind: str = "video") -> tuple[RTCPeerConnection, Any]:
@@ -235,14 +219,12 @@ async def test_a_reused_m_line_starts_afresh_for_its_new_track() -> None:
         first = StreamClock(90_000, None, Timeline(time.time()))
         tap.retarget(first, negotiated_codecs(transceiver))
         await receiver._handle_rtp_packet(_vp8_keyframe(7, 9000, 1111), 0)
-        receiver.track._queue.hand_over("a frame of the previous track")
+        receiver.track._queue.put_nowait("a frame of the previous track")
         second = StreamClock(90_000, None, Timeline(time.time()))
         tap.retarget(second, negotiated_codecs(transceiver))
         await receiver._handle_rtp_packet(_vp8_keyframe(40000, 1, 3333), 0)
         assert first.ssrc == 1111 and second.ssrc == 3333
-        placed: list[Any] = []
-        tap.place_frames_with(placed.append)
-        assert placed == [], "the previous track's frame is not the new track's"
+        assert receiver.track._queue.empty()
         tap.decline()
         await receiver._handle_rtp_packet(_vp8_keyframe(40001, 2, 3333), 0)
         assert second.ssrc == 3333 and tap.foreign_packets == 0
@@ -357,10 +339,7 @@ async def test_every_patch_takes_effect_on_a_real_receiver() -> None:
         assert receiver._handle_rtcp_packet == tap._on_rtcp
         assert isinstance(receiver._RTCRtpReceiver__jitter_buffer, LossTolerantJitterBuffer)
         assert isinstance(receiver._RTCRtpReceiver__decoder_queue, BoundedDecoderQueue)
-        assert isinstance(receiver.track._queue, FrameHandOver)
-        hand_decoded_frames_over()
-        hand_decoded_frames_over()  # idempotent
-        assert aiortc.rtcrtpreceiver.decoder_worker.__module__ == "bot.rtc.aiortc_compat"
+        assert isinstance(receiver.track._queue, DroppingFrameQueue)
         mapper = receiver._RTCRtpReceiver__timestamp_mapper
         assert mapper.map(1000) == 1000, "frames keep their RTP time, not aiortc's from 0"
         assert receiver.transport._rtp_router.route_rtp.__name__ == "route"
@@ -478,53 +457,6 @@ async def test_a_failing_handler_is_logged_and_never_raised() -> None:
         run_now(handler())
     assert [e["event"] for e in logs] == ["rtc.rtp_handler_failed"]
     assert "ValueError: bad packet" in logs[0]["error"]
-
-
-@pytest.mark.parametrize("handed_over", [True, False])
-async def test_decoded_frames_go_to_their_placing_on_the_decoder_thread(handed_over: bool) -> None:
-    """Two aiortc peers over real UDP, the decoder thread's hand-off in place: with a
-    ``FrameHandOver`` as the track's queue each frame is placed on the decoder thread and
-    none reaches the event loop's queue, then the end does; any other queue keeps
-    aiortc's own worker (frames through ``recv``)."""
-    hand_decoded_frames_over()
-    sender, receiver_pc = RTCPeerConnection(), RTCPeerConnection()
-    loop = asyncio.get_running_loop()
-    placed: list[tuple[str, Any]] = []
-    thirty = asyncio.Event()
-
-    def place(frame: Any) -> None:
-        placed.append((threading.current_thread().name, frame))
-        if len(placed) == 30:
-            loop.call_soon_threadsafe(thirty.set)
-
-    try:
-        sender.addTrack(VideoStreamTrack())
-        await sender.setLocalDescription(await sender.createOffer())
-        await receiver_pc.setRemoteDescription(sender.localDescription)
-        track = receiver_pc.getTransceivers()[0].receiver.track
-        if handed_over:  # before the receiver starts: it hands its queue to the thread
-            track._queue = FrameHandOver()
-            track._queue.place_with(place)
-        await receiver_pc.setLocalDescription(await receiver_pc.createAnswer())
-        await sender.setRemoteDescription(receiver_pc.localDescription)
-        async with asyncio.timeout(20):
-            if handed_over:
-                await thirty.wait()
-            else:
-                placed += [("recv", await track.recv()) for _ in range(30)]
-        frames = [frame for _, frame in placed[:30]]
-        assert all(f.width == 640 and f.height == 480 for f in frames)
-        if handed_over:
-            assert {name for name, _ in placed} == {"video-decoder"}
-            assert track._queue.empty(), "no frame went through the event loop"
-            await receiver_pc.close()
-            with pytest.raises(MediaStreamError):
-                async with asyncio.timeout(5):
-                    while True:
-                        await track.recv()  # only the end comes this way
-    finally:
-        await sender.close()
-        await receiver_pc.close()
 
 
 @pytest.mark.parametrize("batch_seconds", [0.0, 0.05])

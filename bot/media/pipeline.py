@@ -1,6 +1,6 @@
 """The media thread: inputs from the network, one composed and mixed output, in real time.
 
-The decoder threads only append decoded frames to bounded queues (``submit``); everything
+The event loop only appends decoded frames to bounded queues (``submit``); everything
 costly (scaling, compositing, mixing, encoding, muxing, file writes) happens here, off the
 loop. The thread trails real time by ``latency`` seconds so that frames delayed by the
 network or the jitter buffer still land in their place on the timeline.
@@ -106,8 +106,6 @@ class MediaPipeline:
         """Video frames taken off the queue, not yet placed (the media thread's own)."""
         self._audio_in: deque[tuple[int, float, av.AudioFrame]] = deque(maxlen=audio_cap)
         self._wake = threading.Event()
-        self._dropping = threading.Lock()
-        """Each track's decoder thread submits; a count of drops must not lose any."""
         self._end: float | None = None
         self.withholding = withholding or Withholding()
         """Pauses and consent: what is kept out of the record (changed from the loop)."""
@@ -115,7 +113,7 @@ class MediaPipeline:
         self._error: BaseException | None = None
         self.report = MediaReport()
 
-    # -- called from the decoder threads (a composer: its own thread) ---------------
+    # -- called from the event loop ------------------------------------------------
 
     def submit(
         self,
@@ -128,13 +126,11 @@ class MediaPipeline:
         ``replace``: a video frame's placement asked again when it has settled."""
         if isinstance(frame, av.VideoFrame):
             if len(self._video_in) == self._video_in.maxlen:
-                with self._dropping:
-                    self.report.video_frames_dropped_in_queue += 1
+                self.report.video_frames_dropped_in_queue += 1
             self._video_in.append((slot, t, frame, self.now(), replace))
         else:
             if len(self._audio_in) == self._audio_in.maxlen:
-                with self._dropping:
-                    self.report.audio_frames_dropped_in_queue += 1
+                self.report.audio_frames_dropped_in_queue += 1
                 log.error("media.audio_queue_overflow", slot=slot)
             self._audio_in.append((slot, t, frame))
 

@@ -6,10 +6,8 @@ packets by the MID header extension, to tell retransmissions (RTX) from media, t
 a keyframe or hear a request for one, to check the ICE path now, or to handle a packet
 in the callback its datagram arrives in (aiortc queues each for a task). Each hook below wraps
 one private method or attribute on one instance; what to do with what it gives is decided
-by its caller (``receiver_tap``, ``subscriber``). Two changes are process-wide:
-``accept_lower_dynamic_payload_types`` only makes aiortc answer what was offered, and
-``hand_decoded_frames_over`` changes the decoder threads' hand-off only for the
-recorder's own frame queues (any other receiver keeps aiortc's worker).
+by its caller (``receiver_tap``, ``subscriber``). ``accept_lower_dynamic_payload_types``
+is the one process-wide change, and it only makes aiortc answer what was offered.
 
 Private names change between releases without notice, and assigning a renamed attribute
 silently creates an unused one (aiortc's defaults come back: timestamps from 0, unbounded
@@ -22,9 +20,7 @@ another minor version than the one checked, before the recorder makes a network 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import queue
-import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
@@ -32,15 +28,12 @@ from typing import Any
 
 import aioice
 import aiortc
-import aiortc.rtcrtpreceiver
 import aiortc.rtp
-import av
 import pylibsrtp
 import structlog
 from aioice.ice import StunProtocol
 from aioice.stun import TransactionError
 from aiortc import RTCPeerConnection, RTCRtpReceiver
-from aiortc.codecs import get_decoder
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpreceiver import NackGenerator, RemoteStreamTrack
@@ -58,11 +51,6 @@ LOWER_DYNAMIC_PAYLOAD_TYPES = range(35, 64)
 """Payload types browsers and Cloudflare use once 96-127 are taken (JSEP, RFC 8829 §5.1.1)."""
 _RECEIVER = "_RTCRtpReceiver__"
 """Prefix of RTCRtpReceiver's name-mangled private attributes."""
-_AIORTC_DECODER_WORKER: Callable[..., None] | None = getattr(
-    aiortc.rtcrtpreceiver, "decoder_worker", None
-)
-"""aiortc's own decoder thread body, kept before ``hand_decoded_frames_over`` replaces it
-(None if this aiortc has none: ``check_private_api`` says so)."""
 
 
 class AiortcCompatError(RuntimeError):
@@ -168,7 +156,6 @@ async def check_private_api() -> None:
             _get(NackGenerator(), name)
         _get(aiortc.rtp, "DYNAMIC_PAYLOAD_TYPES")
         _require_set_by(RTCRtpReceiver, "_handle_rtp_packet", "_data")  # AudioPassThrough
-        _check_decoder_worker()
     finally:
         await pc.close()
 
@@ -181,65 +168,6 @@ def _require_set_by(cls: type, method: str, name: str) -> None:
             f"{cls.__module__}.{cls.__qualname__}.{method} no longer sets {name!r} "
             f"({_versions()}); bot/rtc/aiortc_compat.py must be revised for this version"
         )
-
-
-def _check_decoder_worker() -> None:
-    """aiortc's decoder thread runs the module's ``decoder_worker``, looked up when a
-    receiver starts, with ``(loop, input queue, output queue, decode error event)``."""
-    worker = _get(aiortc.rtcrtpreceiver, "decoder_worker")
-    _require_set_by(RTCRtpReceiver, "receive", "decoder_worker")
-    params = list(inspect.signature(_AIORTC_DECODER_WORKER or worker).parameters)
-    if params != ["loop", "input_q", "output_q", "decode_error"]:
-        raise AiortcCompatError(
-            f"aiortc.rtcrtpreceiver.decoder_worker takes {params} ({_versions()}); "
-            "bot/rtc/aiortc_compat.py must be revised for this version"
-        )
-
-
-def hand_decoded_frames_over() -> None:
-    """Let aiortc's decoder threads give each decoded frame to its track's frame queue's
-    ``hand_over(frame)``, on the decoder thread, instead of to the event loop.
-
-    aiortc schedules a coroutine on the loop for every decoded frame (a wake-up and a
-    task each, about 160 a second in a two-party call) for a reader that only passes the
-    frame on to the media thread. A frame queue without ``hand_over`` keeps aiortc's own
-    worker, so every other receiver in the process behaves as before. Idempotent.
-    """
-    _replace(aiortc.rtcrtpreceiver, "decoder_worker", _decoder_worker)
-
-
-def _decoder_worker(
-    loop: asyncio.AbstractEventLoop,
-    input_q: queue.Queue[Any],
-    output_q: asyncio.Queue[Any],
-    decode_error: threading.Event,
-) -> None:
-    """A receiver's decoder thread: as aiortc's, but each frame goes to ``hand_over``;
-    only the end of the track (None) reaches the loop, through ``output_q``."""
-    hand_over: Callable[[Any], None] | None = getattr(output_q, "hand_over", None)
-    if hand_over is None:
-        assert _AIORTC_DECODER_WORKER is not None  # check_private_api ran first
-        _AIORTC_DECODER_WORKER(loop, input_q, output_q, decode_error)
-        return
-    codec_name, decoder = None, None
-    while (item := input_q.get()) is not None:
-        codec, encoded = item
-        if codec.name != codec_name:
-            codec_name, decoder = codec.name, get_decoder(codec)
-        assert decoder is not None
-        try:
-            frames = decoder.decode(encoded)
-        except av.FFmpegError:
-            # As aiortc: the decoder keeps its state, and the receiver asks for a
-            # keyframe when it sees the event.
-            decode_error.set()
-            continue
-        for frame in frames:
-            try:
-                hand_over(frame)
-            except Exception as exc:  # one frame's placing must not end the decoding
-                log.error("rtc.frame_hand_over_failed", error=f"{type(exc).__name__}: {exc}")
-    asyncio.run_coroutine_threadsafe(output_q.put(None), loop)
 
 
 def accept_lower_dynamic_payload_types() -> None:

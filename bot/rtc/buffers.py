@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -134,45 +132,20 @@ class BoundedDecoderQueue(queue.Queue[Any]):
         return True
 
 
-class FrameHandOver(asyncio.Queue[Any]):
-    """A track's decoded frames, from aiortc's decoder thread straight to its ``place``.
+class DroppingFrameQueue(asyncio.Queue[Any]):
+    """The decoded-frame queue between aiortc's decoder thread and our reader, bounded.
 
-    ``aiortc_compat.hand_decoded_frames_over`` makes the decoder thread call
-    ``hand_over`` with each frame as it is decoded; ``place`` (the track's, set by the
-    subscriber) puts it on the timeline and into the media thread's bounded queues, so a
-    frame never waits for, nor wakes, the event loop. Only the end of the track (None)
-    comes through the queue, to whoever awaits the track.
-
-    Frames decoded before the track's ``place`` is set (media can start before the
-    SFU's answer to the pull has arrived) are held, the newest ``HELD`` of them, and
-    placed first, in order; those of an m-line's previous track are dropped
-    (``forget_track``): they belong to no current track's timeline.
+    The reader drains it as fast as the event loop runs; on a starved machine the oldest
+    decoded frames go instead of memory growing. ``None`` (end of track) always fits.
     """
 
-    HELD = 64
-
-    def __init__(self) -> None:
+    def __init__(self, limit: int) -> None:
         super().__init__()
-        self._lock = threading.Lock()
-        self._place: Callable[[Any], None] | None = None
-        self._held: deque[Any] = deque(maxlen=self.HELD)
+        self._limit = limit
+        self.dropped = 0
 
-    def hand_over(self, frame: Any) -> None:
-        """On the decoder thread."""
-        with self._lock:
-            place = self._place
-            if place is None:
-                self._held.append(frame)
-                return
-        place(frame)
-
-    def place_with(self, place: Callable[[Any], None]) -> None:
-        with self._lock:  # a frame decoded meanwhile waits: it comes after the held ones
-            while self._held:
-                place(self._held.popleft())
-            self._place = place
-
-    def forget_track(self) -> None:
-        with self._lock:
-            self._place = None
-            self._held.clear()
+    async def put(self, item: Any) -> None:
+        while item is not None and self.qsize() >= self._limit:
+            self.get_nowait()
+            self.dropped += 1
+        self.put_nowait(item)

@@ -19,8 +19,8 @@ from bot.rtc.aiortc_compat import AudioPassThrough, LossTolerantJitterBuffer, Re
 from bot.rtc.buffers import (
     AudioReorder,
     BoundedDecoderQueue,
+    DroppingFrameQueue,
     EncodedSink,
-    FrameHandOver,
     FrameOpener,
 )
 from bot.rtc.clock import NTP_UNIX_OFFSET, StreamClock
@@ -35,6 +35,8 @@ gap appears, so a retransmission lost too (or a lost NACK) left the picture froz
 the jitter buffer gave up and a keyframe came."""
 ENCODED_FRAMES_KEPT = {"video": 60, "audio": 250}
 """Encoded frames waiting for aiortc's decoder thread before the oldest go."""
+DECODED_FRAMES_KEPT = {"video": 30, "audio": 250}
+"""Decoded frames waiting for our reader before the oldest go."""
 
 
 class ReceiverTap:
@@ -74,7 +76,7 @@ class ReceiverTap:
         self.rtx_packets = 0
         self.foreign_packets = 0
         self.foreign_payload_type: int | None = None
-        self._frames = FrameHandOver()
+        self._frames = DroppingFrameQueue(DECODED_FRAMES_KEPT[kind])
         self._encoded = BoundedDecoderQueue(ENCODED_FRAMES_KEPT[kind], opener, decode=decode)
         self._aiortc = ReceiverHooks(
             receiver,
@@ -116,18 +118,14 @@ class ReceiverTap:
             )
         self._aiortc.use_jitter_buffer(buffer)
         self._aiortc.add_codecs(codecs)
-        self._frames.forget_track()
+        while not self._frames.empty():  # frames of the m-line's previous track
+            self._frames.get_nowait()
 
     @property
     def video_losses(self) -> int:
         """Times video packets were given up on this m-line's current track (0 for
         audio): a frame after one may refer to what was lost."""
         return self._jitter.losses if self._jitter is not None else 0
-
-    def place_frames_with(self, place: Callable[[Any], None]) -> None:
-        """Hand each decoded frame of the current track to ``place`` from now on, on the
-        decoder thread (``FrameHandOver``)."""
-        self._frames.place_with(place)
 
     def archive_to(self, sink: EncodedSink | None) -> None:
         """Hand every opened encoded frame to ``sink`` from now on (None: to no one)."""

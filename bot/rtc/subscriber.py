@@ -26,7 +26,6 @@ from bot.realtime import (
 )
 from bot.rtc.aiortc_compat import (
     accept_lower_dynamic_payload_types,
-    hand_decoded_frames_over,
     handle_rtp_on_arrival,
     ice_check,
     ice_path,
@@ -39,7 +38,7 @@ from bot.rtc.clock import ClockDomain, StreamClock
 from bot.rtc.codec_policy import Declined, OfferPlan, prepare_offer
 from bot.rtc.receiver_tap import ReceiverTap
 from bot.rtc.simulcast import prefer_layer
-from bot.rtc.track_reader import FrameSink, await_track_end, frame_placer, watch_keyframes
+from bot.rtc.track_reader import FrameSink, read_track, watch_keyframes
 from bot.rtc.track_status import TrackStatus
 from bot.rtc.tracks import FailedTrack, PulledTrack, TrackArchiver
 from bot.tasks import stop_task
@@ -88,7 +87,6 @@ class Subscriber:
         """``archiver``: stores each track as it arrived; ``decode``: False when no
         decoded frame is wanted (``sink`` then gets none)."""
         accept_lower_dynamic_payload_types()
-        hand_decoded_frames_over()
         self._client = client
         self._sink = sink
         self._timeline = timeline
@@ -238,8 +236,7 @@ class Subscriber:
         self.tracks.append(track)
         if self._archiver is not None:
             ready.tap.archive_to(self._archiver.begin(track))
-        ready.tap.place_frames_with(frame_placer(track, self._sink))
-        track.reader = asyncio.create_task(await_track_end(track), name=f"read-{track.mid}")
+        track.reader = asyncio.create_task(read_track(track, self._sink), name=f"read-{track.mid}")
         log.info(
             "subscriber.track_pulled",
             participant=participant.id,

@@ -1,10 +1,9 @@
-"""Where each received track's decoded frames go, the wait for its end, and the watchdog
-that asks for keyframes when a picture does not come.
+"""Each received track's reader, and the watchdog that asks for keyframes when a picture
+does not come.
 
-Decoded frames are placed on the timeline on the decoder thread that decoded them and go
-straight to the media thread's queues (``buffers.FrameHandOver``): the event loop only
-hears of a track's end. aiortc asks for a keyframe only when a frame fails to decode, so
-a picture lost some other way (a keyframe that never came) would stay frozen.
+Every accepted track is drained for as long as it lives: an unread aiortc track queue
+grows forever. aiortc asks for a keyframe only when a frame fails to decode, so a
+picture lost some other way (a keyframe that never came) would stay frozen.
 """
 
 from __future__ import annotations
@@ -23,43 +22,33 @@ from bot.rtc.tracks import MAX_SIZES, PulledTrack
 
 log = structlog.get_logger("bot.rtc.subscriber")
 
-FrameIn = av.VideoFrame | av.AudioFrame
-FrameSink = Callable[[int, float, FrameIn, Callable[[], float | None] | None], None]
+FrameSink = Callable[
+    [int, float, av.VideoFrame | av.AudioFrame, Callable[[], float | None] | None], None
+]
 """``(slot, timeline_seconds, frame, replace)``: where decoded frames go (the media
-pipeline), called on the decoder threads: it must be safe from any thread. ``replace``
-(video only) asks the stream's clock again later: its mapping improves as packets
-arrive, most in the stream's first second."""
+pipeline). ``replace`` (video only) asks the stream's clock again later: its mapping
+improves as packets arrive, most in the stream's first second."""
 
 KEYFRAME_STALL_SECONDS = 1.0
 """Packets flowing but no picture decoded for this long: ask for a keyframe again."""
 
 
-def frame_placer(track: PulledTrack, sink: FrameSink) -> Callable[[FrameIn], None]:
-    """What the decoder thread does with each decoded frame of ``track``: place it on the
-    timeline and hand it to ``sink`` (``ReceiverTap.place_frames_with``)."""
-
-    def place(frame: FrameIn) -> None:
-        pts = frame.pts  # aiortc's decoders set it from the RTP timestamp
-        track.last_frame = time.time()
-        if pts is None or (t := track.clock.timeline_seconds(pts)) is None:
-            return
-        track.frames += 1
-        if isinstance(frame, av.VideoFrame):
-            _note_size(track, t, frame.width, frame.height)
-            sink(track.slot, t, frame, partial(track.clock.timeline_seconds, pts))
-        else:
-            sink(track.slot, t, frame, None)
-
-    return place
-
-
-async def await_track_end(track: PulledTrack) -> None:
-    """Return when aiortc ends the track (its decoded frames go to ``frame_placer``'s
-    function, on the decoder thread; only the end comes this way)."""
+async def read_track(track: PulledTrack, sink: FrameSink) -> None:
+    """Hand each decoded frame to ``sink``, placed on the timeline, until the track ends."""
     media = track.receiver.track
     try:
         while True:
-            await media.recv()
+            frame = await media.recv()
+            t = track.clock.timeline_seconds(frame.pts)
+            track.last_frame = time.time()
+            if t is None:
+                continue
+            track.frames += 1
+            if track.kind == "video":
+                _note_size(track, t, frame.width, frame.height)
+                sink(track.slot, t, frame, partial(track.clock.timeline_seconds, frame.pts))
+            else:
+                sink(track.slot, t, frame, None)
     except MediaStreamError:
         log.info("subscriber.track_ended", participant=track.participant.id, mid=track.mid)
 
