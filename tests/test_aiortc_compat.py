@@ -2,6 +2,7 @@
 (lost packets, retransmissions, reused m-lines)."""
 
 import asyncio
+import fractions
 import os
 import random
 import subprocess
@@ -11,9 +12,18 @@ from pathlib import Path
 from typing import Any
 
 import aiortc
+import aiortc.rtcrtpreceiver
+import av
 import pytest
 import structlog
-from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCSessionDescription
+from aiortc import (
+    RTCPeerConnection,
+    RTCRtpCodecParameters,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.codecs import get_decoder
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import VideoStreamTrack
 from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket, RtpPacket, wrap_rtx
@@ -28,6 +38,7 @@ from bot.rtc.aiortc_compat import (
     LossTolerantJitterBuffer,
     accept_lower_dynamic_payload_types,
     check_private_api,
+    decode_in_one_thread,
     handle_rtp_on_arrival,
     ice_check,
     negotiated_codecs,
@@ -286,6 +297,64 @@ async def test_a_missing_private_name_fails_at_start_up_naming_it(
     monkeypatch.delattr(owner, name)
     with pytest.raises(AiortcCompatError, match=rf"{name}.*aiortc 1\.16"):
         await check_private_api()
+
+
+async def test_a_decoder_made_another_way_fails_at_start_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where the decoders' threads are set: aiortc's decoder thread must still make its
+    decoders with ``get_decoder``, and they must still keep an unopened FFmpeg context."""
+
+    def worker(loop: Any, input_q: Any, output_q: Any, decode_error: Any) -> None:
+        pass
+
+    monkeypatch.setattr(aiortc.rtcrtpreceiver, "decoder_worker", worker)
+    with pytest.raises(AiortcCompatError, match=r"no longer calls get_decoder.*aiortc 1\.16"):
+        await check_private_api()
+    monkeypatch.undo()
+    monkeypatch.setattr("bot.rtc.aiortc_compat.get_decoder", lambda codec: object())
+    with pytest.raises(AiortcCompatError, match=r"audio/opus decoder keeps no unopened"):
+        await check_private_api()
+
+
+def _encoded_pictures(encoder_name: str, count: int) -> list[bytes]:
+    """``count`` pictures of changing grey, as FFmpeg's ``encoder_name`` encodes them."""
+    encoder = av.CodecContext.create(encoder_name, "w")
+    encoder.width, encoder.height, encoder.pix_fmt = 320, 240, "yuv420p"
+    encoder.time_base = fractions.Fraction(1, 30)
+    pictures: list[bytes] = []
+    for index in range(count):
+        frame = av.VideoFrame(320, 240, "yuv420p")
+        for plane in frame.planes:
+            plane.update(bytes([index * 8 % 256]) * plane.buffer_size)
+        frame.pts = index
+        pictures += [bytes(p) for p in encoder.encode(frame)]
+    return pictures + [bytes(p) for p in encoder.encode(None)]
+
+
+@pytest.mark.parametrize(("mime", "encoder_name"), [("H264", "libx264"), ("VP8", "libvpx")])
+def test_aiortc_decoders_decode_on_their_thread_alone(mime: str, encoder_name: str) -> None:
+    """PyAV starts FFmpeg threads for each decoder (H.264: slice threads, one more than
+    the cores) that a one-slice WebRTC picture cannot use. The decoders aiortc's decoder
+    thread makes start none, and decode every picture PyAV's own do."""
+    decode_in_one_thread()
+    decode_in_one_thread()  # idempotent
+    params = RTCRtpCodecParameters(mimeType=f"video/{mime}", clockRate=90000)
+    pictures = _encoded_pictures(encoder_name, 10)
+    decoded, started = [], []
+    for decoder in (aiortc.rtcrtpreceiver.get_decoder(params), get_decoder(params)):
+        before = len(os.listdir("/proc/self/task"))
+        decoded.append(
+            sum(
+                len(decoder.decode(JitterFrame(data=picture, timestamp=3000 * index)))
+                for index, picture in enumerate(pictures)
+            )
+        )
+        started.append(len(os.listdir("/proc/self/task")) - before)
+    ours, pyavs = decoded
+    assert ours == pyavs > 0
+    assert started[0] == 0, "aiortc's decoder thread's decoder started threads"
+    assert started[1] > 0, "PyAV's default starts threads (or this check proves nothing)"
 
 
 async def test_a_packet_attribute_no_longer_set_fails_at_start_up_naming_it(

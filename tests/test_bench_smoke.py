@@ -162,3 +162,14 @@ async def test_the_receive_path_benchmark_delivers_every_packet_both_ways() -> N
         assert row is not None, text
         assert float(row.group(1)) > 0 and int(row.group(2)) == 300, text
     assert re.search(rf"on arrival / aiortc's way: {_NUMBER}", text), text
+
+
+@pytest.mark.timeout(180)
+async def test_the_decoder_threads_benchmark_decodes_both_ways_and_counts_threads() -> None:
+    text = await run_bench("bench.decoder_threads", "--frames", "30", "--runs", "1", limit=150)
+    for codec in ("VP8", "H264"):
+        ours = re.search(rf"^{codec} +one thread \(recorder\) +(\d+) +{_NUMBER}", text, re.M)
+        pyavs = re.search(rf"^{codec} +PyAV default +(\d+) +{_NUMBER}", text, re.M)
+        assert ours is not None and pyavs is not None, text
+        assert int(ours.group(1)) == 0 and float(ours.group(2)) > 0, text
+        assert int(pyavs.group(1)) > 0, text

@@ -7,7 +7,8 @@ a keyframe or hear a request for one, to check the ICE path now, or to handle a 
 in the callback its datagram arrives in (aiortc queues each for a task). Each hook below wraps
 one private method or attribute on one instance; what to do with what it gives is decided
 by its caller (``receiver_tap``, ``subscriber``). ``accept_lower_dynamic_payload_types``
-is the one process-wide change, and it only makes aiortc answer what was offered.
+and ``decode_in_one_thread`` are the two process-wide changes: aiortc answers what was
+offered, and its decoders start no FFmpeg threads of their own.
 
 Private names change between releases without notice, and assigning a renamed attribute
 silently creates an unused one (aiortc's defaults come back: timestamps from 0, unbounded
@@ -28,12 +29,15 @@ from typing import Any
 
 import aioice
 import aiortc
+import aiortc.rtcrtpreceiver
 import aiortc.rtp
+import av
 import pylibsrtp
 import structlog
 from aioice.ice import StunProtocol
 from aioice.stun import TransactionError
-from aiortc import RTCPeerConnection, RTCRtpReceiver
+from aiortc import RTCPeerConnection, RTCRtpCodecParameters, RTCRtpReceiver
+from aiortc.codecs import get_decoder
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpreceiver import NackGenerator, RemoteStreamTrack
@@ -156,8 +160,31 @@ async def check_private_api() -> None:
             _get(NackGenerator(), name)
         _get(aiortc.rtp, "DYNAMIC_PAYLOAD_TYPES")
         _require_set_by(RTCRtpReceiver, "_handle_rtp_packet", "_data")  # AudioPassThrough
+        _check_decoder_contexts()
     finally:
         await pc.close()
+
+
+def _check_decoder_contexts() -> None:
+    """aiortc's decoder thread makes its decoders with its module's ``get_decoder``, and
+    the Opus, VP8 and H.264 ones keep their FFmpeg context, unopened until the first
+    decode, as ``codec``: where ``decode_in_one_thread`` sets their threads."""
+    worker = _get(aiortc.rtcrtpreceiver, "decoder_worker")
+    if "get_decoder" not in worker.__code__.co_names:
+        raise AiortcCompatError(
+            f"aiortc.rtcrtpreceiver.decoder_worker no longer calls get_decoder ({_versions()}); "
+            "bot/rtc/aiortc_compat.py must be revised for this version"
+        )
+    _get(aiortc.rtcrtpreceiver, "get_decoder")
+    for mime, rate in (("audio/opus", 48000), ("video/VP8", 90000), ("video/H264", 90000)):
+        context = getattr(
+            get_decoder(RTCRtpCodecParameters(mimeType=mime, clockRate=rate)), "codec", None
+        )
+        if not isinstance(context, av.CodecContext) or context.is_open:
+            raise AiortcCompatError(
+                f"aiortc's {mime} decoder keeps no unopened FFmpeg context as 'codec' "
+                f"({_versions()}); bot/rtc/aiortc_compat.py must be revised for this version"
+            )
 
 
 def _require_set_by(cls: type, method: str, name: str) -> None:
@@ -168,6 +195,29 @@ def _require_set_by(cls: type, method: str, name: str) -> None:
             f"{cls.__module__}.{cls.__qualname__}.{method} no longer sets {name!r} "
             f"({_versions()}); bot/rtc/aiortc_compat.py must be revised for this version"
         )
+
+
+def decode_in_one_thread() -> None:
+    """Have aiortc's decoders decode on their decoder thread alone, with no FFmpeg
+    threads of their own. Idempotent.
+
+    PyAV opens every context with FFmpeg threads (H.264: slice threads, one more than
+    the cores; libvpx: one per core). A WebRTC picture is one slice, so they have
+    nothing to share out, yet they are started and woken: a two-party composite on two
+    cores ran a dozen of them for its four decoder threads. Without them it spends 2-4%
+    less CPU (BENCHMARKS.md), and no FFmpeg thread pool can hold up a decoder thread,
+    which aiortc joins on the event loop when a recording stops.
+    """
+    _replace(aiortc.rtcrtpreceiver, "get_decoder", _decoder_in_one_thread)
+
+
+def _decoder_in_one_thread(codec: RTCRtpCodecParameters) -> Any:
+    """aiortc's decoder for ``codec``, set to start no threads (G.711 has no context)."""
+    decoder = get_decoder(codec)
+    context = getattr(decoder, "codec", None)
+    if isinstance(context, av.CodecContext):
+        context.thread_count = 1  # before the first decode opens it
+    return decoder
 
 
 def accept_lower_dynamic_payload_types() -> None:

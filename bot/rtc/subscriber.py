@@ -26,6 +26,7 @@ from bot.realtime import (
 )
 from bot.rtc.aiortc_compat import (
     accept_lower_dynamic_payload_types,
+    decode_in_one_thread,
     handle_rtp_on_arrival,
     ice_check,
     ice_path,
@@ -87,6 +88,7 @@ class Subscriber:
         """``archiver``: stores each track as it arrived; ``decode``: False when no
         decoded frame is wanted (``sink`` then gets none)."""
         accept_lower_dynamic_payload_types()
+        decode_in_one_thread()
         self._client = client
         self._sink = sink
         self._timeline = timeline
