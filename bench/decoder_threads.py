@@ -2,10 +2,11 @@
 them (``bot.rtc.aiortc_compat.decode_in_one_thread``: no FFmpeg threads) against PyAV's
 default (H.264: slice threads, one more than the cores; libvpx: one per core).
 
-Usage: ``.venv/bin/python -m bench.decoder_threads [--frames 300] [--runs 5]``
+Usage: ``.venv/bin/python -m bench.decoder_threads [--frames 300] [--runs 5] [--slices 1]``
 
 A synthetic participant's 640x360 picture (``bot.synthetic.signal``) is encoded once per
-codec at 30 fps, one slice per picture as browsers send it. Then each way decodes the
+codec at 30 fps; H.264 in ``--slices`` slices per picture (1 with packetization mode 1;
+a sender in mode 0 cuts a picture into a slice per packet). Then each way decodes the
 whole stream with a fresh aiortc decoder, alternately, ``runs`` times; the CPU (user +
 system of this process, every thread) per frame is reported as medians with their ratio,
 with the threads each way started. Decoding only: no network, no event loop.
@@ -35,13 +36,14 @@ WIDTH, HEIGHT, FPS = 640, 360, 30
 ENCODERS = {"VP8": "libvpx", "H264": "libx264"}
 
 
-def encode(codec: str, frames: int) -> list[bytes]:
+def encode(codec: str, frames: int, slices: int) -> list[bytes]:
     encoder: Any = av.CodecContext.create(ENCODERS[codec], "w")
     encoder.width, encoder.height, encoder.pix_fmt = WIDTH, HEIGHT, "yuv420p"
     encoder.time_base = fractions.Fraction(1, FPS)
     encoder.bit_rate = 1_000_000
+    encoder.thread_count = 1  # x264's sliced threads would cut pictures into slices
     if codec == "H264":
-        encoder.options = {"tune": "zerolatency", "preset": "veryfast"}
+        encoder.options = {"tune": "zerolatency", "preset": "veryfast", "slices": str(slices)}
     pictures: list[bytes] = []
     for index in range(frames):
         frame = av.VideoFrame.from_ndarray(
@@ -61,9 +63,11 @@ def threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
-def decode_all(make: Callable[[Any], Any], codec: str, pictures: list[bytes]) -> tuple[float, int]:
+def decode_all(
+    make_decoder: Callable[[Any], Any], codec: str, pictures: list[bytes]
+) -> tuple[float, int]:
     """CPU seconds per decoded frame, and the threads the decoder started."""
-    decoder = make(RTCRtpCodecParameters(mimeType=f"video/{codec}", clockRate=90000))
+    decoder = make_decoder(RTCRtpCodecParameters(mimeType=f"video/{codec}", clockRate=90000))
     before, start = threads(), cpu_seconds()
     decoded = 0
     started = 0
@@ -81,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.decoder_threads", description=__doc__)
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--slices", type=int, default=1, help="H.264 slices per picture")
     args = parser.parse_args(argv)
     decode_in_one_thread()
     ways: dict[str, Callable[[Any], Any]] = {
@@ -88,14 +93,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "PyAV default": get_decoder,
     }
     print(machine_summary())
+    print(f"H.264 in {args.slices} slice(s) per picture")
     print(f"{'codec':6s} {'decoder':22s} {'threads':>7s} {'CPU ms/frame':>13s}  vs default")
     for codec in ENCODERS:
-        pictures = encode(codec, args.frames)
+        pictures = encode(codec, args.frames, args.slices)
         per_frame: dict[str, list[float]] = {way: [] for way in ways}
         started: dict[str, int] = {}
         for _ in range(args.runs):
-            for way, make in ways.items():
-                seconds, started[way] = decode_all(make, codec, pictures)
+            for way, make_decoder in ways.items():
+                seconds, started[way] = decode_all(make_decoder, codec, pictures)
                 per_frame[way].append(seconds)
         baseline = median(per_frame["PyAV default"])
         for way in ways:

@@ -172,4 +172,4 @@ async def test_the_decoder_threads_benchmark_decodes_both_ways_and_counts_thread
         pyavs = re.search(rf"^{codec} +PyAV default +(\d+) +{_NUMBER}", text, re.M)
         assert ours is not None and pyavs is not None, text
         assert int(ours.group(1)) == 0 and float(ours.group(2)) > 0, text
-        assert int(pyavs.group(1)) > 0, text
+        assert float(pyavs.group(2)) > 0, text

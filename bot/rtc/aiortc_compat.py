@@ -167,7 +167,7 @@ async def check_private_api() -> None:
 
 def _check_decoder_contexts() -> None:
     """aiortc's decoder thread makes its decoders with its module's ``get_decoder``, and
-    the Opus, VP8 and H.264 ones keep their FFmpeg context, unopened until the first
+    each decoder the recorder uses keeps its FFmpeg context, unopened until the first
     decode, as ``codec``: where ``decode_in_one_thread`` sets their threads."""
     worker = _get(aiortc.rtcrtpreceiver, "decoder_worker")
     if "get_decoder" not in worker.__code__.co_names:
@@ -176,7 +176,13 @@ def _check_decoder_contexts() -> None:
             "bot/rtc/aiortc_compat.py must be revised for this version"
         )
     _get(aiortc.rtcrtpreceiver, "get_decoder")
-    for mime, rate in (("audio/opus", 48000), ("video/VP8", 90000), ("video/H264", 90000)):
+    for mime, rate in (
+        ("audio/opus", 48000),
+        ("audio/PCMU", 8000),
+        ("audio/PCMA", 8000),
+        ("video/VP8", 90000),
+        ("video/H264", 90000),
+    ):
         context = getattr(
             get_decoder(RTCRtpCodecParameters(mimeType=mime, clockRate=rate)), "codec", None
         )
@@ -201,22 +207,21 @@ def decode_in_one_thread() -> None:
     """Have aiortc's decoders decode on their decoder thread alone, with no FFmpeg
     threads of their own. Idempotent.
 
-    PyAV opens every context with FFmpeg threads (H.264: slice threads, one more than
-    the cores; libvpx: one per core). A WebRTC picture is one slice, so they have
-    nothing to share out, yet they are started and woken: a two-party composite on two
-    cores ran a dozen of them for its four decoder threads. Without them it spends 2-4%
-    less CPU (BENCHMARKS.md), and no FFmpeg thread pool can hold up a decoder thread,
-    which aiortc joins on the event loop when a recording stops.
+    PyAV opens every decoder with FFmpeg's threads: on two cores an H.264 decoder starts
+    two slice threads and a VP8 decoder a libvpx thread. A recorder wants the least CPU,
+    not the least latency per picture: without them a one-slice picture costs the same,
+    and an H.264 picture in four slices (a sender in packetization mode 0 fits each
+    slice in a packet) 0.67-0.75x (``bench.decoder_threads``). It also keeps FFmpeg's
+    thread pools out of the decoder thread, which aiortc joins on the event loop when a
+    recording stops (a guard: no hang was traced to them).
     """
     _replace(aiortc.rtcrtpreceiver, "get_decoder", _decoder_in_one_thread)
 
 
 def _decoder_in_one_thread(codec: RTCRtpCodecParameters) -> Any:
-    """aiortc's decoder for ``codec``, set to start no threads (G.711 has no context)."""
+    """aiortc's decoder for ``codec``, its FFmpeg context set to start no threads."""
     decoder = get_decoder(codec)
-    context = getattr(decoder, "codec", None)
-    if isinstance(context, av.CodecContext):
-        context.thread_count = 1  # before the first decode opens it
+    _get(decoder, "codec").thread_count = 1  # before the first decode opens it
     return decoder
 
 
