@@ -111,6 +111,7 @@ def _env(s3: LocalS3, spool: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BOT_")}
     env.update(
         PYTHONPATH=str(ROOT),
+        PYTHONFAULTHANDLER="1",  # SIGABRT prints every thread's stack (``_stacks``)
         BOT_LOGGING_FORMAT="json",
         BOT_STORAGE_SPOOL_DIR=str(spool),
         BOT_CUSTODY_SIGNING_KEY=CLINIC_KEY_PEM,
@@ -132,6 +133,20 @@ async def _bot_recover(s3: LocalS3, spool_dir: Path) -> None:
     )
     _, err = await asyncio.wait_for(recover.communicate(), 120)
     assert recover.returncode == ExitCode.OK, err.decode()[-2000:]
+
+
+async def _stacks(child: asyncio.subprocess.Process) -> str:
+    """Where a recorder that stopped making progress is stuck: its threads' stacks, as
+    Python's fault handler prints them when it is aborted."""
+    assert child.stderr is not None
+    child.send_signal(signal.SIGABRT)
+    try:
+        rest = (await asyncio.wait_for(child.stderr.read(), 30)).decode(errors="replace")
+    except TimeoutError:
+        return "(no stacks within 30 s of SIGABRT)"
+    lines = rest.splitlines()
+    first = next((i for i, line in enumerate(lines) if line.startswith("Fatal Python")), 0)
+    return "\n".join(lines[first:])
 
 
 def _is_moment(event: dict[str, object], moment: str) -> bool:
@@ -162,32 +177,40 @@ async def test_sigkill_then_recover_leaves_one_complete_verified_object(
     assert child.stderr is not None
     stopping = False
     try:
-        async with asyncio.timeout(240):
-            while True:
-                line = await child.stderr.readline()
-                assert line, f"the recorder exited (code {child.returncode}) before {moment}"
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue
-                if _is_moment(event, moment):
-                    if moment == "part_upload":  # kill with the part's bytes on the wire
-                        sent = proxy.bytes_up
-                        await wait_until(
-                            lambda s=sent: proxy.bytes_up >= s + 64 * 1024, 60, "part on the wire"
-                        )
-                    child.send_signal(signal.SIGKILL)
-                    break
-                late = (
-                    event.get("event") == "subscriber.track_pulled"
-                    and event.get("participant") == "p2"
-                )
-                if moment != "renegotiation" and late and not stopping:
-                    # A recording this short is one (final) part: it is uploaded on stop.
-                    if moment == "completion":
-                        proxy.rate = None
-                    child.send_signal(signal.SIGTERM)
-                    stopping = True
+        try:
+            async with asyncio.timeout(240):
+                while True:
+                    line = await child.stderr.readline()
+                    assert line, f"the recorder exited (code {child.returncode}) before {moment}"
+                    try:
+                        event = json.loads(line)
+                    except ValueError:
+                        continue
+                    if _is_moment(event, moment):
+                        if moment == "part_upload":  # kill with the part's bytes on the wire
+                            sent = proxy.bytes_up
+                            await wait_until(
+                                lambda s=sent: proxy.bytes_up >= s + 64 * 1024,
+                                60,
+                                "part on the wire",
+                            )
+                        child.send_signal(signal.SIGKILL)
+                        break
+                    late = (
+                        event.get("event") == "subscriber.track_pulled"
+                        and event.get("participant") == "p2"
+                    )
+                    if moment != "renegotiation" and late and not stopping:
+                        # A recording this short is one (final) part: it is uploaded on stop.
+                        if moment == "completion":
+                            proxy.rate = None
+                        child.send_signal(signal.SIGTERM)
+                        stopping = True
+        except TimeoutError:
+            stacks = await _stacks(child)
+            raise AssertionError(
+                f"no {moment} within 240 s; the recorder's threads:\n{stacks}"
+            ) from None
     finally:
         if child.returncode is None:
             child.kill()
