@@ -2,7 +2,6 @@
 (lost packets, retransmissions, reused m-lines)."""
 
 import asyncio
-import fractions
 import gc
 import os
 import random
@@ -14,12 +13,10 @@ from typing import Any
 
 import aiortc
 import aiortc.rtcrtpreceiver
-import av
 import pytest
 import structlog
 from aiortc import (
     RTCPeerConnection,
-    RTCRtpCodecParameters,
     RTCRtpReceiver,
     RTCRtpSender,
     RTCSessionDescription,
@@ -31,6 +28,7 @@ from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket, RtpPacket, wrap_rtx
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bench.decoder_threads import decode_all, encode
 from bot.exitcodes import ExitCode
 from bot.rtc import receiver_tap
 from bot.rtc.aiortc_compat import (
@@ -318,25 +316,8 @@ async def test_a_decoder_made_another_way_fails_at_start_up(
         await check_private_api()
 
 
-def _encoded_pictures(encoder_name: str, count: int) -> list[bytes]:
-    """``count`` pictures of changing grey, as FFmpeg's ``encoder_name`` encodes them, one
-    slice each (as browsers send them)."""
-    encoder = av.CodecContext.create(encoder_name, "w")
-    encoder.thread_count = 1  # x264's sliced threads would cut a picture into slices
-    encoder.width, encoder.height, encoder.pix_fmt = 320, 240, "yuv420p"
-    encoder.time_base = fractions.Fraction(1, 30)
-    pictures: list[bytes] = []
-    for index in range(count):
-        frame = av.VideoFrame(320, 240, "yuv420p")
-        for plane in frame.planes:
-            plane.update(bytes([index * 8 % 256]) * plane.buffer_size)
-        frame.pts = index
-        pictures += [bytes(p) for p in encoder.encode(frame)]
-    return pictures + [bytes(p) for p in encoder.encode(None)]
-
-
-@pytest.mark.parametrize(("mime", "encoder_name"), [("H264", "libx264"), ("VP8", "libvpx")])
-def test_aiortc_decoders_decode_on_their_thread_alone(mime: str, encoder_name: str) -> None:
+@pytest.mark.parametrize("codec", ["H264", "VP8"])
+def test_aiortc_decoders_decode_on_their_thread_alone(codec: str) -> None:
     """PyAV starts FFmpeg threads for each decoder (H.264: slice threads, one more than
     the cores) that a one-slice WebRTC picture cannot use. The decoders aiortc's decoder
     thread makes start none, and decode every picture PyAV's own do."""
@@ -345,19 +326,13 @@ def test_aiortc_decoders_decode_on_their_thread_alone(mime: str, encoder_name: s
     decode_in_one_thread()
     decode_in_one_thread()  # idempotent: aiortc's own get_decoder is not wrapped twice
     assert aiortc.rtcrtpreceiver.get_decoder.__name__ == "_decoder_in_one_thread"
-    params = RTCRtpCodecParameters(mimeType=f"video/{mime}", clockRate=90000)
-    pictures = _encoded_pictures(encoder_name, 10)
+    pictures = encode(codec, 10, slices=1)
     decoded, started = [], []
-    for decoder in (aiortc.rtcrtpreceiver.get_decoder(params), get_decoder(params)):
+    for make_decoder in (aiortc.rtcrtpreceiver.get_decoder, get_decoder):
         gc.collect()  # an earlier test's context freed now would take its threads away
-        before = len(os.listdir("/proc/self/task"))
-        decoded.append(
-            sum(
-                len(decoder.decode(JitterFrame(data=picture, timestamp=3000 * index)))
-                for index, picture in enumerate(pictures)
-            )
-        )
-        started.append(len(os.listdir("/proc/self/task")) - before)
+        frames, _, threads = decode_all(make_decoder, codec, pictures)
+        decoded.append(frames)
+        started.append(threads)
     ours, pyavs = decoded
     assert ours == pyavs > 0
     assert started[0] == 0, "aiortc's decoder thread's decoder started threads"

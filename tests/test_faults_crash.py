@@ -135,6 +135,10 @@ async def _bot_recover(s3: LocalS3, spool_dir: Path) -> None:
     assert recover.returncode == ExitCode.OK, err.decode()[-2000:]
 
 
+MOMENT_WITHIN_S = 240.0
+"""The recorder must reach the moment (part upload, completion, renegotiation) by then."""
+
+
 async def _stacks(child: asyncio.subprocess.Process) -> str:
     """Where a recorder that stopped making progress is stuck: its threads' stacks, as
     Python's fault handler prints them when it is aborted."""
@@ -178,7 +182,7 @@ async def test_sigkill_then_recover_leaves_one_complete_verified_object(
     stopping = False
     try:
         try:
-            async with asyncio.timeout(240):
+            async with asyncio.timeout(MOMENT_WITHIN_S):
                 while True:
                     line = await child.stderr.readline()
                     assert line, f"the recorder exited (code {child.returncode}) before {moment}"
@@ -209,7 +213,7 @@ async def test_sigkill_then_recover_leaves_one_complete_verified_object(
         except TimeoutError:
             stacks = await _stacks(child)
             raise AssertionError(
-                f"no {moment} within 240 s; the recorder's threads:\n{stacks}"
+                f"no {moment} within {MOMENT_WITHIN_S:g} s; the recorder's threads:\n{stacks}"
             ) from None
     finally:
         if child.returncode is None:
