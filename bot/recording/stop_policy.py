@@ -126,7 +126,8 @@ async def wait_for_stop(
             return reason
         with contextlib.suppress(TimeoutError):
             wait = min(interval, policy.time_left(seen.elapsed_s))
-            await asyncio.wait_for(stop.wait(), timeout=wait)
+            async with asyncio.timeout(wait):
+                await stop.wait()
     return requested()
 
 

@@ -194,7 +194,8 @@ class TransportSupervisor(Generic[T]):
             await new.open()
             for participant, slot in self._roster.present():
                 await new.pull(participant, slot)
-            await asyncio.wait_for(new.connected.wait(), timeout=self._connect_within)
+            async with asyncio.timeout(self._connect_within):
+                await new.connected.wait()
         except (RealtimeError, TimeoutError) as exc:
             await new.close()
             log.warning("recorder.rebuild_failed", attempt=attempt + 1, error=str(exc))

@@ -394,7 +394,8 @@ class Subscriber:
         if check is None:
             return None
         try:
-            await asyncio.wait_for(check, answer_within)
+            async with asyncio.timeout(answer_within):
+                await check
         except (TimeoutError, ConnectionError, OSError):
             return False
         return True

@@ -148,7 +148,8 @@ class SyntheticParticipant:
 
         try:
             transceivers = await self._publish(pc)
-            await asyncio.wait_for(connected, self._connect_timeout)
+            async with asyncio.timeout(self._connect_timeout):
+                await connected
         except TimeoutError:
             await self.stop()
             raise PublishError(f"not connected within {self._connect_timeout:g} s") from None
@@ -263,9 +264,8 @@ class SyntheticParticipant:
             track.stop()
         if self.session_id and self._mids and self._pc is not None:
             try:
-                await asyncio.wait_for(
-                    self._client.close_tracks(self.session_id, list(self._mids.values())), 3.0
-                )
+                async with asyncio.timeout(3.0):
+                    await self._client.close_tracks(self.session_id, list(self._mids.values()))
             except (RealtimeError, TimeoutError) as exc:
                 log.info("participant.close_tracks_failed", number=self.number, error=str(exc))
         if self._pc is not None:
